@@ -1,0 +1,68 @@
+//! The config file as written: every value kept with its span so validation can point at it.
+//!
+//! Fields are optional and loosely typed (`String`, `i64`) on purpose: serde stops at the first
+//! error, while `validate` reports every missing field and bad value at once.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub interface: Option<Spanned<RawInterface>>,
+    pub limits: Option<Spanned<RawLimits>>,
+    pub encap: Option<Spanned<RawEncap>>,
+    #[serde(default)]
+    pub vip: Vec<Spanned<RawVip>>,
+}
+
+/// `[interface]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInterface {
+    pub name: Option<Spanned<String>>,
+    pub attach_mode: Option<Spanned<String>>,
+}
+
+/// `[limits]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub flow_table_size: Option<Spanned<i64>>,
+    pub max_vips: Option<Spanned<i64>>,
+    pub max_backends: Option<Spanned<i64>>,
+    pub maglev_slots: Option<Spanned<i64>>,
+}
+
+/// `[encap]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEncap {
+    pub source_prefix: Option<Spanned<String>>,
+    pub next_hop_mac: Option<Spanned<String>>,
+}
+
+/// One `[[vip]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVip {
+    pub name: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub protocol: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub table_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub backend: Vec<Spanned<RawBackend>>,
+}
+
+/// One `[[vip.backend]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub address: Option<Spanned<String>>,
+    pub mac: Option<Spanned<String>>,
+    pub weight: Option<Spanned<i64>>,
+    pub name: Option<Spanned<String>>,
+}

@@ -1,0 +1,679 @@
+//! The dataplane: owns the loaded XDP program, its maps and its attachment, and is the only code
+//! that writes the maps. [`Dataplane::apply`] takes a [`DesiredState`] and changes only what
+//! differs from what is applied, one VIP at a time, each VIP switched by a single map update.
+
+mod alloc;
+pub mod decap;
+pub mod objects;
+mod slots;
+pub mod stats;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use tracing::{info, warn};
+use xlb_common::{
+    Backend, FlowKey, FlowValue, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey,
+    VipMeta, backend_flags, map_names, program_names,
+};
+
+use crate::{
+    config::{AttachMode, Limits, MacAddr},
+    state::{DesiredState, DesiredVip, VipKeyOrd, addr_words},
+};
+use alloc::{IdAllocator, RegionAllocator};
+use slots::SlotArray;
+
+/// Errors of the dataplane, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The eBPF object could not be loaded (verifier, map creation, permissions...).
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program could not be loaded or attached.
+    #[error("{action} program {program}: {source}")]
+    Program {
+        /// What was being done.
+        action: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A program or map the object should contain is missing (build mismatch).
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("{op} on map {map}: {source}")]
+    Map {
+        /// The operation.
+        op: &'static str,
+        /// Map name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Mapping the Maglev slot array failed.
+    #[error("memory-mapping the Maglev slot array: {0}")]
+    Mmap(#[source] std::io::Error),
+    /// A slot write outside the array (a bug in region bookkeeping).
+    #[error("slot range {offset}+{len} outside the Maglev array of {capacity} slots")]
+    SlotRange {
+        /// First slot.
+        offset: u32,
+        /// Number of slots.
+        len: usize,
+        /// Array size.
+        capacity: usize,
+    },
+    /// A limit from the config would be exceeded by this change.
+    #[error("not enough {what}: need {needed}, {available} available (raise limits.{limit})")]
+    Capacity {
+        /// What ran out.
+        what: &'static str,
+        /// How many the change needs.
+        needed: u64,
+        /// How many are free.
+        available: u64,
+        /// The config field that sets the limit.
+        limit: &'static str,
+    },
+    /// The interface's MAC address could not be read.
+    #[error("reading the MAC address of interface {interface}: {source}")]
+    InterfaceMac {
+        /// Interface name.
+        interface: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        op,
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// Where and how the program is attached.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Interface name.
+    pub interface: String,
+    /// The mode the kernel accepted.
+    pub mode: XdpMode,
+    link: XdpLinkId,
+}
+
+/// What one VIP looks like in the maps right now.
+#[derive(Debug, Clone)]
+struct AppliedVip {
+    vip_id: u32,
+    desired: DesiredVip,
+    /// Backend ids, parallel to `desired.backends`.
+    backend_ids: Vec<u32>,
+    /// Active table region (offset, length).
+    region: Option<(u32, u32)>,
+}
+
+/// What a call to [`Dataplane::apply`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyReport {
+    /// VIPs created.
+    pub added: usize,
+    /// VIPs whose backends, weights, mode or table changed.
+    pub changed: usize,
+    /// VIPs removed.
+    pub removed: usize,
+    /// VIPs left as they were.
+    pub unchanged: usize,
+}
+
+/// The loaded load balancer and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
+    backends: Array<MapData, Backend>,
+    slots: SlotArray,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    globals: Array<MapData, Globals>,
+    stats: stats::StatsMaps,
+    vip_ids: IdAllocator,
+    backend_ids: IdAllocator,
+    regions: RegionAllocator,
+    applied: BTreeMap<VipKeyOrd, AppliedVip>,
+    if_mac: MacAddr,
+    encap_source: Option<crate::config::Ipv4Net>,
+    attachment: Option<Attachment>,
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DataplaneError> {
+    ebpf.take_map(name).ok_or(DataplaneError::Missing(name))
+}
+
+fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, DataplaneError> {
+    T::try_from(take_map(ebpf, name)?).map_err(map_err("open", name))
+}
+
+/// Reads an interface's MAC address from sysfs.
+pub fn interface_mac(interface: &str) -> Result<MacAddr, DataplaneError> {
+    let path = format!("/sys/class/net/{interface}/address");
+    let text = std::fs::read_to_string(&path).map_err(|source| DataplaneError::InterfaceMac {
+        interface: interface.to_owned(),
+        source,
+    })?;
+    text.trim()
+        .parse()
+        .map_err(|_| DataplaneError::InterfaceMac {
+            interface: interface.to_owned(),
+            source: std::io::Error::other(format!("unexpected address {:?}", text.trim())),
+        })
+}
+
+impl Dataplane {
+    /// Loads the program with maps sized from `limits`; nothing is attached yet. `if_mac` is the
+    /// source MAC of forwarded frames (the attached interface's own).
+    pub fn load(limits: &Limits, if_mac: MacAddr) -> Result<Dataplane, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::VIPS, limits.max_vips)
+            .map_max_entries(map_names::VIP_ADDRS, limits.max_vips)
+            .map_max_entries(map_names::BACKENDS, limits.max_backends)
+            .map_max_entries(map_names::MAGLEV, limits.maglev_slots.div_ceil(2))
+            .map_max_entries(map_names::FLOWS, limits.flow_table_size)
+            .map_max_entries(map_names::STATS_VIPS, limits.max_vips)
+            .map_max_entries(map_names::STATS_BACKENDS, limits.max_backends)
+            .load(objects::LB)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        lb_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                action: "loading",
+                program: program_names::LB,
+                source: Box::new(source),
+            })?;
+
+        let maglev = match take_map(&mut ebpf, map_names::MAGLEV)? {
+            aya::maps::Map::Array(data) => data,
+            _ => return Err(DataplaneError::Missing("array map XLB_MAGLEV")),
+        };
+        let mut dataplane = Dataplane {
+            vips: typed(&mut ebpf, map_names::VIPS)?,
+            vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
+            backends: typed(&mut ebpf, map_names::BACKENDS)?,
+            slots: SlotArray::new(maglev, limits.maglev_slots.div_ceil(2) * 2)?,
+            flows: typed(&mut ebpf, map_names::FLOWS)?,
+            globals: typed(&mut ebpf, map_names::GLOBALS)?,
+            stats: stats::StatsMaps {
+                actions: typed(&mut ebpf, map_names::STATS_ACTIONS)?,
+                drops: typed(&mut ebpf, map_names::STATS_DROPS)?,
+                lb: typed(&mut ebpf, map_names::STATS_LB)?,
+                vips: typed(&mut ebpf, map_names::STATS_VIPS)?,
+                backends: typed(&mut ebpf, map_names::STATS_BACKENDS)?,
+            },
+            ebpf,
+            vip_ids: IdAllocator::new(limits.max_vips),
+            backend_ids: IdAllocator::new(limits.max_backends),
+            regions: RegionAllocator::new(limits.maglev_slots),
+            applied: BTreeMap::new(),
+            if_mac,
+            encap_source: None,
+            attachment: None,
+        };
+        dataplane.write_globals(None)?;
+        Ok(dataplane)
+    }
+
+    /// Attaches the program to `interface`. `Auto` tries native mode first and falls back to
+    /// generic mode with a warning.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<&Attachment, DataplaneError> {
+        let program = lb_program(&mut self.ebpf)?;
+        let attach = |program: &mut Xdp, mode: XdpMode| {
+            program
+                .attach(interface, mode)
+                .map_err(|source| DataplaneError::Program {
+                    action: "attaching",
+                    program: program_names::LB,
+                    source: Box::new(source),
+                })
+        };
+        let (link, used) = match mode {
+            AttachMode::Native => (attach(program, XdpMode::Driver)?, XdpMode::Driver),
+            AttachMode::Generic => (attach(program, XdpMode::Skb)?, XdpMode::Skb),
+            AttachMode::Auto => match attach(program, XdpMode::Driver) {
+                Ok(link) => (link, XdpMode::Driver),
+                Err(error) => {
+                    warn!(interface, %error, "native XDP unavailable, falling back to generic mode (slower: runs after the stack allocates an skb)");
+                    (attach(program, XdpMode::Skb)?, XdpMode::Skb)
+                }
+            },
+        };
+        info!(interface, mode = ?used, "XDP program attached");
+        Ok(self.attachment.insert(Attachment {
+            interface: interface.to_owned(),
+            mode: used,
+            link,
+        }))
+    }
+
+    /// Detaches the program, if attached. Also happens when the dataplane is dropped.
+    pub fn detach(&mut self) -> Result<(), DataplaneError> {
+        if let Some(attachment) = self.attachment.take() {
+            lb_program(&mut self.ebpf)?
+                .detach(attachment.link)
+                .map_err(|source| DataplaneError::Program {
+                    action: "detaching",
+                    program: program_names::LB,
+                    source: Box::new(source),
+                })?;
+            info!(interface = attachment.interface, "XDP program detached");
+        }
+        Ok(())
+    }
+
+    /// Where the program is attached.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.attachment.as_ref()
+    }
+
+    /// Runs the program once on `input` with BPF_PROG_TEST_RUN; the output frame is written to
+    /// `output`. Returns (XDP action, output length).
+    pub fn test_run(
+        &mut self,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<(u32, usize), DataplaneError> {
+        let result = lb_program(&mut self.ebpf)?
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(output),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| DataplaneError::Program {
+                action: "test-running",
+                program: program_names::LB,
+                source: Box::new(source),
+            })?;
+        Ok((result.return_value, result.data_size_out as usize))
+    }
+
+    /// Number of entries in the flow table (walks it: for tests and status, not hot paths).
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// The flow table's backend for a flow, if it has one.
+    pub fn flow_backend(&self, flow: &FlowKey) -> Option<u32> {
+        self.flows.get(flow, 0).ok().map(|v| v.backend_id)
+    }
+
+    /// Removes every flow-table entry.
+    pub fn clear_flows(&mut self) -> Result<(), DataplaneError> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            // An entry evicted meanwhile is already gone.
+            let _ = self.flows.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Counters summed over CPUs, labelled with the applied VIPs and backends.
+    pub fn stats(&self) -> Result<stats::Snapshot, DataplaneError> {
+        let vips = self
+            .applied
+            .values()
+            .map(|applied| stats::VipLabels {
+                vip_id: applied.vip_id,
+                vip: &applied.desired,
+                backend_ids: &applied.backend_ids,
+            })
+            .collect::<Vec<_>>();
+        self.stats.snapshot(&vips)
+    }
+
+    /// The backend id the datapath uses for a VIP's n-th backend (tests use it to predict
+    /// forwarding and read counters).
+    pub fn backend_id(&self, vip: &VipKeyOrd, index: usize) -> Option<u32> {
+        self.applied.get(vip)?.backend_ids.get(index).copied()
+    }
+
+    /// The active Maglev table of a VIP as backend ids, read back from the datapath's array.
+    pub fn table(&self, vip: &VipKeyOrd) -> Result<Option<Vec<u32>>, DataplaneError> {
+        let Some(applied) = self.applied.get(vip) else {
+            return Ok(None);
+        };
+        match applied.region {
+            Some((offset, len)) => self.slots.read(offset, len as usize).map(Some),
+            None => Ok(Some(Vec::new())),
+        }
+    }
+
+    fn write_globals(
+        &mut self,
+        encap: Option<crate::config::Ipv4Net>,
+    ) -> Result<(), DataplaneError> {
+        let (prefix, host_mask) = match encap {
+            Some(net) => {
+                let mask = if net.prefix_len >= 32 {
+                    0
+                } else {
+                    u32::MAX >> net.prefix_len
+                };
+                (
+                    u32::from_ne_bytes(net.addr.octets()),
+                    u32::from_ne_bytes(mask.to_be_bytes()),
+                )
+            }
+            None => (0, 0),
+        };
+        let globals = Globals {
+            if_mac: self.if_mac.0,
+            _pad: [0; 2],
+            ipip_src_prefix: prefix,
+            ipip_src_host_mask: host_mask,
+            layout_version: LAYOUT_VERSION,
+        };
+        self.globals
+            .set(0, globals, 0)
+            .map_err(map_err("update", map_names::GLOBALS))?;
+        self.encap_source = encap;
+        Ok(())
+    }
+
+    /// Makes the maps hold `desired`, touching only VIPs that differ. Each VIP switches with one
+    /// update of its VIP entry; a VIP's new table is written to a fresh region first.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport, DataplaneError> {
+        self.vip_ids.end_change();
+        self.backend_ids.end_change();
+        self.regions.end_change();
+        self.check_capacity(desired)?;
+
+        if self.encap_source != Some(desired.encap_source) {
+            self.write_globals(Some(desired.encap_source))?;
+        }
+
+        let mut report = ApplyReport::default();
+        let removed: Vec<VipKeyOrd> = self
+            .applied
+            .keys()
+            .filter(|key| !desired.vips.contains_key(key))
+            .copied()
+            .collect();
+        for key in removed {
+            self.remove_vip(key)?;
+            report.removed += 1;
+        }
+        for (key, vip) in &desired.vips {
+            match self.applied.get(key) {
+                Some(applied) if applied.desired == *vip => report.unchanged += 1,
+                Some(_) => {
+                    self.apply_vip(*key, vip)?;
+                    report.changed += 1;
+                }
+                None => {
+                    self.apply_vip(*key, vip)?;
+                    report.added += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Refuses a change that cannot fit before writing anything.
+    fn check_capacity(&self, desired: &DesiredState) -> Result<(), DataplaneError> {
+        let new_vips = desired
+            .vips
+            .keys()
+            .filter(|key| !self.applied.contains_key(key))
+            .count() as u64;
+        let mut new_backends = 0u64;
+        let mut new_slots = 0u64;
+        for (key, vip) in &desired.vips {
+            let old = self.applied.get(key);
+            if old.is_some_and(|old| old.desired == *vip) {
+                continue;
+            }
+            new_slots += vip.table.len() as u64;
+            new_backends += vip
+                .backends
+                .iter()
+                .filter(|b| {
+                    !old.is_some_and(|old| {
+                        old.desired
+                            .backends
+                            .iter()
+                            .any(|o| o.identity() == b.identity())
+                    })
+                })
+                .count() as u64;
+        }
+        let checks = [
+            (
+                "VIP ids",
+                new_vips,
+                u64::from(self.vip_ids.available()),
+                "max_vips",
+            ),
+            (
+                "backend ids",
+                new_backends,
+                u64::from(self.backend_ids.available()),
+                "max_backends",
+            ),
+            (
+                "Maglev slots",
+                new_slots,
+                self.regions.free_slots(),
+                "maglev_slots",
+            ),
+        ];
+        for (what, needed, available, limit) in checks {
+            if needed > available {
+                return Err(DataplaneError::Capacity {
+                    what,
+                    needed,
+                    available,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_vip(&mut self, key: VipKeyOrd, vip: &DesiredVip) -> Result<(), DataplaneError> {
+        let old = self.applied.remove(&key);
+        let vip_id = match &old {
+            Some(old) => old.vip_id,
+            None => self.vip_ids.alloc().ok_or(DataplaneError::Capacity {
+                what: "VIP ids",
+                needed: 1,
+                available: 0,
+                limit: "max_vips",
+            })?,
+        };
+
+        // Backends: keep the entry of every backend whose identity is unchanged; new entries
+        // are written before anything can point at them.
+        let mut backend_ids = Vec::with_capacity(vip.backends.len());
+        for backend in &vip.backends {
+            let existing = old.as_ref().and_then(|old| {
+                old.desired
+                    .backends
+                    .iter()
+                    .position(|o| o.identity() == backend.identity())
+                    .map(|i| old.backend_ids[i])
+            });
+            let id = match existing {
+                Some(id) => id,
+                None => {
+                    let id = self.backend_ids.alloc().ok_or(DataplaneError::Capacity {
+                        what: "backend ids",
+                        needed: 1,
+                        available: 0,
+                        limit: "max_backends",
+                    })?;
+                    let (addr, family) = addr_words(backend.address);
+                    let entry = Backend {
+                        addr,
+                        mac: backend.mac.0,
+                        family,
+                        _pad: 0,
+                        vip_id,
+                        flags: backend_flags::ACTIVE,
+                    };
+                    self.backends
+                        .set(id, entry, 0)
+                        .map_err(map_err("update", map_names::BACKENDS))?;
+                    id
+                }
+            };
+            backend_ids.push(id);
+        }
+
+        // Table: reuse the active region when the table is the same, else write a new one.
+        let region = match &old {
+            Some(old) if old.desired.table == vip.table => old.region,
+            _ if vip.table.is_empty() => None,
+            _ => {
+                let len = vip.table.len() as u32;
+                let offset = self.regions.alloc(len).ok_or(DataplaneError::Capacity {
+                    what: "contiguous Maglev slots",
+                    needed: u64::from(len),
+                    available: self.regions.free_slots(),
+                    limit: "maglev_slots",
+                })?;
+                let slots: Vec<u32> = vip.table.iter().map(|&i| backend_ids[i as usize]).collect();
+                self.slots.write(offset, &slots)?;
+                Some((offset, len))
+            }
+        };
+
+        let meta = VipMeta {
+            vip_id,
+            mode: vip.mode,
+            table_size: region.map_or(0, |(_, len)| len),
+            table_offset: region.map_or(0, |(offset, _)| offset),
+            backend_count: vip.backends.iter().filter(|b| b.weight > 0).count() as u32,
+        };
+        // The switch: one update of the VIP entry.
+        self.vips
+            .insert(key.to_key(), meta, 0)
+            .map_err(map_err("update", map_names::VIPS))?;
+        if old.is_none() {
+            self.add_vip_addr(&key)?;
+        }
+
+        if let Some(old) = old {
+            if old.region != region
+                && let Some((offset, len)) = old.region
+            {
+                self.regions.free(offset, len);
+            }
+            for id in old.backend_ids {
+                if !backend_ids.contains(&id) {
+                    self.retire_backend(id)?;
+                }
+            }
+        }
+        self.applied.insert(
+            key,
+            AppliedVip {
+                vip_id,
+                desired: vip.clone(),
+                backend_ids,
+                region,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, key: VipKeyOrd) -> Result<(), DataplaneError> {
+        let Some(old) = self.applied.remove(&key) else {
+            return Ok(());
+        };
+        self.vips
+            .remove(&key.to_key())
+            .map_err(map_err("delete", map_names::VIPS))?;
+        self.release_vip_addr(&key)?;
+        if let Some((offset, len)) = old.region {
+            self.regions.free(offset, len);
+        }
+        for id in old.backend_ids {
+            self.retire_backend(id)?;
+        }
+        self.vip_ids.free(old.vip_id);
+        Ok(())
+    }
+
+    /// Clears a backend's ACTIVE flag (flows pinned to it get rehashed) and frees its id.
+    fn retire_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.backends
+            .set(id, Backend::default(), 0)
+            .map_err(map_err("update", map_names::BACKENDS))?;
+        self.backend_ids.free(id);
+        Ok(())
+    }
+
+    fn vip_addr_key(key: &VipKeyOrd) -> VipAddrKey {
+        VipAddrKey {
+            addr: key.addr,
+            family: key.family,
+            _pad: [0; 3],
+        }
+    }
+
+    fn add_vip_addr(&mut self, key: &VipKeyOrd) -> Result<(), DataplaneError> {
+        let addr_key = Self::vip_addr_key(key);
+        let count = self.vip_addrs.get(&addr_key, 0).map_or(0, |v| v.vip_count);
+        self.vip_addrs
+            .insert(
+                addr_key,
+                VipAddrValue {
+                    vip_count: count + 1,
+                },
+                0,
+            )
+            .map_err(map_err("update", map_names::VIP_ADDRS))
+    }
+
+    fn release_vip_addr(&mut self, key: &VipKeyOrd) -> Result<(), DataplaneError> {
+        let addr_key = Self::vip_addr_key(key);
+        let count = self.vip_addrs.get(&addr_key, 0).map_or(0, |v| v.vip_count);
+        if count <= 1 {
+            self.vip_addrs
+                .remove(&addr_key)
+                .map_err(map_err("delete", map_names::VIP_ADDRS))
+        } else {
+            self.vip_addrs
+                .insert(
+                    addr_key,
+                    VipAddrValue {
+                        vip_count: count - 1,
+                    },
+                    0,
+                )
+                .map_err(map_err("update", map_names::VIP_ADDRS))
+        }
+    }
+}
+
+fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(program_names::LB)
+        .and_then(|p| <&mut Xdp>::try_from(p).ok())
+        .ok_or(DataplaneError::Missing("XDP program xlb_lb"))
+}

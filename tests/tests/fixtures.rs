@@ -1,0 +1,770 @@
+//! Datapath fixtures: each case is a description, the input frame, the expected XDP action and
+//! the expected output frame, run through BPF_PROG_TEST_RUN on the real program with maps filled
+//! by the real control plane. Every drop must move exactly its reason's counter by one.
+
+use std::net::Ipv4Addr;
+
+use xlb::{
+    config::Config,
+    dataplane::Dataplane,
+    state::{DesiredState, VipKeyOrd, addr_words},
+};
+use xlb_common::{DropReason, FlowKey, LbCounter, family, hash};
+use xlb_tests::{
+    have_root,
+    packet::{self, Flow, L2, TCP_ACK, TCP_SYN},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xaa];
+const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xcc];
+
+const CONFIG: &str = r#"
+[interface]
+name = "fixture0"
+
+[limits]
+flow_table_size = 4096
+max_vips = 64
+max_backends = 256
+maglev_slots = 262144
+
+[encap]
+source_prefix = "172.16.0.0/16"
+next_hop_mac = "02:00:00:00:fe:01"
+
+[[vip]]
+name = "web-l2"
+address = "10.0.0.10"
+port = 80
+protocol = "tcp"
+mode = "l2"
+table_size = 65537
+  [[vip.backend]]
+  address = "10.0.1.21"
+  mac = "02:00:00:00:01:21"
+  [[vip.backend]]
+  address = "10.0.1.22"
+  mac = "02:00:00:00:01:22"
+  [[vip.backend]]
+  address = "10.0.1.23"
+  mac = "02:00:00:00:01:23"
+
+[[vip]]
+name = "dns-l2"
+address = "10.0.0.10"
+port = 53
+protocol = "udp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.1.31"
+  mac = "02:00:00:00:01:31"
+  [[vip.backend]]
+  address = "10.0.1.32"
+  mac = "02:00:00:00:01:32"
+
+[[vip]]
+name = "web-ipip"
+address = "10.0.0.20"
+port = 80
+protocol = "tcp"
+mode = "ipip"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.2.21"
+  [[vip.backend]]
+  address = "10.0.2.22"
+  mac = "02:00:00:00:02:22"
+
+[[vip]]
+name = "dns-ipip"
+address = "10.0.0.20"
+port = 53
+protocol = "udp"
+mode = "ipip"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.2.31"
+
+[[vip]]
+name = "any-port"
+address = "10.0.0.30"
+port = 0
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.3.1"
+  mac = "02:00:00:00:03:01"
+
+[[vip]]
+name = "drained"
+address = "10.0.0.40"
+port = 80
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.4.1"
+  mac = "02:00:00:00:04:01"
+  weight = 0
+"#;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("test address")
+}
+
+struct Lab {
+    dataplane: Dataplane,
+    config: Config,
+}
+
+fn lab(config_text: &str) -> Lab {
+    let config = Config::parse(config_text, "fixtures.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    let mut dataplane = Dataplane::load(&config.limits, xlb::config::MacAddr(IF_MAC))
+        .unwrap_or_else(|e| panic!("loading the datapath: {e}"));
+    dataplane.apply(&state).unwrap_or_else(|e| panic!("{e}"));
+    Lab { dataplane, config }
+}
+
+fn vip_key(address: &str, port: u16, proto: u8) -> VipKeyOrd {
+    let (addr, fam) = addr_words(ip(address).into());
+    VipKeyOrd {
+        addr,
+        port,
+        proto,
+        family: fam,
+    }
+}
+
+fn flow_key(flow: &Flow, proto: u8) -> FlowKey {
+    FlowKey {
+        src: addr_words(flow.src.into()).0,
+        dst: addr_words(flow.dst.into()).0,
+        sport: flow.sport.to_be(),
+        dport: flow.dport.to_be(),
+        proto,
+        family: family::V4,
+        _pad: [0; 2],
+    }
+}
+
+impl Lab {
+    /// The backend index (in config order) the control plane's table picks for a flow.
+    fn predicted_backend(&self, vip: &VipKeyOrd, flow: &Flow, proto: u8) -> usize {
+        let table = self.dataplane.table(vip).unwrap().expect("VIP applied");
+        let slot = hash::flow_hash(&flow_key(flow, proto)) % table.len() as u32;
+        let id = table[slot as usize];
+        (0..)
+            .find(|&i| self.dataplane.backend_id(vip, i) == Some(id))
+            .expect("slot holds one of the VIP's backends")
+    }
+
+    fn backend_mac(&self, vip_name: &str, index: usize) -> [u8; 6] {
+        let vip = self
+            .config
+            .vips
+            .iter()
+            .find(|v| v.name == vip_name)
+            .unwrap();
+        vip.backends[index].mac.0
+    }
+
+    fn backend_addr(&self, vip_name: &str, index: usize) -> Ipv4Addr {
+        let vip = self
+            .config
+            .vips
+            .iter()
+            .find(|v| v.name == vip_name)
+            .unwrap();
+        match vip.backends[index].address {
+            std::net::IpAddr::V4(a) => a,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let (action, len) = self
+            .dataplane
+            .test_run(input, &mut out)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        out.truncate(len);
+        (action, out)
+    }
+}
+
+enum Expected {
+    /// The frame leaves unchanged (pass, or drop).
+    Unchanged,
+    /// The frame leaves as these bytes.
+    Bytes(Vec<u8>),
+}
+
+struct Case {
+    description: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    output: Expected,
+    drop: Option<DropReason>,
+}
+
+fn to_lb(vlan: Option<u16>) -> L2 {
+    L2 {
+        dst: IF_MAC,
+        src: CLIENT_MAC,
+        vlan,
+    }
+}
+
+fn flow(src: &str, dst: &str, sport: u16, dport: u16) -> Flow {
+    Flow {
+        src: ip(src),
+        dst: ip(dst),
+        sport,
+        dport,
+    }
+}
+
+/// The L2 DSR output: the same frame with the backend's MAC as destination, ours as source.
+fn l2_rewritten(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    out[0..6].copy_from_slice(&backend_mac);
+    out[6..12].copy_from_slice(&IF_MAC);
+    out
+}
+
+fn ipip_source(flow: &Flow, proto: u8) -> Ipv4Addr {
+    // 172.16.0.0/16 with the host bits from the flow hash, as documented for encap.source_prefix.
+    let prefix = u32::from_ne_bytes([172, 16, 0, 0]);
+    let mask = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let word = hash::ipip_source(prefix, mask, hash::flow_hash(&flow_key(flow, proto)));
+    Ipv4Addr::from(word.to_ne_bytes())
+}
+
+fn cases(lab: &Lab) -> Vec<Case> {
+    let web_l2 = vip_key("10.0.0.10", 80, 6);
+    let dns_l2 = vip_key("10.0.0.10", 53, 17);
+    let web_ipip = vip_key("10.0.0.20", 80, 6);
+    let dns_ipip = vip_key("10.0.0.20", 53, 17);
+    let any_port = vip_key("10.0.0.30", 0, 6);
+    let mut cases = Vec::new();
+
+    // --- Forwarded, L2 DSR.
+    let f = flow("192.0.2.1", "10.0.0.10", 40000, 80);
+    let input = packet::tcp4(&to_lb(None), &f, TCP_SYN, b"");
+    let b = lab.predicted_backend(&web_l2, &f, 6);
+    cases.push(Case {
+        description: "TCP SYN to an L2 VIP: destination MAC becomes the Maglev backend's",
+        output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web-l2", b))),
+        input,
+        action: XDP_TX,
+        drop: None,
+    });
+    let f = flow("192.0.2.2", "10.0.0.10", 5353, 53);
+    let input = packet::udp4(&to_lb(None), &f, b"query");
+    let b = lab.predicted_backend(&dns_l2, &f, 17);
+    cases.push(Case {
+        description: "UDP to an L2 VIP",
+        output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("dns-l2", b))),
+        input,
+        action: XDP_TX,
+        drop: None,
+    });
+    let f = flow("192.0.2.3", "10.0.0.10", 40001, 80);
+    let input = packet::tcp4(&to_lb(Some(42)), &f, TCP_SYN, b"");
+    let b = lab.predicted_backend(&web_l2, &f, 6);
+    cases.push(Case {
+        description: "VLAN-tagged TCP to an L2 VIP keeps its tag",
+        output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web-l2", b))),
+        input,
+        action: XDP_TX,
+        drop: None,
+    });
+    let f = flow("192.0.2.4", "10.0.0.30", 40002, 8443);
+    let input = packet::tcp4(&to_lb(None), &f, TCP_SYN, b"");
+    let b = lab.predicted_backend(&any_port, &f, 6);
+    cases.push(Case {
+        description: "TCP to a port-0 VIP (every port) on another port",
+        output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("any-port", b))),
+        input,
+        action: XDP_TX,
+        drop: None,
+    });
+    let f = flow("192.0.2.5", "10.0.0.10", 40003, 80);
+    let segment = packet::tcp_segment(&f, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n");
+    let mut input = packet::ethernet(&to_lb(None), 0x0800);
+    // Options: a record-route-sized run of NOPs and an end-of-list, 8 bytes.
+    input.extend(packet::ipv4_header(
+        f.src,
+        f.dst,
+        6,
+        segment.len(),
+        &[1, 1, 1, 1, 1, 1, 1, 0],
+        0,
+    ));
+    input.extend(segment);
+    let b = lab.predicted_backend(&web_l2, &f, 6);
+    cases.push(Case {
+        description: "IPv4 with options (IHL 7) to an L2 VIP: ports found past the options",
+        output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web-l2", b))),
+        input,
+        action: XDP_TX,
+        drop: None,
+    });
+
+    // --- Forwarded, IPIP.
+    for (description, vlan, f, proto, vip, name) in [
+        (
+            "TCP to an IPIP VIP: outer IPv4 header to the backend",
+            None,
+            flow("192.0.2.10", "10.0.0.20", 40010, 80),
+            6u8,
+            web_ipip,
+            "web-ipip",
+        ),
+        (
+            "UDP to an IPIP VIP",
+            None,
+            flow("192.0.2.11", "10.0.0.20", 5353, 53),
+            17,
+            dns_ipip,
+            "dns-ipip",
+        ),
+        (
+            "VLAN-tagged TCP to an IPIP VIP: tag stays in front of the outer header",
+            Some(7),
+            flow("192.0.2.12", "10.0.0.20", 40011, 80),
+            6,
+            web_ipip,
+            "web-ipip",
+        ),
+    ] {
+        let input = if proto == 6 {
+            packet::tcp4(&to_lb(vlan), &f, TCP_SYN, b"")
+        } else {
+            packet::udp4(&to_lb(vlan), &f, b"query")
+        };
+        let b = lab.predicted_backend(&vip, &f, proto);
+        let new_l2 = L2 {
+            dst: lab.backend_mac(name, b),
+            src: IF_MAC,
+            vlan,
+        };
+        cases.push(Case {
+            description,
+            output: Expected::Bytes(packet::ipip_encapsulated(
+                &input,
+                &new_l2,
+                ipip_source(&f, proto),
+                lab.backend_addr(name, b),
+            )),
+            input,
+            action: XDP_TX,
+            drop: None,
+        });
+    }
+
+    // --- Passed untouched.
+    cases.push(Case {
+        description: "TCP to a non-VIP address passes",
+        input: packet::tcp4(
+            &to_lb(None),
+            &flow("192.0.2.20", "10.0.0.99", 40020, 80),
+            TCP_SYN,
+            b"",
+        ),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    cases.push(Case {
+        description: "TCP to a VIP address on a port no VIP serves passes",
+        input: packet::tcp4(
+            &to_lb(None),
+            &flow("192.0.2.21", "10.0.0.10", 40021, 8080),
+            TCP_SYN,
+            b"",
+        ),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    cases.push(Case {
+        description: "UDP to a VIP address on a TCP-only port passes",
+        input: packet::udp4(
+            &to_lb(None),
+            &flow("192.0.2.22", "10.0.0.30", 40022, 80),
+            b"x",
+        ),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    cases.push(Case {
+        description: "ARP request for a VIP passes",
+        input: packet::arp_request(CLIENT_MAC, ip("192.0.2.23"), ip("10.0.0.10")),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    let mut icmp = packet::ethernet(&to_lb(None), 0x0800);
+    let echo = [8u8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+    icmp.extend(packet::ipv4_header(
+        ip("192.0.2.24"),
+        ip("10.0.0.10"),
+        1,
+        echo.len(),
+        &[],
+        0,
+    ));
+    icmp.extend_from_slice(&echo);
+    cases.push(Case {
+        description: "ICMP echo to a VIP address passes to the stack",
+        input: icmp,
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    let mut ipv6 = packet::ethernet(&to_lb(None), 0x86dd);
+    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
+    ipv6.extend_from_slice(&[0u8; 32]);
+    cases.push(Case {
+        description: "IPv6 passes (not balanced yet)",
+        input: ipv6,
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+
+    // --- Malformed or unbalanceable: dropped with a reason, never aborted.
+    // (A frame shorter than 14 bytes cannot be fed to BPF_PROG_TEST_RUN, which refuses it.)
+    let good = packet::tcp4(
+        &to_lb(None),
+        &flow("192.0.2.30", "10.0.0.10", 40030, 80),
+        TCP_SYN,
+        b"",
+    );
+    let tagged = packet::tcp4(
+        &to_lb(Some(5)),
+        &flow("192.0.2.30", "10.0.0.10", 40030, 80),
+        TCP_SYN,
+        b"",
+    );
+    cases.push(Case {
+        description: "802.1Q tag cut short",
+        input: tagged[..15].to_vec(),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::EthTruncated),
+    });
+    cases.push(Case {
+        description: "IPv4 header cut short",
+        input: good[..14 + 12].to_vec(),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv4Truncated),
+    });
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    cases.push(Case {
+        description: "IPv4 with IHL 4 (< 5)",
+        input: bad_ihl,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv4BadHeader),
+    });
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    cases.push(Case {
+        description: "IPv4 ethertype with version 6 in the header",
+        input: bad_version,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv4BadHeader),
+    });
+    let mut too_long = good.clone();
+    too_long[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    cases.push(Case {
+        description: "IPv4 total length longer than the frame",
+        input: too_long,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv4BadLength),
+    });
+    let mut too_short = good.clone();
+    too_short[16..18].copy_from_slice(&16u16.to_be_bytes());
+    cases.push(Case {
+        description: "IPv4 total length shorter than its header",
+        input: too_short,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv4BadLength),
+    });
+    cases.push(Case {
+        description: "TCP header to a VIP cut short (frame ends inside it)",
+        input: {
+            let mut p = good[..14 + 20 + 10].to_vec();
+            p[16..18].copy_from_slice(&30u16.to_be_bytes());
+            p
+        },
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::L4Truncated),
+    });
+    let udp = packet::udp4(
+        &to_lb(None),
+        &flow("192.0.2.31", "10.0.0.10", 5353, 53),
+        b"",
+    );
+    cases.push(Case {
+        description: "UDP header to a VIP cut short",
+        input: {
+            let mut p = udp[..14 + 20 + 4].to_vec();
+            p[16..18].copy_from_slice(&24u16.to_be_bytes());
+            p
+        },
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::L4Truncated),
+    });
+    let f = flow("192.0.2.32", "10.0.0.10", 40032, 80);
+    let segment = packet::tcp_segment(&f, TCP_ACK, b"fragment");
+    let mut fragment = packet::ethernet(&to_lb(None), 0x0800);
+    fragment.extend(packet::ipv4_header(
+        f.src,
+        f.dst,
+        6,
+        segment.len(),
+        &[],
+        0x2000,
+    ));
+    fragment.extend(segment);
+    cases.push(Case {
+        description: "first fragment (MF set) to a VIP",
+        input: fragment,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Fragment),
+    });
+    let mut later_fragment = packet::ethernet(&to_lb(None), 0x0800);
+    later_fragment.extend(packet::ipv4_header(f.src, f.dst, 6, 8, &[], 0x0010));
+    later_fragment.extend_from_slice(b"tailbyte");
+    cases.push(Case {
+        description: "non-first fragment (offset > 0) to a VIP",
+        input: later_fragment,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Fragment),
+    });
+    let mut other_fragment = packet::ethernet(&to_lb(None), 0x0800);
+    other_fragment.extend(packet::ipv4_header(
+        f.src,
+        ip("10.0.0.99"),
+        6,
+        8,
+        &[],
+        0x0010,
+    ));
+    other_fragment.extend_from_slice(b"tailbyte");
+    cases.push(Case {
+        description: "fragment to a non-VIP address passes",
+        input: other_fragment,
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    cases.push(Case {
+        description: "TCP to a VIP whose only backend is drained (weight 0)",
+        input: packet::tcp4(
+            &to_lb(None),
+            &flow("192.0.2.33", "10.0.0.40", 40033, 80),
+            TCP_SYN,
+            b"",
+        ),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::NoBackend),
+    });
+    cases
+}
+
+#[test]
+fn fixture_table() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let cases = cases(&lab);
+    assert!(cases.len() >= 25, "the table lost cases");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let before = lab.dataplane.stats().unwrap();
+        let (action, output) = lab.run(&case.input);
+        let after = lab.dataplane.stats().unwrap();
+        let expected_bytes = match &case.output {
+            Expected::Unchanged => &case.input,
+            Expected::Bytes(bytes) => bytes,
+        };
+        if action != case.action {
+            failures.push(format!(
+                "{}: action {action}, expected {}",
+                case.description, case.action
+            ));
+            continue;
+        }
+        if &output != expected_bytes {
+            failures.push(format!(
+                "{}: output differs\n  got      {}\n  expected {}",
+                case.description,
+                hex(&output),
+                hex(expected_bytes)
+            ));
+        }
+        if action == XDP_TX {
+            let l3_off = if output[12..14] == [0x81, 0x00] {
+                18
+            } else {
+                14
+            };
+            if !packet::ipv4_checksum_ok(&output, l3_off) {
+                failures.push(format!("{}: bad IPv4 header checksum", case.description));
+            }
+        }
+        for reason in DropReason::ALL {
+            let moved = after.drop_packets(reason) - before.drop_packets(reason);
+            let expected = u64::from(case.drop == Some(reason));
+            if moved != expected {
+                failures.push(format!(
+                    "{}: drop counter {} moved by {moved}, expected {expected}",
+                    case.description,
+                    reason.name()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    let stats = lab.dataplane.stats().unwrap();
+    assert_eq!(stats.action_packets("aborted"), 0);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The backend a frame was sent to, by destination MAC.
+fn sent_to(output: &[u8]) -> [u8; 6] {
+    output[0..6].try_into().unwrap()
+}
+
+#[test]
+fn established_flows_stay_on_their_backend_when_the_set_changes() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let web = vip_key("10.0.0.10", 80, 6);
+    let fourth = "  [[vip.backend]]\n  address = \"10.0.1.24\"\n  mac = \"02:00:00:00:01:24\"\n\n[[vip]]\nname = \"dns-l2\"";
+    let grown_text = CONFIG.replacen("\n[[vip]]\nname = \"dns-l2\"", &format!("\n{fourth}"), 1);
+    let grown = Lab {
+        dataplane: Dataplane::load(&lab.config.limits, xlb::config::MacAddr(IF_MAC)).unwrap(),
+        config: Config::parse(&grown_text, "grown.toml").unwrap(),
+    };
+    let grown_state = DesiredState::from_config(&grown.config).unwrap();
+    let mut grown = grown;
+    grown.dataplane.apply(&grown_state).unwrap();
+
+    // Find flows whose Maglev slot moves to the new backend when it is added.
+    let moved: Vec<Flow> = (41000..60000u16)
+        .map(|port| flow("198.51.100.7", "10.0.0.10", port, 80))
+        .filter(|f| grown.predicted_backend(&web, f, 6) == 3)
+        .take(5)
+        .collect();
+    assert_eq!(moved.len(), 5, "some slots must move to a new backend");
+
+    // Start those flows on the 3-backend set.
+    let mut first_backend = Vec::new();
+    for f in &moved {
+        let (action, out) = lab.run(&packet::tcp4(&to_lb(None), f, TCP_SYN, b""));
+        assert_eq!(action, XDP_TX, "{:?}", lab.dataplane.stats().unwrap().drops);
+        first_backend.push(sent_to(&out));
+    }
+    // Add the fourth backend through the normal apply path.
+    let report = lab.dataplane.apply(&grown_state).unwrap();
+    assert_eq!(
+        (report.changed, report.unchanged),
+        (1, 5),
+        "only web-l2 changes"
+    );
+    lab.config = grown.config.clone();
+    let hits_before = lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowHit);
+    for (f, backend) in moved.iter().zip(&first_backend) {
+        let (action, out) = lab.run(&packet::tcp4(&to_lb(None), f, TCP_ACK, b"data"));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(sent_to(&out), *backend, "established flow {f:?} moved");
+    }
+    let hits_after = lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowHit);
+    assert_eq!(hits_after - hits_before, moved.len() as u64);
+
+    // A new flow with the same slot goes to the new backend.
+    let fresh = flow("198.51.100.7", "10.0.0.10", moved[0].sport, 80);
+    let fresh = Flow {
+        src: ip("198.51.100.8"),
+        ..fresh
+    };
+    let b = lab.predicted_backend(&web, &fresh, 6);
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &fresh, TCP_SYN, b""));
+    assert_eq!(sent_to(&out), lab.backend_mac("web-l2", b));
+
+    // Remove the backend the first flow is on: that flow is rehashed, counted as gone.
+    let victim = first_backend[0];
+    let victim_addr = lab.config.vips[0]
+        .backends
+        .iter()
+        .find(|b| b.mac.0 == victim)
+        .unwrap()
+        .address
+        .to_string();
+    let shrunk_text = remove_backend(&grown_text, &victim_addr);
+    let shrunk = Config::parse(&shrunk_text, "shrunk.toml").unwrap();
+    lab.dataplane
+        .apply(&DesiredState::from_config(&shrunk).unwrap())
+        .unwrap();
+    lab.config = shrunk;
+    let gone_before = lab
+        .dataplane
+        .stats()
+        .unwrap()
+        .lb_count(LbCounter::FlowBackendGone);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &moved[0], TCP_ACK, b"data"));
+    assert_eq!(action, XDP_TX);
+    assert_ne!(sent_to(&out), victim, "a flow must leave a removed backend");
+    let gone_after = lab
+        .dataplane
+        .stats()
+        .unwrap()
+        .lb_count(LbCounter::FlowBackendGone);
+    assert_eq!(gone_after - gone_before, 1);
+}
+
+fn remove_backend(config: &str, address: &str) -> String {
+    let needle = format!("  [[vip.backend]]\n  address = \"{address}\"\n");
+    let start = config.find(&needle).expect("backend in config");
+    let rest = &config[start + needle.len()..];
+    let end = rest
+        .find("\n  [[vip.backend]]")
+        .or_else(|| rest.find("\n\n"))
+        .unwrap();
+    format!("{}{}", &config[..start], &rest[end + 1..])
+}

@@ -1,0 +1,81 @@
+//! Counter values and the indices of the load balancer's own counters.
+
+/// Packets and bytes, one per CPU in per-CPU arrays; user space sums them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct Counter {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted (frame length as the program saw it).
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// What happened in the load-balancing stage, counted per CPU in `XLB_ST_LB`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbCounter {
+    /// A packet's flow was found in the flow table and its backend is still valid.
+    FlowHit = 0,
+    /// A packet started a new flow: its backend came from the Maglev table.
+    FlowNew = 1,
+    /// A flow entry pointed at a backend that was removed: the flow was rehashed.
+    FlowBackendGone = 2,
+    /// The flow table refused a new entry (the packet was still forwarded).
+    FlowInsertFailed = 3,
+}
+
+impl LbCounter {
+    /// Every counter, in index order.
+    pub const ALL: [LbCounter; 4] = [
+        LbCounter::FlowHit,
+        LbCounter::FlowNew,
+        LbCounter::FlowBackendGone,
+        LbCounter::FlowInsertFailed,
+    ];
+    /// Number of counters: the size of the per-CPU array.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Name used in logs, the stats file and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LbCounter::FlowHit => "flow_hit",
+            LbCounter::FlowNew => "flow_new",
+            LbCounter::FlowBackendGone => "flow_backend_gone",
+            LbCounter::FlowInsertFailed => "flow_insert_failed",
+        }
+    }
+}
+
+/// What the decap program did, counted per CPU in `XLBD_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapCounter {
+    /// An IPIP packet for a local VIP was stripped and passed to the stack.
+    Decapsulated = 0,
+    /// Not an encapsulated packet for a local VIP: passed untouched.
+    Passed = 1,
+    /// An encapsulated packet too short or malformed to strip: dropped.
+    Malformed = 2,
+}
+
+impl DecapCounter {
+    /// Every counter, in index order.
+    pub const ALL: [DecapCounter; 3] = [
+        DecapCounter::Decapsulated,
+        DecapCounter::Passed,
+        DecapCounter::Malformed,
+    ];
+    /// Number of counters: the size of the per-CPU array.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Name used in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapCounter::Decapsulated => "decapsulated",
+            DecapCounter::Passed => "passed",
+            DecapCounter::Malformed => "malformed",
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Types shared by the xlb XDP programs (kernel side) and the `xlbd` daemon (user side).
+//!
+//! Every map key and value is `#[repr(C)]`, has its size asserted at compile time and carries
+//! explicit `_pad` fields instead of implicit padding: a padded key is a lookup that misses.
+//! The user side gets `aya::Pod` implementations behind the `user` feature.
+#![no_std]
+
+pub mod counters;
+pub mod drop;
+pub mod hash;
+pub mod maps;
+
+pub use counters::{Counter, DecapCounter, LbCounter};
+pub use drop::DropReason;
+pub use maps::*;
+
+/// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
+/// daemon that finds maps pinned by another build can refuse them instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
+pub mod family {
+    /// IPv4: the address is in word 0, words 1..3 are zero.
+    pub const V4: u8 = 4;
+    /// IPv6: all four words are used.
+    pub const V6: u8 = 6;
+}
+
+/// Forwarding modes of a VIP, as stored in [`maps::VipMeta::mode`].
+pub mod forward_mode {
+    /// Direct server return on the same L2 segment: rewrite the destination MAC to the backend's.
+    pub const L2: u32 = 1;
+    /// Direct server return through IPv4-in-IPv4 encapsulation towards the backend's address.
+    pub const IPIP: u32 = 2;
+}
+
+/// IP protocol numbers the datapath cares about.
+pub mod proto {
+    /// ICMP.
+    pub const ICMP: u8 = 1;
+    /// IPv4-in-IPv4 encapsulation.
+    pub const IPIP: u8 = 4;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Names of the maps in the load balancer object, so both sides agree on them. Kernel map names
+/// are limited to 15 bytes.
+pub mod map_names {
+    /// VIP (address, port, protocol) -> [`crate::VipMeta`].
+    pub const VIPS: &str = "XLB_VIPS";
+    /// Addresses that carry at least one VIP -> flags; decides "for us or pass".
+    pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
+    /// Backend id -> [`crate::Backend`].
+    pub const BACKENDS: &str = "XLB_BACKENDS";
+    /// Flat array of Maglev slots (backend ids); each VIP owns a region of it.
+    pub const MAGLEV: &str = "XLB_MAGLEV";
+    /// Flow table: [`crate::FlowKey`] -> [`crate::FlowValue`], LRU with per-CPU eviction lists.
+    pub const FLOWS: &str = "XLB_FLOWS";
+    /// One [`crate::Globals`] entry: interface MAC, encapsulation source, layout version.
+    pub const GLOBALS: &str = "XLB_GLOBALS";
+    /// Per-CPU [`crate::Counter`] per XDP action.
+    pub const STATS_ACTIONS: &str = "XLB_ST_ACTIONS";
+    /// Per-CPU packet count per [`crate::DropReason`].
+    pub const STATS_DROPS: &str = "XLB_ST_DROPS";
+    /// Per-CPU count per [`crate::LbCounter`].
+    pub const STATS_LB: &str = "XLB_ST_LB";
+    /// Per-CPU [`crate::Counter`] per VIP id.
+    pub const STATS_VIPS: &str = "XLB_ST_VIPS";
+    /// Per-CPU [`crate::Counter`] per backend id.
+    pub const STATS_BACKENDS: &str = "XLB_ST_BACKENDS";
+    /// Decap program: local VIP addresses whose encapsulated packets it strips.
+    pub const DECAP_VIPS: &str = "XLBD_VIPS";
+    /// Decap program: per-CPU packet count per [`crate::DecapCounter`].
+    pub const DECAP_STATS: &str = "XLBD_STATS";
+}
+
+/// Names of the XDP programs in the objects.
+pub mod program_names {
+    /// The load balancer.
+    pub const LB: &str = "xlb_lb";
+    /// The backend-side decapsulation program.
+    pub const DECAP: &str = "xlb_decap";
+    /// Passes every packet: attached to a veth peer so it accepts XDP_TX frames.
+    pub const PASS: &str = "xlb_pass";
+    /// Swaps MACs and returns XDP_TX: the floor the benchmarks compare against.
+    pub const FLOOR: &str = "xlb_floor";
+}
+
+/// Number of XDP action codes (ABORTED, DROP, PASS, TX, REDIRECT).
+pub const XDP_ACTION_COUNT: u32 = 5;

@@ -1,0 +1,161 @@
+//! Keys and values of the datapath's maps. Addresses are four 32-bit words in network byte
+//! order exactly as they appear in the packet (IPv4 in word 0, the rest zero), so the kernel
+//! side copies them without conversion; ports are in network byte order too.
+
+/// Key of the VIP map: one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// VIP address (network byte order words).
+    pub addr: [u32; 4],
+    /// Destination port in network byte order; 0 means every port of this protocol.
+    pub port: u16,
+    /// IP protocol ([`crate::proto`]).
+    pub proto: u8,
+    /// Address family ([`crate::family`]).
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+
+/// What the datapath needs to balance one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into the per-VIP counters.
+    pub vip_id: u32,
+    /// Forwarding mode ([`crate::forward_mode`]).
+    pub mode: u32,
+    /// Number of Maglev slots (a prime).
+    pub table_size: u32,
+    /// First slot of this VIP's active table in the flat Maglev array. The daemon writes a new
+    /// table into a free region and then replaces this value: one atomic switch.
+    pub table_offset: u32,
+    /// Backends in the table; 0 means drop with [`crate::DropReason::NoBackend`].
+    pub backend_count: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 20);
+
+/// Key of the VIP address set: an address that carries at least one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    /// The address (network byte order words).
+    pub addr: [u32; 4],
+    /// Address family ([`crate::family`]).
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
+
+/// Value of the VIP address set: how many VIPs use the address (user space bookkeeping; the
+/// datapath only tests presence).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipAddrValue {
+    /// Number of VIPs on this address.
+    pub vip_count: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipAddrValue>() == 4);
+
+/// Backend entry flags.
+pub mod backend_flags {
+    /// The backend exists: flows pinned to it keep going to it. Cleared when it is removed, so
+    /// flows pinned to it are rehashed.
+    pub const ACTIVE: u32 = 1;
+}
+
+/// One backend of one VIP. Entries are written once and never changed in place: a changed
+/// backend gets a new id, so the datapath never reads a half-written entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Backend address (network byte order words): the IPIP outer destination.
+    pub addr: [u32; 4],
+    /// Destination MAC of frames for this backend: the backend's own (L2 mode) or the next
+    /// hop's (IPIP mode).
+    pub mac: [u8; 6],
+    /// Address family of `addr` ([`crate::family`]).
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+    /// The VIP this backend belongs to; a flow entry is only honoured for the same VIP.
+    pub vip_id: u32,
+    /// [`backend_flags`].
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+
+/// Flow table key: the 5-tuple as the packet carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address (network byte order words).
+    pub src: [u32; 4],
+    /// Destination address (network byte order words).
+    pub dst: [u32; 4],
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Address family ([`crate::family`]).
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Flow table value: the backend the flow started on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Backend id.
+    pub backend_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 4);
+
+/// Settings of the whole datapath, one entry in `XLB_GLOBALS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// MAC address of the interface the program is attached to: source MAC of forwarded frames.
+    pub if_mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+    /// IPIP outer source prefix (network byte order).
+    pub ipip_src_prefix: u32,
+    /// Host bits of the outer source filled from the flow hash (network byte order mask), so a
+    /// backend NIC's RSS spreads flows over its queues.
+    pub ipip_src_host_mask: u32,
+    /// [`crate::LAYOUT_VERSION`] of the daemon that wrote the maps.
+    pub layout_version: u32,
+}
+const _: () = assert!(core::mem::size_of::<Globals>() == 20);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    use crate::Counter;
+
+    // SAFETY: every type below is #[repr(C)], Copy, has no implicit padding (sizes asserted
+    // above) and is valid for any bit pattern.
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipMeta {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipAddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipAddrValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Globals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counter {}
+}

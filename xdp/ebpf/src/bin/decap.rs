@@ -1,0 +1,106 @@
+//! Backend-side decapsulation: strips the outer IPv4 header of IPv4-in-IPv4 packets whose inner
+//! destination is a VIP served on this host, and passes the inner packet to the stack. Needed
+//! because many hosts (and this project's test kernel) have no `ipip` module.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    helpers::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::{HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use xlb_common::{DecapCounter, VipAddrKey, VipAddrValue, family, proto};
+use xlb_ebpf::{
+    headers::{ETH_HLEN, ETH_P_IP_BE, EthHdr, IPV4_HLEN, Ipv4Hdr, VlanHdr},
+    packet::ptr_at,
+    parse,
+};
+
+/// VIP addresses served on this host: only their encapsulated packets are stripped.
+#[map(name = "XLBD_VIPS")]
+static DECAP_VIPS: HashMap<VipAddrKey, VipAddrValue> =
+    HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Packets per [`DecapCounter`].
+#[map(name = "XLBD_STATS")]
+static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DecapCounter::COUNT, 0);
+
+/// Entry point: decapsulate, or pass untouched.
+#[xdp]
+pub fn xlb_decap(ctx: XdpContext) -> u32 {
+    let (counter, action) = match decap(&ctx) {
+        Some(outcome) => outcome,
+        None => (DecapCounter::Passed, xdp_action::XDP_PASS),
+    };
+    if let Some(count) = DECAP_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: this CPU's own slot of a per-CPU array.
+        unsafe { *count += 1 };
+    }
+    action
+}
+
+/// `None` when the packet is not ours to strip.
+#[inline(always)]
+fn decap(ctx: &XdpContext) -> Option<(DecapCounter, u32)> {
+    let l2 = parse::l2(ctx).ok()?;
+    if l2.ether_type != ETH_P_IP_BE {
+        return None;
+    }
+    let outer = parse::ipv4(ctx, l2.l3_off).ok()?;
+    // SAFETY: parse::ipv4 returned a header inside the frame.
+    let outer_hdr = unsafe { *outer.hdr };
+    if outer_hdr.protocol != proto::IPIP {
+        return None;
+    }
+    let malformed = Some((DecapCounter::Malformed, xdp_action::XDP_DROP));
+    // The load balancer never sends outer options; anything else is not from us.
+    if outer.header_len != IPV4_HLEN {
+        return None;
+    }
+    let Some(inner) = ptr_at::<Ipv4Hdr>(ctx, l2.l3_off + IPV4_HLEN) else {
+        return malformed;
+    };
+    // SAFETY: ptr_at checked that the inner header lies inside the frame.
+    let inner_daddr = unsafe { (*inner).daddr };
+    let key = VipAddrKey {
+        addr: [inner_daddr, 0, 0, 0],
+        family: family::V4,
+        _pad: [0; 3],
+    };
+    // SAFETY: only presence is tested.
+    unsafe { DECAP_VIPS.get(&key) }?;
+
+    // Move the Ethernet header (and tag) forward over the outer IPv4 header, then drop the
+    // 20 bytes in front of it.
+    let Some(old_eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return malformed;
+    };
+    let Some(new_eth) = ptr_at::<EthHdr>(ctx, IPV4_HLEN) else {
+        return malformed;
+    };
+    if l2.l3_off != ETH_HLEN {
+        let (Some(old_tag), Some(new_tag)) = (
+            ptr_at::<VlanHdr>(ctx, ETH_HLEN),
+            ptr_at::<VlanHdr>(ctx, IPV4_HLEN + ETH_HLEN),
+        ) else {
+            return malformed;
+        };
+        // SAFETY: both tags were bounds-checked; they do not overlap (20 > 4).
+        unsafe { *new_tag = *old_tag };
+    }
+    // SAFETY: both headers were bounds-checked; they do not overlap (20 > 14).
+    unsafe { *new_eth = *old_eth };
+    // SAFETY: the helper only moves ctx->data; no packet pointer is used afterwards.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV4_HLEN as i32) } != 0 {
+        return malformed;
+    }
+    Some((DecapCounter::Decapsulated, xdp_action::XDP_PASS))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,81 @@
+//! Load-balancing stage: VIP lookup, flow table, Maglev table.
+
+use xlb_common::{
+    Backend, DropReason, FlowKey, FlowValue, LbCounter, VipKey, VipMeta, backend_flags,
+    hash::flow_hash,
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, MAGLEV, VIPS},
+    stats,
+};
+
+/// The VIP a flow is addressed to: an exact (address, port, protocol) match first, then the
+/// VIP that serves every port of that protocol on the address.
+#[inline(always)]
+pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
+    let mut key = VipKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    // SAFETY: the VIP map is not preallocated, so a value found here is not recycled before
+    // this program finishes; it is copied out at once.
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
+        return Some(*meta);
+    }
+    key.port = 0;
+    // SAFETY: as above.
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// The backend chosen for a flow.
+pub struct Choice {
+    /// Backend id: index into the backend map and the backend counters.
+    pub backend_id: u32,
+    /// A copy of the backend entry.
+    pub backend: Backend,
+}
+
+/// Keeps an established flow on its backend while that backend exists for this VIP; otherwise
+/// asks the VIP's Maglev table and remembers the answer.
+#[inline(always)]
+pub fn choose(flow: &FlowKey, vip: &VipMeta, hash: &mut Option<u32>) -> Result<Choice, DropReason> {
+    // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst give a
+    // backend id that is checked below like any other.
+    if let Some(entry) = unsafe { FLOWS.get(flow) } {
+        let backend_id = entry.backend_id;
+        if let Some(backend) = BACKENDS.get(backend_id)
+            && backend.flags & backend_flags::ACTIVE != 0
+            && backend.vip_id == vip.vip_id
+        {
+            stats::lb(LbCounter::FlowHit);
+            return Ok(Choice {
+                backend_id,
+                backend: *backend,
+            });
+        }
+        stats::lb(LbCounter::FlowBackendGone);
+    }
+
+    if vip.backend_count == 0 || vip.table_size == 0 {
+        return Err(DropReason::NoBackend);
+    }
+    let flow_hash = *hash.get_or_insert_with(|| flow_hash(flow));
+    let slot = vip.table_offset + flow_hash % vip.table_size;
+    let pair = MAGLEV.get(slot / 2).ok_or(DropReason::TableMiss)?;
+    let backend_id = pair[(slot & 1) as usize];
+    let backend = *BACKENDS.get(backend_id).ok_or(DropReason::TableMiss)?;
+    if backend.flags & backend_flags::ACTIVE == 0 || backend.vip_id != vip.vip_id {
+        return Err(DropReason::TableMiss);
+    }
+    if FLOWS.insert(flow, FlowValue { backend_id }, 0).is_err() {
+        stats::lb(LbCounter::FlowInsertFailed);
+    }
+    stats::lb(LbCounter::FlowNew);
+    Ok(Choice {
+        backend_id,
+        backend,
+    })
+}

@@ -1,0 +1,93 @@
+//! Forwarding stage: direct server return by MAC rewrite (L2) or by IPv4-in-IPv4 encapsulation.
+//! Either way the frame leaves through the interface it came in on (XDP_TX), and the backend
+//! answers the client directly.
+
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use xlb_common::{Backend, DropReason, Globals, hash::ipip_source, proto};
+use xlb_ebpf::{
+    csum,
+    headers::{ETH_HLEN, EthHdr, IPV4_DF, IPV4_HLEN, Ipv4Hdr, VlanHdr},
+    packet::ptr_at,
+};
+
+/// What the encapsulation needs from the original IPv4 header, read before the frame moves.
+pub struct Inner {
+    /// Offset of the IPv4 header (14, or 18 with an 802.1Q tag).
+    pub l3_off: usize,
+    /// DSCP/ECN, copied to the outer header.
+    pub tos: u8,
+    /// Total length of the inner packet (without any Ethernet padding).
+    pub total_len: usize,
+    /// Whether the inner packet forbids fragmentation (copied to the outer header).
+    pub dont_fragment: bool,
+}
+
+/// Sends the frame to the backend's MAC, unchanged otherwise.
+#[inline(always)]
+pub fn l2(ctx: &XdpContext, backend: &Backend, globals: &Globals) -> Result<u32, DropReason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
+    // SAFETY: ptr_at checked that the Ethernet header lies inside the frame.
+    unsafe {
+        (*eth).dst = backend.mac;
+        (*eth).src = globals.if_mac;
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Prepends an outer IPv4 header addressed to the backend, keeping the Ethernet header (and
+/// its 802.1Q tag) in front.
+#[inline(always)]
+pub fn ipip(
+    ctx: &XdpContext,
+    inner: &Inner,
+    backend: &Backend,
+    globals: &Globals,
+    flow_hash: u32,
+) -> Result<u32, DropReason> {
+    // SAFETY: the helper only moves ctx->data; every packet pointer is re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
+        return Err(DropReason::EncapFailed);
+    }
+
+    let old_eth: *const EthHdr = ptr_at(ctx, IPV4_HLEN).ok_or(DropReason::EncapFailed)?;
+    let new_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EncapFailed)?;
+    // SAFETY: both headers were bounds-checked by ptr_at; they do not overlap (20 > 14).
+    unsafe {
+        (*new_eth).dst = backend.mac;
+        (*new_eth).src = globals.if_mac;
+        (*new_eth).ether_type = (*old_eth).ether_type;
+    }
+    if inner.l3_off != ETH_HLEN {
+        let old_tag: *const VlanHdr =
+            ptr_at(ctx, IPV4_HLEN + ETH_HLEN).ok_or(DropReason::EncapFailed)?;
+        let new_tag: *mut VlanHdr = ptr_at(ctx, ETH_HLEN).ok_or(DropReason::EncapFailed)?;
+        // SAFETY: both tags were bounds-checked by ptr_at and do not overlap.
+        unsafe { *new_tag = *old_tag };
+    }
+
+    let mut outer = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: inner.tos,
+        tot_len: ((inner.total_len + IPV4_HLEN) as u16).to_be(),
+        id: 0,
+        frag_off: if inner.dont_fragment {
+            IPV4_DF.to_be()
+        } else {
+            0
+        },
+        ttl: 64,
+        protocol: proto::IPIP,
+        check: 0,
+        saddr: ipip_source(
+            globals.ipip_src_prefix,
+            globals.ipip_src_host_mask,
+            flow_hash,
+        ),
+        daddr: backend.addr[0],
+    };
+    outer.check = csum::ipv4_header(&outer);
+    let outer_ptr: *mut Ipv4Hdr = ptr_at(ctx, inner.l3_off).ok_or(DropReason::EncapFailed)?;
+    // SAFETY: ptr_at checked that the 20 bytes lie inside the (grown) frame.
+    unsafe { *outer_ptr = outer };
+    Ok(xdp_action::XDP_TX)
+}

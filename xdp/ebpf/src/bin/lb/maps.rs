@@ -1,0 +1,62 @@
+//! The load balancer's maps. Sizes here are defaults; the daemon sets the real ones from the
+//! config before loading (`EbpfLoader::set_max_entries`).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use xlb_common::{
+    Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, VipAddrKey, VipAddrValue,
+    VipKey, VipMeta, XDP_ACTION_COUNT,
+};
+
+/// VIP (address, port, protocol) -> how to balance it. Not preallocated, so a replaced entry is
+/// freed after an RCU grace period: a reader never sees a recycled value mid-update.
+#[map(name = "XLB_VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Addresses carrying at least one VIP: traffic to any other address passes untouched.
+#[map(name = "XLB_VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<VipAddrKey, VipAddrValue> =
+    HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Backend id -> backend. Entries are written once, never changed in place.
+#[map(name = "XLB_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(65536, 0);
+
+/// Every VIP's Maglev table, one region per table, each slot a backend id. Memory-mapped by the
+/// daemon, which writes a whole new table with one copy instead of a syscall per slot. The
+/// kernel stores array values at 8-byte strides, so each element holds two slots: the mapping
+/// is then a dense array of u32 slots, and no memory is wasted on padding.
+#[map(name = "XLB_MAGLEV")]
+pub static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MMAPABLE);
+
+/// Established flows -> backend. LRU with per-CPU eviction lists (no cross-CPU lock on insert).
+#[map(name = "XLB_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(262_144, BPF_F_NO_COMMON_LRU);
+
+/// Datapath-wide settings, one entry.
+#[map(name = "XLB_GLOBALS")]
+pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+
+/// Packets and bytes per XDP action.
+#[map(name = "XLB_ST_ACTIONS")]
+pub static STATS_ACTIONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(XDP_ACTION_COUNT, 0);
+
+/// Packets per drop reason.
+#[map(name = "XLB_ST_DROPS")]
+pub static STATS_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+/// Load-balancing events ([`LbCounter`]).
+#[map(name = "XLB_ST_LB")]
+pub static STATS_LB: PerCpuArray<u64> = PerCpuArray::with_max_entries(LbCounter::COUNT, 0);
+
+/// Packets and bytes per VIP id.
+#[map(name = "XLB_ST_VIPS")]
+pub static STATS_VIPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1024, 0);
+
+/// Packets and bytes per backend id.
+#[map(name = "XLB_ST_BACKENDS")]
+pub static STATS_BACKENDS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(65536, 0);

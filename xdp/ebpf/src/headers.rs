@@ -1,0 +1,82 @@
+//! On-the-wire header layouts. Multi-byte fields are kept in network byte order as raw
+//! integers; conversions happen where a value is interpreted, not where it is copied.
+
+/// Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    /// Destination MAC.
+    pub dst: [u8; 6],
+    /// Source MAC.
+    pub src: [u8; 6],
+    /// Ethertype, network byte order.
+    pub ether_type: u16,
+}
+const _: () = assert!(core::mem::size_of::<EthHdr>() == 14);
+
+/// 802.1Q tag that follows the MAC addresses when the ethertype is [`ETH_P_8021Q`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VlanHdr {
+    /// Priority, DEI and VLAN id, network byte order.
+    pub tci: u16,
+    /// Encapsulated ethertype, network byte order.
+    pub ether_type: u16,
+}
+const _: () = assert!(core::mem::size_of::<VlanHdr>() == 4);
+
+/// IPv4 header without options.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    /// Version (high nibble) and header length in 32-bit words (low nibble).
+    pub version_ihl: u8,
+    /// DSCP and ECN.
+    pub tos: u8,
+    /// Total length, network byte order.
+    pub tot_len: u16,
+    /// Identification.
+    pub id: u16,
+    /// Flags and fragment offset, network byte order.
+    pub frag_off: u16,
+    /// Time to live.
+    pub ttl: u8,
+    /// Protocol of the payload.
+    pub protocol: u8,
+    /// Header checksum.
+    pub check: u16,
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address, network byte order.
+    pub daddr: u32,
+}
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
+
+/// The part of TCP and UDP headers the balancer reads: the ports.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PortsHdr {
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+}
+
+/// Ethertype of IPv4, network byte order.
+pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+/// Ethertype of an 802.1Q tag, network byte order.
+pub const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
+/// Length of an Ethernet header.
+pub const ETH_HLEN: usize = 14;
+/// Length of an Ethernet header with one 802.1Q tag.
+pub const ETH_VLAN_HLEN: usize = 18;
+/// Length of an IPv4 header without options.
+pub const IPV4_HLEN: usize = 20;
+/// Minimal TCP header length.
+pub const TCP_MIN_HLEN: usize = 20;
+/// UDP header length.
+pub const UDP_HLEN: usize = 8;
+/// IPv4 "more fragments" flag and fragment offset bits, host byte order.
+pub const IPV4_FRAG_MASK: u16 = 0x3fff;
+/// IPv4 "don't fragment" flag, host byte order.
+pub const IPV4_DF: u16 = 0x4000;
