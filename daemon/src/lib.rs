@@ -1,7 +1,11 @@
 //! xlb's control plane: configuration, Maglev tables, the desired state, and the dataplane that
 //! writes it into the XDP program's maps. The `xlbd` and `xlb` binaries are thin shells on top.
 
+pub mod check;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod logging;
 pub mod maglev;
+pub mod signals;
 pub mod state;

@@ -1,1 +1,151 @@
-fn main() {}
+//! `xlbd`: the xlb load balancer daemon.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tracing::error;
+use xlb::{
+    check,
+    daemon::{self, DaemonError, RunOptions},
+    dataplane::decap::{Decap, PassAll},
+    logging::{self, LogFormat},
+    signals::{Signal, Signals},
+};
+
+/// XDP load balancer daemon: Maglev consistent hashing, direct server return.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Config file.
+    #[arg(long, short, default_value = "/etc/xlb/xlb.toml")]
+    config: PathBuf,
+    /// Write a JSON snapshot of all counters here, periodically and at exit.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+    /// Seconds between stats snapshots.
+    #[arg(long, default_value_t = 5.0)]
+    stats_interval: f64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer (the default).
+    Run(RunArgs),
+    /// Validate config files and exit: 0 if all are valid, 1 otherwise.
+    Check {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// On a backend: strip xlb's IPIP encapsulation for local VIPs (for hosts without the
+    /// ipip module). Runs until SIGTERM/SIGINT.
+    Decap {
+        /// Interface that receives the encapsulated traffic.
+        #[arg(long, short)]
+        interface: String,
+        /// VIP address served on this host (repeatable).
+        #[arg(long = "vip", required = true)]
+        vips: Vec<std::net::IpAddr>,
+        /// Attach in generic mode instead of native.
+        #[arg(long)]
+        generic: bool,
+    },
+    /// Lab helper: attach a pass-all XDP program to a veth so it accepts frames its peer sends
+    /// with XDP_TX (the kernel drops them otherwise). Runs until SIGTERM/SIGINT.
+    XdpPass {
+        /// The veth end that receives the balancer's XDP_TX frames.
+        #[arg(long, short)]
+        interface: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { files }) => {
+            let ok = check::check_files(&files, &mut std::io::stdout(), &mut std::io::stderr());
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Some(Command::Decap {
+            interface,
+            vips,
+            generic,
+        }) => {
+            logging::init(cli.log_format, &cli.log_level);
+            report(run_decap(&interface, &vips, !generic))
+        }
+        Some(Command::XdpPass { interface }) => {
+            logging::init(cli.log_format, &cli.log_level);
+            report(run_pass(&interface))
+        }
+        Some(Command::Run(args)) => {
+            logging::init(cli.log_format, &cli.log_level);
+            report(run(args))
+        }
+        None => {
+            logging::init(cli.log_format, &cli.log_level);
+            report(run(cli.run))
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let interval = Duration::try_from_secs_f64(args.stats_interval)
+        .map_err(|e| format!("--stats-interval: {e}"))?;
+    let options = RunOptions {
+        config: args.config,
+        stats_file: args.stats_file,
+        stats_interval: interval,
+    };
+    daemon::run(&options).map_err(|error| match error {
+        // Config diagnostics are one per line, each with file:line:column.
+        DaemonError::Config(config) => format!("invalid config, nothing attached:\n{config}"),
+        other => other.to_string(),
+    })
+}
+
+fn run_decap(interface: &str, vips: &[std::net::IpAddr], native: bool) -> Result<(), String> {
+    let signals = Signals::block().map_err(|e| format!("blocking signals: {e}"))?;
+    let mut decap = Decap::attach(interface, native).map_err(|e| e.to_string())?;
+    for vip in vips {
+        decap.add_vip(*vip).map_err(|e| e.to_string())?;
+    }
+    tracing::info!(interface, ?vips, "decap attached");
+    while signals.wait(Duration::from_secs(1)) != Some(Signal::Terminate) {}
+    let counters = decap.counters().map_err(|e| e.to_string())?;
+    tracing::info!(?counters, "decap detached");
+    Ok(())
+}
+
+fn run_pass(interface: &str) -> Result<(), String> {
+    let signals = Signals::block().map_err(|e| format!("blocking signals: {e}"))?;
+    let _pass = PassAll::attach(interface).map_err(|e| e.to_string())?;
+    tracing::info!(interface, "pass-all XDP program attached");
+    while signals.wait(Duration::from_secs(1)) != Some(Signal::Terminate) {}
+    Ok(())
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            eprintln!("xlbd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A lab backend: an HTTP server on port 80 that answers with its name (and the client's
+address:port as it saw them), and a UDP echo on port 53 that prefixes its name. Both listen on
+every address, the VIP on loopback included, so replies leave from the VIP (direct server
+return)."""
+import argparse
+import http.server
+import socket
+import socketserver
+import threading
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--root", required=True)
+    args = parser.parse_args()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            if self.path.startswith("/slow/"):
+                # /slow/N: stream N lines, one every 100 ms, for long-lived connections.
+                lines = int(self.path.split("/")[2])
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(lines * (len(args.name) + 1)))
+                self.end_headers()
+                for _ in range(lines):
+                    self.wfile.write((args.name + "\n").encode())
+                    self.wfile.flush()
+                    threading.Event().wait(0.1)
+                return
+            body = f"{args.name} {self.client_address[0]}:{self.client_address[1]}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    def udp_echo():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("0.0.0.0", 53))
+        while True:
+            data, peer = sock.recvfrom(2048)
+            sock.sendto(args.name.encode() + b" " + data, peer)
+
+    threading.Thread(target=udp_echo, daemon=True).start()
+    Server(("0.0.0.0", 80), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
