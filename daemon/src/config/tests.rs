@@ -916,7 +916,7 @@ fn demo_configs_hold_the_lab_values() {
     assert_eq!(ipip.interface.name, "xlbdemo-lb");
     assert_eq!(ipip.interface.attach_mode, AttachMode::Native);
     assert_eq!(ipip.encap.source_prefix.to_string(), "172.16.0.0/16");
-    assert_eq!(ipip.vips.len(), 1);
+    assert_eq!(ipip.vips.len(), 2);
     let web = &ipip.vips[0];
     assert_eq!(
         (
@@ -936,5 +936,12 @@ fn demo_configs_hold_the_lab_values() {
             65537
         )
     );
-    assert_eq!(backends(web), expected_backends);
+    let dns = &ipip.vips[1];
+    assert_eq!(
+        (dns.port, dns.protocol, dns.mode),
+        (53, Protocol::Udp, ForwardMode::Ipip)
+    );
+    for vip in &ipip.vips {
+        assert_eq!(backends(vip), expected_backends);
+    }
 }

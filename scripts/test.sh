@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests (Maglev, config, state, allocators), datapath fixtures
+# through BPF_PROG_TEST_RUN, and end-to-end tests in network namespaces. Installs what is
+# missing first. Needs root.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
+
+bash scripts/setup.sh
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== build (daemon, CLI, XDP programs)"
+cargo build --quiet
+echo "== tests"
+cargo test --quiet 2>&1 | tee /tmp/xlb-test-$$.log
+rm -f /tmp/xlb-test-$$.log

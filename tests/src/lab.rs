@@ -1,0 +1,176 @@
+//! The lab of `scripts/lab.sh` (client, balancer, three HTTP backends on one bridge, each in its
+//! own namespace) driven from tests, torn down on drop, also when the test panics.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The VIP every lab serves.
+pub const VIP: &str = "10.99.0.100";
+/// The balancer's MAC address in the lab.
+pub const LB_MAC: &str = "02:99:00:00:00:02";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `xlbd` binary built next to this test binary (run `cargo build` first).
+pub fn xlbd_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let xlbd = dir.join("xlbd");
+    assert!(xlbd.exists(), "{} missing: run `cargo build` before the tests", xlbd.display());
+    xlbd
+}
+
+/// A running lab; everything it made goes away on drop.
+pub struct Lab {
+    /// Namespace name prefix.
+    pub prefix: String,
+    /// Scratch directory (configs, logs, stats).
+    pub workdir: PathBuf,
+    xlbd: Option<Child>,
+}
+
+fn lab_script(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(repo_root().join("scripts/lab.sh"))
+        .args(args)
+        .env("XLBD", xlbd_path())
+        .output()
+        .expect("running scripts/lab.sh")
+}
+
+impl Lab {
+    /// Brings up a lab in `mode` ("l2" or "ipip") with namespaces named `prefix*`.
+    pub fn up(prefix: &str, mode: &str) -> Lab {
+        let workdir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+        std::fs::create_dir_all(&workdir).expect("workdir");
+        let lab = Lab {
+            prefix: prefix.to_owned(),
+            workdir,
+            xlbd: None,
+        };
+        let out = lab_script(&["up", prefix, mode, lab.workdir.to_str().unwrap(), "3"]);
+        assert!(
+            out.status.success(),
+            "lab up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    /// Namespace name of a lab host ("client", "lb", "be1", "sw", ...).
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    /// A command run in a lab host's namespace.
+    pub fn command(&self, host: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns(host), program]);
+        command
+    }
+
+    /// Path of the stats file xlbd writes.
+    pub fn stats_path(&self) -> PathBuf {
+        self.workdir.join("stats.json")
+    }
+
+    /// Starts xlbd in the balancer's namespace with `config` and waits until it is ready.
+    pub fn start_xlbd(&mut self, config: &Path) {
+        let log = std::fs::File::create(self.workdir.join("xlbd.log")).expect("log file");
+        let child = self
+            .command("lb", xlbd_path().to_str().unwrap())
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--stats-file", self.stats_path().to_str().unwrap(), "--stats-interval", "0.5"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting xlbd");
+        self.xlbd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains("xlbd ready") {
+            if let Some(status) = self.xlbd.as_mut().unwrap().try_wait().unwrap() {
+                panic!("xlbd exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "xlbd not ready in 20 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// xlbd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.workdir.join("xlbd.log")).unwrap_or_default()
+    }
+
+    /// Stops xlbd with SIGTERM and returns the final counters it wrote.
+    pub fn stop_xlbd(&mut self) -> serde_json::Value {
+        let mut child = self.xlbd.take().expect("xlbd running");
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "xlbd exited with {status}:\n{}", self.log());
+                break;
+            }
+            assert!(Instant::now() < deadline, "xlbd did not stop in 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let text = std::fs::read_to_string(self.stats_path()).expect("stats file");
+        serde_json::from_str(&text).expect("stats file is JSON")
+    }
+
+    /// Whether any XDP program is attached to the balancer's interface.
+    pub fn lb_has_xdp(&self) -> bool {
+        let out = self
+            .command("lb", "ip")
+            .args(["-d", "link", "show", "xlbdemo-lb"])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+
+    /// `count` HTTP GETs of the VIP from the client with curl, each on a new connection.
+    /// Returns the response bodies (one line each: "beN client-ip:port").
+    pub fn curl_vip(&self, count: usize) -> Vec<String> {
+        let url = format!("http://{VIP}/");
+        let mut command = self.command("client", "curl");
+        command.args(["-s", "--max-time", "5", "-H", "Connection: close"]);
+        for _ in 0..count {
+            command.arg(&url);
+        }
+        let out = command.stderr(Stdio::inherit()).output().expect("curl");
+        assert!(out.status.success(), "curl failed: {:?}", out.status);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.xlbd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = lab_script(&["down", &self.prefix, self.workdir.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// Counts responses per backend name (the first word of each body).
+pub fn per_backend(bodies: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for body in bodies {
+        let name = body.split_whitespace().next().unwrap_or("").to_owned();
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    counts
+}
