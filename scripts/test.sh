@@ -10,6 +10,8 @@ bash scripts/setup.sh
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+(cd xdp/ebpf && cargo +nightly clippy --quiet --release --target bpfel-unknown-none \
+    -Z build-std=core --bins -- -D warnings)
 echo "== build (daemon, CLI, XDP programs)"
 cargo build --quiet
 echo "== tests"

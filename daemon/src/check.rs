@@ -31,7 +31,8 @@ fn check_one(path: &Path) -> Result<String, Vec<String>> {
         [] => vec![format!("{}: {error}", path.display())],
         diagnostics => diagnostics.iter().map(ToString::to_string).collect(),
     })?;
-    DesiredState::from_config(&config).map_err(|error| vec![format!("{}: {error}", path.display())])?;
+    DesiredState::from_config(&config)
+        .map_err(|error| vec![format!("{}: {error}", path.display())])?;
     let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
     Ok(format!(
         "interface {}, {} VIPs, {} backends",
@@ -56,8 +57,15 @@ mod tests {
         shipped.sort();
         assert!(shipped.len() >= 3);
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        assert!(check_files(&shipped, &mut out, &mut err), "{}", String::from_utf8_lossy(&err));
-        assert_eq!(String::from_utf8(out).unwrap().lines().count(), shipped.len());
+        assert!(
+            check_files(&shipped, &mut out, &mut err),
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap().lines().count(),
+            shipped.len()
+        );
 
         let bad = std::env::temp_dir().join(format!("xlb-check-{}.toml", std::process::id()));
         std::fs::write(&bad, "[interface]\nname = \"eth0\"\ncolour = \"blue\"\n").unwrap();
@@ -65,7 +73,10 @@ mod tests {
         assert!(!check_files(&[&bad], &mut out, &mut err));
         let err = String::from_utf8(err).unwrap();
         std::fs::remove_file(&bad).unwrap();
-        assert!(err.contains(":3:1:"), "line and column of the unknown key: {err}");
+        assert!(
+            err.contains(":3:1:"),
+            "line and column of the unknown key: {err}"
+        );
         assert!(err.contains("colour"), "{err}");
         assert!(out.is_empty());
     }

@@ -127,10 +127,14 @@ fn reload(dataplane: &mut Dataplane, path: &Path, running: &Config) {
                     micros = started.elapsed().as_micros() as u64,
                     "config reloaded"
                 ),
-                Err(error) => error!(%error, "reload failed while applying; VIPs applied before the error keep their new state, the rest their old one"),
+                Err(error) => {
+                    error!(%error, "reload failed while applying; VIPs applied before the error keep their new state, the rest their old one")
+                }
             }
         }
-        Err(error) => error!(%error, "reload refused: the config is invalid; the previous state keeps serving"),
+        Err(error) => {
+            error!(%error, "reload refused: the config is invalid; the previous state keeps serving")
+        }
     }
 }
 

@@ -20,9 +20,16 @@ pub fn repo_root() -> PathBuf {
 /// The `xlbd` binary built next to this test binary (run `cargo build` first).
 pub fn xlbd_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let xlbd = dir.join("xlbd");
-    assert!(xlbd.exists(), "{} missing: run `cargo build` before the tests", xlbd.display());
+    assert!(
+        xlbd.exists(),
+        "{} missing: run `cargo build` before the tests",
+        xlbd.display()
+    );
     xlbd
 }
 
@@ -87,7 +94,12 @@ impl Lab {
         let child = self
             .command("lb", xlbd_path().to_str().unwrap())
             .args(["--config", config.to_str().unwrap()])
-            .args(["--stats-file", self.stats_path().to_str().unwrap(), "--stats-interval", "0.5"])
+            .args([
+                "--stats-file",
+                self.stats_path().to_str().unwrap(),
+                "--stats-interval",
+                "0.5",
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -98,7 +110,11 @@ impl Lab {
             if let Some(status) = self.xlbd.as_mut().unwrap().try_wait().unwrap() {
                 panic!("xlbd exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "xlbd not ready in 20 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "xlbd not ready in 20 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -116,7 +132,11 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "xlbd exited with {status}:\n{}", self.log());
+                assert!(
+                    status.success(),
+                    "xlbd exited with {status}:\n{}",
+                    self.log()
+                );
                 break;
             }
             assert!(Instant::now() < deadline, "xlbd did not stop in 10 s");

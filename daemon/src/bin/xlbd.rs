@@ -78,7 +78,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { files }) => {
             let ok = check::check_files(&files, &mut std::io::stdout(), &mut std::io::stderr());
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Some(Command::Decap {
             interface,

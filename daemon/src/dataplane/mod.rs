@@ -17,8 +17,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xlb_common::{
-    Backend, FlowKey, FlowValue, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey,
-    VipMeta, backend_flags, map_names, program_names,
+    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipMeta, backend_flags,
+    map_names, program_names,
 };
 
 use crate::{
@@ -144,7 +144,6 @@ pub struct Dataplane {
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
     backends: Array<MapData, Backend>,
     slots: SlotArray,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
     globals: Array<MapData, Globals>,
     stats: stats::StatsMaps,
     vip_ids: IdAllocator,
@@ -213,7 +212,6 @@ impl Dataplane {
             vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
             backends: typed(&mut ebpf, map_names::BACKENDS)?,
             slots: SlotArray::new(maglev, limits.maglev_slots.div_ceil(2) * 2)?,
-            flows: typed(&mut ebpf, map_names::FLOWS)?,
             globals: typed(&mut ebpf, map_names::GLOBALS)?,
             stats: stats::StatsMaps {
                 actions: typed(&mut ebpf, map_names::STATS_ACTIONS)?,
@@ -310,26 +308,6 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         Ok((result.return_value, result.data_size_out as usize))
-    }
-
-    /// Number of entries in the flow table (walks it: for tests and status, not hot paths).
-    pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
-    }
-
-    /// The flow table's backend for a flow, if it has one.
-    pub fn flow_backend(&self, flow: &FlowKey) -> Option<u32> {
-        self.flows.get(flow, 0).ok().map(|v| v.backend_id)
-    }
-
-    /// Removes every flow-table entry.
-    pub fn clear_flows(&mut self) -> Result<(), DataplaneError> {
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            // An entry evicted meanwhile is already gone.
-            let _ = self.flows.remove(&key);
-        }
-        Ok(())
     }
 
     /// Counters summed over CPUs, labelled with the applied VIPs and backends.

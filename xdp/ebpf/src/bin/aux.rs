@@ -22,11 +22,7 @@ pub fn xlb_floor(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     };
     // SAFETY: ptr_at checked that the Ethernet header lies inside the frame.
-    unsafe {
-        let dst = (*eth).dst;
-        (*eth).dst = (*eth).src;
-        (*eth).src = dst;
-    }
+    unsafe { core::mem::swap(&mut (*eth).dst, &mut (*eth).src) };
     xdp_action::XDP_TX
 }
 

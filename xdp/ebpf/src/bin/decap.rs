@@ -70,7 +70,7 @@ fn decap(ctx: &XdpContext) -> Option<(DecapCounter, u32)> {
         _pad: [0; 3],
     };
     // SAFETY: only presence is tested.
-    unsafe { DECAP_VIPS.get(&key) }?;
+    unsafe { DECAP_VIPS.get(key) }?;
 
     // Move the Ethernet header (and tag) forward over the outer IPv4 header, then drop the
     // 20 bytes in front of it.

@@ -22,12 +22,12 @@ pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
     };
     // SAFETY: the VIP map is not preallocated, so a value found here is not recycled before
     // this program finishes; it is copied out at once.
-    if let Some(meta) = unsafe { VIPS.get(&key) } {
+    if let Some(meta) = unsafe { VIPS.get(key) } {
         return Some(*meta);
     }
     key.port = 0;
     // SAFETY: as above.
-    unsafe { VIPS.get(&key) }.copied()
+    unsafe { VIPS.get(key) }.copied()
 }
 
 /// The backend chosen for a flow.

@@ -52,7 +52,7 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         _pad: [0; 3],
     };
     // SAFETY: only presence is tested; the value is not read.
-    if unsafe { VIP_ADDRS.get(&addr_key) }.is_none() {
+    if unsafe { VIP_ADDRS.get(addr_key) }.is_none() {
         return Ok(xdp_action::XDP_PASS);
     }
     let frag_off = u16::from_be(hdr.frag_off);
