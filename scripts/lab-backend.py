@@ -13,7 +13,6 @@ import threading
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True)
-    parser.add_argument("--root", required=True)
     args = parser.parse_args()
 
     class Handler(http.server.BaseHTTPRequestHandler):

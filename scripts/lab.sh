@@ -76,10 +76,7 @@ up() {
         # The VIP lives on loopback: never answer ARP for it, never use it as ARP source.
         ns "${prefix}$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
         ns "${prefix}$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0
-        local root="$workdir/lab/$n"
-        mkdir -p "$root"
-        echo "$n" > "$root/index.html"
-        ns "${prefix}$n" python3 "$here/lab-backend.py" --name "$n" --root "$root" \
+        ns "${prefix}$n" python3 "$here/lab-backend.py" --name "$n" \
             >"$workdir/lab/$n.log" 2>&1 &
         if [ "$mode" = ipip ]; then
             ns "${prefix}$n" "$xlbd" decap --interface eth0 --vip "$VIP" \

@@ -15,5 +15,10 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== build (daemon, CLI, XDP programs)"
 cargo build --quiet
 echo "== tests"
-cargo test --quiet 2>&1 | tee /tmp/xlb-test-$$.log
-rm -f /tmp/xlb-test-$$.log
+log=$(mktemp /tmp/xlb-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+cargo test --quiet 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary, the last often a doc
+# test binary with nothing in it).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "xlb: %d passed, %d failed\n", p, f }' "$log"

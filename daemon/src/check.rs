@@ -28,7 +28,8 @@ pub fn check_files(paths: &[impl AsRef<Path>], out: &mut impl Write, err: &mut i
 
 fn check_one(path: &Path) -> Result<String, Vec<String>> {
     let config = Config::load(path).map_err(|error| match error.diagnostics() {
-        [] => vec![format!("{}: {error}", path.display())],
+        // An I/O error names the file itself.
+        [] => vec![error.to_string()],
         diagnostics => diagnostics.iter().map(ToString::to_string).collect(),
     })?;
     DesiredState::from_config(&config)

@@ -89,7 +89,9 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
         if let Some(path) = &options.stats_file
             && Instant::now() >= next_stats
         {
-            write_stats(&dataplane, path)?;
+            if let Err(error) = write_stats(&dataplane, path) {
+                warn!(%error, "stats snapshot not written; still serving");
+            }
             next_stats = Instant::now() + options.stats_interval;
         }
         match signals.wait(Duration::from_millis(200)) {
@@ -102,8 +104,10 @@ pub fn run(options: &RunOptions) -> Result<(), DaemonError> {
     info!("stopping: detaching the XDP program");
     dataplane.detach()?;
     let snapshot = dataplane.stats()?;
-    if let Some(path) = &options.stats_file {
-        write_stats(&dataplane, path)?;
+    if let Some(path) = &options.stats_file
+        && let Err(error) = write_stats(&dataplane, path)
+    {
+        warn!(%error, "final stats snapshot not written");
     }
     log_summary(&snapshot);
     Ok(())

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Command-line client of the xlb load balancer.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "xlb", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

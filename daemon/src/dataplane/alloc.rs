@@ -52,7 +52,7 @@ impl IdAllocator {
 }
 
 /// First-fit allocator of contiguous regions in `0..capacity`, with coalescing.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RegionAllocator {
     /// Free regions: offset -> length.
     free: BTreeMap<u32, u32>,

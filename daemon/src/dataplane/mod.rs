@@ -84,6 +84,15 @@ pub enum DataplaneError {
         /// The config field that sets the limit.
         limit: &'static str,
     },
+    /// The number of CPUs could not be read.
+    #[error("reading {what}: {source}")]
+    Cpus {
+        /// What was read.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The interface's MAC address could not be read.
     #[error("reading the MAC address of interface {interface}: {source}")]
     InterfaceMac {
@@ -420,13 +429,25 @@ impl Dataplane {
             .filter(|key| !self.applied.contains_key(key))
             .count() as u64;
         let mut new_backends = 0u64;
-        let mut new_slots = 0u64;
+        // Tables need contiguous regions: try them on a copy of the allocator.
+        let mut regions = self.regions.clone();
         for (key, vip) in &desired.vips {
             let old = self.applied.get(key);
             if old.is_some_and(|old| old.desired == *vip) {
                 continue;
             }
-            new_slots += vip.table.len() as u64;
+            let table_changed = old.is_none_or(|old| old.desired.table != vip.table);
+            if table_changed
+                && !vip.table.is_empty()
+                && regions.alloc(vip.table.len() as u32).is_none()
+            {
+                return Err(DataplaneError::Capacity {
+                    what: "contiguous Maglev slots",
+                    needed: vip.table.len() as u64,
+                    available: regions.free_slots(),
+                    limit: "maglev_slots",
+                });
+            }
             new_backends += vip
                 .backends
                 .iter()
@@ -453,12 +474,6 @@ impl Dataplane {
                 u64::from(self.backend_ids.available()),
                 "max_backends",
             ),
-            (
-                "Maglev slots",
-                new_slots,
-                self.regions.free_slots(),
-                "maglev_slots",
-            ),
         ];
         for (what, needed, available, limit) in checks {
             if needed > available {
@@ -477,12 +492,16 @@ impl Dataplane {
         let old = self.applied.remove(&key);
         let vip_id = match &old {
             Some(old) => old.vip_id,
-            None => self.vip_ids.alloc().ok_or(DataplaneError::Capacity {
-                what: "VIP ids",
-                needed: 1,
-                available: 0,
-                limit: "max_vips",
-            })?,
+            None => {
+                let id = self.vip_ids.alloc().ok_or(DataplaneError::Capacity {
+                    what: "VIP ids",
+                    needed: 1,
+                    available: 0,
+                    limit: "max_vips",
+                })?;
+                self.stats.reset_vip(id)?;
+                id
+            }
         };
 
         // Backends: keep the entry of every backend whose identity is unchanged; new entries
@@ -505,6 +524,7 @@ impl Dataplane {
                         available: 0,
                         limit: "max_backends",
                     })?;
+                    self.stats.reset_backend(id)?;
                     let (addr, family) = addr_words(backend.address);
                     let entry = Backend {
                         addr,
@@ -598,10 +618,17 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Clears a backend's ACTIVE flag (flows pinned to it get rehashed) and frees its id.
+    /// Clears a backend's ACTIVE flag (flows pinned to it get rehashed) and frees its id. Only
+    /// the flags word changes, so a reader racing with the write sees either the old, complete
+    /// entry or an inactive one, never a half-written MAC or address.
     fn retire_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let mut entry = self
+            .backends
+            .get(&id, 0)
+            .map_err(map_err("lookup", map_names::BACKENDS))?;
+        entry.flags &= !backend_flags::ACTIVE;
         self.backends
-            .set(id, Backend::default(), 0)
+            .set(id, entry, 0)
             .map_err(map_err("update", map_names::BACKENDS))?;
         self.backend_ids.free(id);
         Ok(())

@@ -1,6 +1,6 @@
 //! Reading the per-CPU counters into one labelled snapshot (summed over CPUs).
 
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
 use xlb_common::{Counter, DropReason, LbCounter, XDP_ACTION_COUNT, map_names};
 
@@ -125,7 +125,33 @@ fn sum_u64(
     Ok(values.iter().sum())
 }
 
+fn zero(
+    map: &mut PerCpuArray<MapData, Counter>,
+    index: u32,
+    name: &'static str,
+) -> Result<(), DataplaneError> {
+    let cpus =
+        aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Cpus { what, source })?;
+    let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
+        DataplaneError::Cpus {
+            what: "per-CPU values",
+            source,
+        }
+    })?;
+    map.set(index, zeros, 0).map_err(map_err("update", name))
+}
+
 impl StatsMaps {
+    /// Zeroes a VIP id's counters before the id is given to a new VIP.
+    pub fn reset_vip(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
+        zero(&mut self.vips, vip_id, map_names::STATS_VIPS)
+    }
+
+    /// Zeroes a backend id's counters before the id is given to a new backend.
+    pub fn reset_backend(&mut self, backend_id: u32) -> Result<(), DataplaneError> {
+        zero(&mut self.backends, backend_id, map_names::STATS_BACKENDS)
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self, vips: &[VipLabels<'_>]) -> Result<Snapshot, DataplaneError> {
         let mut snapshot = Snapshot::default();

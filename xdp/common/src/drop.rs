@@ -22,7 +22,7 @@ pub enum DropReason {
     NoBackend = 6,
     /// The Maglev slot or the backend it names could not be read (tables being rebuilt wrongly).
     TableMiss = 7,
-    /// Growing the packet for encapsulation failed.
+    /// Growing the packet for encapsulation failed, or the result would exceed 64 KiB.
     EncapFailed = 8,
 }
 
@@ -68,7 +68,9 @@ impl DropReason {
             DropReason::L4Truncated => "TCP/UDP header to a VIP address is cut short",
             DropReason::NoBackend => "VIP has no backend",
             DropReason::TableMiss => "Maglev slot or backend entry missing",
-            DropReason::EncapFailed => "could not grow the packet for encapsulation",
+            DropReason::EncapFailed => {
+                "could not grow the packet for encapsulation (or it would exceed 64 KiB)"
+            }
         }
     }
 

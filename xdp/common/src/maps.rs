@@ -65,8 +65,9 @@ pub mod backend_flags {
     pub const ACTIVE: u32 = 1;
 }
 
-/// One backend of one VIP. Entries are written once and never changed in place: a changed
-/// backend gets a new id, so the datapath never reads a half-written entry.
+/// One backend of one VIP. Entries are written once; a changed backend gets a new id, and the
+/// only later write clears [`backend_flags::ACTIVE`], so the datapath never reads a half-written
+/// address or MAC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {

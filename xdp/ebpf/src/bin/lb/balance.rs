@@ -20,8 +20,10 @@ pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
         proto: flow.proto,
         family: flow.family,
     };
-    // SAFETY: the VIP map is not preallocated, so a value found here is not recycled before
-    // this program finishes; it is copied out at once.
+    // SAFETY: the value is copied out at once. The kernel may reuse a replaced element's memory
+    // for a later update (BPF memory allocator); a copy racing with two updates in a row could
+    // read another VIP's entry, whose table holds backends of that other VIP: the vip_id check
+    // in `choose` turns that into a counted drop, never a packet sent to the wrong service.
     if let Some(meta) = unsafe { VIPS.get(key) } {
         return Some(*meta);
     }
@@ -46,14 +48,15 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta, hash: &mut Option<u32>) -> Result<C
     // backend id that is checked below like any other.
     if let Some(entry) = unsafe { FLOWS.get(flow) } {
         let backend_id = entry.backend_id;
-        if let Some(backend) = BACKENDS.get(backend_id)
+        // Copy first, then check the copy: the checks and the use see the same entry.
+        if let Some(backend) = BACKENDS.get(backend_id).copied()
             && backend.flags & backend_flags::ACTIVE != 0
             && backend.vip_id == vip.vip_id
         {
             stats::lb(LbCounter::FlowHit);
             return Ok(Choice {
                 backend_id,
-                backend: *backend,
+                backend,
             });
         }
         stats::lb(LbCounter::FlowBackendGone);

@@ -44,6 +44,10 @@ pub fn ipip(
     globals: &Globals,
     flow_hash: u32,
 ) -> Result<u32, DropReason> {
+    // The outer total length must fit in 16 bits.
+    if inner.total_len + IPV4_HLEN > u16::MAX as usize {
+        return Err(DropReason::EncapFailed);
+    }
     // SAFETY: the helper only moves ctx->data; every packet pointer is re-derived below.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN as i32)) } != 0 {
         return Err(DropReason::EncapFailed);

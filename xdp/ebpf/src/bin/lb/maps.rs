@@ -11,8 +11,8 @@ use xlb_common::{
     VipKey, VipMeta, XDP_ACTION_COUNT,
 };
 
-/// VIP (address, port, protocol) -> how to balance it. Not preallocated, so a replaced entry is
-/// freed after an RCU grace period: a reader never sees a recycled value mid-update.
+/// VIP (address, port, protocol) -> how to balance it. An update replaces the whole value in one
+/// step (a new element is linked in place of the old), which makes it the daemon's atomic switch.
 #[map(name = "XLB_VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
@@ -21,7 +21,7 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_
 pub static VIP_ADDRS: HashMap<VipAddrKey, VipAddrValue> =
     HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// Backend id -> backend. Entries are written once, never changed in place.
+/// Backend id -> backend. Entries are written once; the only later write clears ACTIVE.
 #[map(name = "XLB_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(65536, 0);
 
