@@ -31,7 +31,8 @@ for mode in "${modes[@]}"; do
     bash "$here/lab.sh" up "$prefix" "$mode" "$workdir" 3
     "$XLBD" check "$config"
     ip netns exec "${prefix}lb" "$XLBD" --config "$config" \
-        --stats-file "$workdir/stats.json" --stats-interval 0.5 >"$workdir/xlbd.log" 2>&1 &
+        --stats-file "$workdir/stats.json" --stats-interval 0.5 \
+        --api-socket "$workdir/xlbd.sock" --state-dir "$workdir/state" >"$workdir/xlbd.log" 2>&1 &
     xlbd_pid=$!
     for _ in $(seq 1 100); do grep -q "xlbd ready" "$workdir/xlbd.log" 2>/dev/null && break; sleep 0.1; done
     if ! grep -q "xlbd ready" "$workdir/xlbd.log"; then cat "$workdir/xlbd.log"; exit 1; fi

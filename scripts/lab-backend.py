@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A lab backend: an HTTP server on port 80 that answers with its name (and the client's
+"""A lab backend: an HTTP server on ports 80 and 8080 that answers with its name (and the client's
 address:port as it saw them), and a UDP echo on port 53 that prefixes its name. Both listen on
 every address, the VIP on loopback included, so replies leave from the VIP (direct server
 return)."""
@@ -53,6 +53,9 @@ def main():
             sock.sendto(args.name.encode() + b" " + data, peer)
 
     threading.Thread(target=udp_echo, daemon=True).start()
+    # Port 8080 too, for VIPs that tests add through the API.
+    alt = Server(("0.0.0.0", 8080), Handler)
+    threading.Thread(target=alt.serve_forever, daemon=True).start()
     Server(("0.0.0.0", 80), Handler).serve_forever()
 
 

@@ -1,11 +1,15 @@
 //! xlb's control plane: configuration, Maglev tables, the desired state, and the dataplane that
 //! writes it into the XDP program's maps. The `xlbd` and `xlb` binaries are thin shells on top.
 
+pub mod api;
 pub mod check;
 pub mod config;
-pub mod daemon;
+pub mod controller;
 pub mod dataplane;
 pub mod logging;
 pub mod maglev;
+pub mod notify;
+pub mod overlay;
 pub mod signals;
 pub mod state;
+pub mod watch;

@@ -2,7 +2,7 @@
 //! VIP's Maglev table computed. Pure data: building it touches no map, so a state that fails to
 //! build changes nothing.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use xlb_common::{VipKey, family, forward_mode};
 
@@ -81,7 +81,8 @@ pub struct DesiredVip {
     /// Backends, in config order.
     pub backends: Vec<DesiredBackend>,
     /// Maglev table: each slot is an index into `backends`. Empty when no backend has weight.
-    pub table: Vec<u32>,
+    /// Shared: an unchanged VIP keeps the table of the previous state instead of rebuilding it.
+    pub table: Arc<[u32]>,
 }
 
 /// One backend as the datapath should know it.
@@ -95,6 +96,26 @@ pub struct DesiredBackend {
     pub mac: MacAddr,
     /// Weight; 0 = drained.
     pub weight: u32,
+}
+
+impl DesiredVip {
+    /// Whether two states of a VIP are the same. Everything is derived from the VIP's config
+    /// (the table deterministically), so comparing configs is enough, and cheap.
+    pub fn same_as(&self, other: &DesiredVip) -> bool {
+        self.config == other.config
+    }
+
+    /// Whether `other`'s table, as backend identities slot by slot, equals this one's: then
+    /// the slots written in the datapath stay valid.
+    pub fn same_slots(&self, other: &DesiredVip) -> bool {
+        (Arc::ptr_eq(&self.table, &other.table) || self.table == other.table)
+            && self.backends.len() == other.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&other.backends)
+                .all(|(a, b)| a.identity() == b.identity())
+    }
 }
 
 impl DesiredBackend {
@@ -119,15 +140,77 @@ pub fn addr_words(address: IpAddr) -> ([u32; 4], u8) {
 impl DesiredState {
     /// Builds the state a config asks for, Maglev tables included.
     pub fn from_config(config: &Config) -> Result<DesiredState, StateError> {
+        Self::from_config_reusing(config, None)
+    }
+
+    /// As [`DesiredState::from_config`], taking every VIP whose config is unchanged from
+    /// `previous` instead of rebuilding its Maglev table: a change to one VIP of 10,000 builds
+    /// one table.
+    pub fn from_config_reusing(
+        config: &Config,
+        previous: Option<&DesiredState>,
+    ) -> Result<DesiredState, StateError> {
         let mut vips = BTreeMap::new();
+        let mut to_build = Vec::new();
         for vip in &config.vips {
-            let (key, desired) = build_vip(vip)?;
+            let reused = previous
+                .and_then(|p| p.vips.get(&vip_key(vip)))
+                .filter(|d| d.config == *vip);
+            match reused {
+                Some(desired) => {
+                    vips.insert(vip_key(vip), desired.clone());
+                }
+                None => to_build.push(vip.clone()),
+            }
+        }
+        for (key, desired) in build_vips(&to_build)? {
             vips.insert(key, desired);
         }
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,
             vips,
         })
+    }
+}
+
+/// Below this many VIPs one thread builds them all: starting threads would cost more than the
+/// tables.
+const PARALLEL_MIN_VIPS: usize = 16;
+
+/// Builds every VIP, in config order. Each Maglev table is independent of the others, so with
+/// many VIPs the work is split into one contiguous run of VIPs per CPU; the results are joined
+/// in config order, so the state, and the error reported (the first in config order), are the
+/// same as a build on one thread.
+fn build_vips(vips: &[VipConfig]) -> Result<Vec<(VipKeyOrd, DesiredVip)>, StateError> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if threads < 2 || vips.len() < PARALLEL_MIN_VIPS {
+        return vips.iter().map(build_vip).collect();
+    }
+    let per_thread = vips.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = vips
+            .chunks(per_thread)
+            .map(|part| scope.spawn(|| part.iter().map(build_vip).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut built = Vec::with_capacity(vips.len());
+        for part in parts {
+            let part = part
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            built.extend(part?);
+        }
+        Ok(built)
+    })
+}
+
+/// The datapath key of a VIP.
+fn vip_key(vip: &VipConfig) -> VipKeyOrd {
+    let (addr, family) = addr_words(vip.address);
+    VipKeyOrd {
+        addr,
+        port: vip.port,
+        proto: vip.protocol.number(),
+        family,
     }
 }
 
@@ -146,13 +229,7 @@ fn build_vip(vip: &VipConfig) -> Result<(VipKeyOrd, DesiredVip), StateError> {
             address: backend.address,
         });
     }
-    let (addr, fam) = addr_words(vip.address);
-    let key = VipKeyOrd {
-        addr,
-        port: vip.port,
-        proto: vip.protocol.number(),
-        family: fam,
-    };
+    let key = vip_key(vip);
     let backends: Vec<DesiredBackend> = vip
         .backends
         .iter()
@@ -163,8 +240,8 @@ fn build_vip(vip: &VipConfig) -> Result<(VipKeyOrd, DesiredVip), StateError> {
             weight: b.weight,
         })
         .collect();
-    let table = if backends.iter().all(|b| b.weight == 0) {
-        Vec::new()
+    let table: Arc<[u32]> = if backends.iter().all(|b| b.weight == 0) {
+        Arc::from([])
     } else {
         let keys: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
         let input: Vec<MaglevBackend<'_>> = keys
@@ -175,10 +252,12 @@ fn build_vip(vip: &VipConfig) -> Result<(VipKeyOrd, DesiredVip), StateError> {
                 weight: b.weight,
             })
             .collect();
-        maglev::build_table(&input, vip.table_size).map_err(|source| StateError::Maglev {
-            vip: vip.name.clone(),
-            source,
-        })?
+        maglev::build_table(&input, vip.table_size)
+            .map_err(|source| StateError::Maglev {
+                vip: vip.name.clone(),
+                source,
+            })?
+            .into()
     };
     let mode = match vip.mode {
         ForwardMode::L2 => forward_mode::L2,
@@ -194,4 +273,46 @@ fn build_vip(vip: &VipConfig) -> Result<(VipKeyOrd, DesiredVip), StateError> {
             table,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, Protocol};
+
+    fn vip(i: usize, table_size: u32) -> VipConfig {
+        let address = |host: u8| IpAddr::from([10, (i / 256) as u8, (i % 256) as u8, host]);
+        VipConfig {
+            name: format!("vip{i}"),
+            address: address(1),
+            port: 80,
+            protocol: Protocol::Tcp,
+            mode: ForwardMode::L2,
+            table_size,
+            backends: (2..5)
+                .map(|host| BackendConfig {
+                    name: format!("be{host}"),
+                    address: address(host),
+                    mac: MacAddr([2, 0, 0, 0, 0, host]),
+                    weight: u32::from(host),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_build_on_many_threads_equals_one_on_one_thread() {
+        let mut vips: Vec<VipConfig> = (0..3 * PARALLEL_MIN_VIPS).map(|i| vip(i, 251)).collect();
+        let serial: Vec<_> = vips.iter().map(|v| build_vip(v).expect("valid")).collect();
+        assert_eq!(build_vips(&vips).expect("valid"), serial);
+
+        // The error reported is the first in config order, whichever thread finds it.
+        for i in [40, 5, 30] {
+            vips[i].table_size = 250;
+        }
+        match build_vips(&vips) {
+            Err(StateError::Maglev { vip, .. }) => assert_eq!(vip, "vip5"),
+            other => panic!("expected a Maglev error, got {other:?}"),
+        }
+    }
 }

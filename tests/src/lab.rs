@@ -88,8 +88,18 @@ impl Lab {
         self.workdir.join("stats.json")
     }
 
+    /// The API socket of this lab's xlbd.
+    pub fn api_socket(&self) -> PathBuf {
+        self.workdir.join("xlbd.sock")
+    }
+
     /// Starts xlbd in the balancer's namespace with `config` and waits until it is ready.
     pub fn start_xlbd(&mut self, config: &Path) {
+        self.start_xlbd_with(config, &[]);
+    }
+
+    /// As [`Lab::start_xlbd`], with extra command-line arguments.
+    pub fn start_xlbd_with(&mut self, config: &Path, extra: &[&str]) {
         let log = std::fs::File::create(self.workdir.join("xlbd.log")).expect("log file");
         let child = self
             .command("lb", xlbd_path().to_str().unwrap())
@@ -100,6 +110,9 @@ impl Lab {
                 "--stats-interval",
                 "0.5",
             ])
+            .args(["--api-socket", self.api_socket().to_str().unwrap()])
+            .args(["--state-dir", self.workdir.join("state").to_str().unwrap()])
+            .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -3,10 +3,13 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use tracing::error;
+
 use xlb::{
+    api::server::{ServerConfig, TcpListenConfig},
     check,
-    daemon::{self, DaemonError, RunOptions},
+    controller::{ChangeError, Controller, Options, StartError},
     dataplane::decap::{Decap, PassAll},
     logging::{self, LogFormat},
     signals::{Signal, Signals},
@@ -39,6 +42,25 @@ struct RunArgs {
     /// Seconds between stats snapshots.
     #[arg(long, default_value_t = 5.0)]
     stats_interval: f64,
+    /// Unix socket of the API (owner root, mode 0660).
+    #[arg(long, default_value = "/run/xlb/xlbd.sock")]
+    api_socket: PathBuf,
+    /// Group that owns the API socket (its members may use `xlb`).
+    #[arg(long)]
+    api_socket_group: Option<String>,
+    /// Also serve the API over TCP at ADDR:PORT, or PORT for 127.0.0.1:PORT. Needs
+    /// --api-token-file.
+    #[arg(long)]
+    api_listen: Option<String>,
+    /// File holding the bearer token that TCP clients must send.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Directory for state pushed through the API (restored at start).
+    #[arg(long, default_value = "/var/lib/xlb")]
+    state_dir: PathBuf,
+    /// Do not watch the config file for changes (SIGHUP and `xlb reload` still work).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Subcommand)]
@@ -107,19 +129,58 @@ fn main() -> ExitCode {
     }
 }
 
+fn tcp_listener(args: &RunArgs) -> Result<Option<TcpListenConfig>, String> {
+    let Some(listen) = &args.api_listen else {
+        return Ok(None);
+    };
+    let address: SocketAddr = match listen.parse::<u16>() {
+        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+        Err(_) => listen
+            .parse()
+            .map_err(|e| format!("--api-listen {listen}: {e} (expected ADDR:PORT or PORT)"))?,
+    };
+    let token_file = args
+        .api_token_file
+        .as_ref()
+        .ok_or("--api-listen needs --api-token-file: the TCP API refuses to run without a token")?;
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("--api-token-file {}: {e}", token_file.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(format!(
+            "--api-token-file {} is empty",
+            token_file.display()
+        ));
+    }
+    Ok(Some(TcpListenConfig { address, token }))
+}
+
 fn run(args: RunArgs) -> Result<(), String> {
     let interval = Duration::try_from_secs_f64(args.stats_interval)
         .map_err(|e| format!("--stats-interval: {e}"))?;
-    let options = RunOptions {
-        config: args.config,
+    let signals = Signals::block().map_err(|e| format!("blocking signals: {e}"))?;
+    let options = Options {
+        api: ServerConfig {
+            unix_socket: args.api_socket.clone(),
+            unix_socket_mode: 0o660,
+            unix_socket_group: args.api_socket_group.clone(),
+            tcp: tcp_listener(&args)?,
+        },
+        config_path: args.config,
+        state_dir: args.state_dir,
         stats_file: args.stats_file,
         stats_interval: interval,
+        watch: !args.no_watch,
     };
-    daemon::run(&options).map_err(|error| match error {
+    let controller = Controller::start(options).map_err(|error| match error {
         // Config diagnostics are one per line, each with file:line:column.
-        DaemonError::Config(config) => format!("invalid config, nothing attached:\n{config}"),
-        other => other.to_string(),
-    })
+        StartError::Change(ChangeError::Invalid(config)) => {
+            format!("invalid config, nothing attached:\n{config}")
+        }
+        other => format!("{other}; nothing attached"),
+    })?;
+    controller.run(signals).map_err(|e| e.to_string())
 }
 
 fn run_decap(interface: &str, vips: &[std::net::IpAddr], native: bool) -> Result<(), String> {

@@ -667,7 +667,7 @@ fn the_same_backend_may_serve_several_vips() {
 fn limits_out_of_range() {
     let text = format!(
         "{BASE}[limits]\nflow_table_size = 1023\nmax_vips = 0\nmax_backends = 16777217\n\
-         maglev_slots = 268435457\n"
+         maglev_slots = 1073741825\n"
     );
     assert_eq!(
         errors(&text),
@@ -675,7 +675,7 @@ fn limits_out_of_range() {
             "15:19: limits.flow_table_size: 1023 is out of range 1024..=67108864",
             "16:12: limits.max_vips: 0 is out of range 1..=1048576",
             "17:16: limits.max_backends: 16777217 is out of range 1..=16777216",
-            "18:16: limits.maglev_slots: 268435457 is out of range 1024..=268435456",
+            "18:16: limits.maglev_slots: 1073741825 is out of range 1024..=1073741824",
         ]
     );
 }

@@ -22,7 +22,7 @@ const MAX_VIPS_RANGE: RangeInclusive<i64> = 1..=1_048_576;
 /// Accepted `limits.max_backends`.
 const MAX_BACKENDS_RANGE: RangeInclusive<i64> = 1..=16_777_216;
 /// Accepted `limits.maglev_slots`.
-const MAGLEV_SLOTS_RANGE: RangeInclusive<i64> = 1024..=268_435_456;
+const MAGLEV_SLOTS_RANGE: RangeInclusive<i64> = 1024..=1_073_741_824;
 /// Accepted `vip.port`.
 const PORT_RANGE: RangeInclusive<i64> = 0..=65_535;
 /// Accepted `vip.table_size`: the smallest prime worth having to the largest prime below 2^24.

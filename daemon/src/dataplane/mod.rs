@@ -4,6 +4,7 @@
 
 mod alloc;
 pub mod decap;
+mod dump;
 pub mod objects;
 mod slots;
 pub mod stats;
@@ -27,6 +28,8 @@ use crate::{
 };
 use alloc::{IdAllocator, RegionAllocator};
 use slots::SlotArray;
+
+pub use dump::{DatapathDump, Inconsistency, VipDump};
 
 /// Errors of the dataplane, each naming what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -407,7 +410,7 @@ impl Dataplane {
         }
         for (key, vip) in &desired.vips {
             match self.applied.get(key) {
-                Some(applied) if applied.desired == *vip => report.unchanged += 1,
+                Some(applied) if applied.desired.same_as(vip) => report.unchanged += 1,
                 Some(_) => {
                     self.apply_vip(*key, vip)?;
                     report.changed += 1;
@@ -433,10 +436,10 @@ impl Dataplane {
         let mut regions = self.regions.clone();
         for (key, vip) in &desired.vips {
             let old = self.applied.get(key);
-            if old.is_some_and(|old| old.desired == *vip) {
+            if old.is_some_and(|old| old.desired.same_as(vip)) {
                 continue;
             }
-            let table_changed = old.is_none_or(|old| old.desired.table != vip.table);
+            let table_changed = old.is_none_or(|old| !old.desired.same_slots(vip));
             if table_changed
                 && !vip.table.is_empty()
                 && regions.alloc(vip.table.len() as u32).is_none()
@@ -545,7 +548,7 @@ impl Dataplane {
 
         // Table: reuse the active region when the table is the same, else write a new one.
         let region = match &old {
-            Some(old) if old.desired.table == vip.table => old.region,
+            Some(old) if old.desired.same_slots(vip) => old.region,
             _ if vip.table.is_empty() => None,
             _ => {
                 let len = vip.table.len() as u32;
