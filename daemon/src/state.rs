@@ -41,7 +41,7 @@ pub struct DesiredState {
     /// IPIP outer source prefix.
     pub encap_source: Ipv4Net,
     /// VIPs by key; the order is the key order, so applying is deterministic.
-    pub vips: BTreeMap<VipKeyOrd, DesiredVip>,
+    pub vips: BTreeMap<VipKeyOrd, Arc<DesiredVip>>,
 }
 
 /// A [`VipKey`] with a total order (for deterministic maps and output).
@@ -102,7 +102,7 @@ impl DesiredVip {
     /// Whether two states of a VIP are the same. Everything is derived from the VIP's config
     /// (the table deterministically), so comparing configs is enough, and cheap.
     pub fn same_as(&self, other: &DesiredVip) -> bool {
-        self.config == other.config
+        std::ptr::eq(self, other) || self.config == other.config
     }
 
     /// Whether `other`'s table, as backend identities slot by slot, equals this one's: then
@@ -158,13 +158,13 @@ impl DesiredState {
                 .filter(|d| d.config == *vip);
             match reused {
                 Some(desired) => {
-                    vips.insert(vip_key(vip), desired.clone());
+                    vips.insert(vip_key(vip), Arc::clone(desired));
                 }
                 None => to_build.push(vip.clone()),
             }
         }
         for (key, desired) in build_vips(&to_build)? {
-            vips.insert(key, desired);
+            vips.insert(key, Arc::new(desired));
         }
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,

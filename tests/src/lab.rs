@@ -17,20 +17,25 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The `xlbd` binary built next to this test binary (run `cargo build` first).
+/// The `xlbd` binary of the same build as this one: next to a binary in `target/<profile>/`,
+/// or one level up from a test binary in `target/<profile>/deps/` (run `cargo build` first).
 pub fn xlbd_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let xlbd = dir.join("xlbd");
-    assert!(
-        xlbd.exists(),
-        "{} missing: run `cargo build` before the tests",
-        xlbd.display()
-    );
-    xlbd
+    let dir = exe.parent().expect("binary directory");
+    let candidates = [
+        dir.join("xlbd"),
+        dir.parent().map_or_else(PathBuf::new, |p| p.join("xlbd")),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} missing: run `cargo build` first",
+                candidates[1].display()
+            )
+        })
 }
 
 /// A running lab; everything it made goes away on drop.

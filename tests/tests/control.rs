@@ -552,3 +552,69 @@ fn api_state_survives_a_restart_and_tcp_needs_its_token() {
     );
     lab.stop_xlbd();
 }
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    if !have_root() {
+        return;
+    }
+    let ns = xlb_tests::netns::NetNs::new("xlbt-sd-lb");
+    ns.exec(&[
+        "ip",
+        "link",
+        "add",
+        "xlbdemo-lb",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "xlbdemo-pe",
+    ]);
+    ns.exec(&["ip", "link", "set", "xlbdemo-lb", "up"]);
+    ns.exec(&["ip", "link", "set", "xlbdemo-pe", "up"]);
+    let dir = std::env::temp_dir().join(format!("xlbt-sd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let notify_path = dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = ns
+        .command(xlbd_path().to_str().unwrap())
+        .args([
+            "--config",
+            repo_root().join("config/demo-l2.toml").to_str().unwrap(),
+        ])
+        .arg("--api-socket")
+        .arg(dir.join("xlbd.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS="), "{ready}");
+    assert!(ready.contains("2 VIPs"), "{ready}");
+    // SAFETY: kill(2) on our own, unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(
+        next().starts_with("READY=1"),
+        "ready again after the reload"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(next(), "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

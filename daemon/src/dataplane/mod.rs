@@ -9,7 +9,7 @@ pub mod objects;
 mod slots;
 pub mod stats;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -129,7 +129,7 @@ pub struct Attachment {
 #[derive(Debug, Clone)]
 struct AppliedVip {
     vip_id: u32,
-    desired: DesiredVip,
+    desired: Arc<DesiredVip>,
     /// Backend ids, parallel to `desired.backends`.
     backend_ids: Vec<u32>,
     /// Active table region (offset, length).
@@ -491,7 +491,7 @@ impl Dataplane {
         Ok(())
     }
 
-    fn apply_vip(&mut self, key: VipKeyOrd, vip: &DesiredVip) -> Result<(), DataplaneError> {
+    fn apply_vip(&mut self, key: VipKeyOrd, vip: &Arc<DesiredVip>) -> Result<(), DataplaneError> {
         let old = self.applied.remove(&key);
         let vip_id = match &old {
             Some(old) => old.vip_id,
