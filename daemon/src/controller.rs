@@ -33,6 +33,10 @@ use crate::{
     watch,
 };
 
+/// How long an API request may wait for the controller; the client gets 503 after that, and the
+/// request is dropped unexecuted.
+const API_WAIT: Duration = Duration::from_secs(30);
+
 /// Where a change came from (shown in status and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -170,11 +174,16 @@ pub struct Controller {
     options: Options,
     dataplane: Dataplane,
     file_text: String,
+    /// The file's text as last read, applied or refused: an event that finds the same text
+    /// again is not a change.
+    seen_file: String,
     overlay: Overlay,
     config: Config,
     /// What is applied; unchanged VIPs' tables are reused from it on the next change.
     desired: DesiredState,
     api_vips: BTreeSet<String>,
+    /// Interface and limits in force: fixed when the program was loaded.
+    running: (crate::config::InterfaceConfig, crate::config::Limits),
     counters: Counters,
     started: Instant,
     notifier: Notifier,
@@ -219,7 +228,8 @@ pub enum StartError {
 enum Event {
     Signal(Signal),
     FileChanged,
-    Api(Request, Sender<Response>),
+    /// A request, where to answer, and when the asker stops waiting.
+    Api(Request, Sender<Response>, Instant),
 }
 
 impl Controller {
@@ -236,6 +246,13 @@ impl Controller {
         let layered = layered(&file_text, &origin, &overlay).map_err(ChangeError::from)?;
         let desired = DesiredState::from_config(&effective(&layered.config, &overlay))
             .map_err(ChangeError::from)?;
+        // Another daemon answering on our socket: refuse before touching the interface.
+        if std::os::unix::net::UnixStream::connect(&options.api.unix_socket).is_ok() {
+            return Err(StartError::Api(format!(
+                "another xlbd is serving on {}",
+                options.api.unix_socket.display()
+            )));
+        }
         let interface = layered.config.interface.name.clone();
         let if_mac = crate::dataplane::interface_mac(&interface)?;
         let mut dataplane = Dataplane::load(&layered.config.limits, if_mac)?;
@@ -245,8 +262,10 @@ impl Controller {
         let mut controller = Controller {
             options,
             dataplane,
+            seen_file: file_text.clone(),
             file_text,
             overlay,
+            running: (layered.config.interface.clone(), layered.config.limits),
             config: layered.config,
             desired,
             api_vips: layered.api_vips,
@@ -283,7 +302,15 @@ impl Controller {
             }
             Err(e) => {
                 self.counters.reloads_failed += 1;
-                error!(source = source.name(), error = %e, "change refused; the previous state keeps serving");
+                let what = match e {
+                    ChangeError::Dataplane(error)
+                        if !matches!(error, DataplaneError::Capacity { .. }) =>
+                    {
+                        "change failed while applying; VIPs switched before the error keep their new state, the others their old one"
+                    }
+                    _ => "change refused; the previous state keeps serving",
+                };
+                error!(source = source.name(), error = %e, "{what}");
                 ReloadView {
                     ok: false,
                     source: source.name().to_owned(),
@@ -322,8 +349,7 @@ impl Controller {
         let mut overlay = overlay.unwrap_or_else(|| self.overlay.clone());
         let origin = self.options.config_path.display().to_string();
         let layered = layered(&file_text, &origin, &overlay)?;
-        if layered.config.interface != self.config.interface
-            || layered.config.limits != self.config.limits
+        if (&layered.config.interface, &layered.config.limits) != (&self.running.0, &self.running.1)
         {
             warn!(
                 "[interface] and [limits] changes take effect only after a restart; applying the rest"
@@ -385,9 +411,10 @@ impl Controller {
                 return Err(error);
             }
         };
-        if only_if_changed && text == self.file_text {
+        if only_if_changed && text == self.seen_file {
             return Ok(None);
         }
+        self.seen_file.clone_from(&text);
         self.change(source, Some(text), None).map(Some)
     }
 
@@ -436,11 +463,15 @@ impl Controller {
         let api_tx = events_tx.clone();
         let handler: Arc<dyn Fn(Request) -> Response + Send + Sync> = Arc::new(move |request| {
             let (reply_tx, reply_rx) = bounded(1);
-            if api_tx.send(Event::Api(request, reply_tx)).is_err() {
+            let deadline = Instant::now() + API_WAIT;
+            if api_tx
+                .send(Event::Api(request, reply_tx, deadline))
+                .is_err()
+            {
                 return ApiError::unavailable("xlbd is shutting down").into();
             }
             reply_rx
-                .recv_timeout(Duration::from_secs(30))
+                .recv_timeout(API_WAIT)
                 .unwrap_or_else(|_| ApiError::unavailable("xlbd did not answer in time").into())
         });
         let _server = api::server::start(&self.options.api, handler)
@@ -466,9 +497,15 @@ impl Controller {
                     Ok(Event::FileChanged) => {
                         let _ = self.reload_file(Source::File, true);
                     }
-                    Ok(Event::Api(request, reply)) => {
-                        let response = self.handle(&request);
-                        let _ = reply.send(response);
+                    Ok(Event::Api(request, reply, deadline)) => {
+                        // A request whose asker gave up is not carried out: a retry must not
+                        // apply it twice.
+                        if Instant::now() < deadline {
+                            let response = self.handle(&request);
+                            let _ = reply.send(response);
+                        } else {
+                            warn!(method = %request.method, path = %request.path, "API request expired before its turn; not carried out");
+                        }
                     }
                 },
                 recv(stats_tick) -> _ => self.write_stats(),
@@ -583,6 +620,12 @@ impl Controller {
                 overlay.set_override(&vip, &backend, |o| o.weight = Some(weight));
                 self.api_change(overlay, 200)
             }
+            Command::ResetWeight { vip, backend } => {
+                let backend = self.find_backend(&vip, &backend)?;
+                let mut overlay = self.overlay.clone();
+                overlay.set_override(&vip, &backend, |o| o.weight = None);
+                self.api_change(overlay, 200)
+            }
             Command::Drain { vip, backend } => {
                 let backend = self.find_backend(&vip, &backend)?;
                 let mut overlay = self.overlay.clone();
@@ -664,11 +707,15 @@ impl Controller {
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            interface: self.config.interface.name.clone(),
-            attach_mode: attachment.map_or_else(
-                || "detached".to_owned(),
-                |a| format!("{:?}", a.mode).to_lowercase(),
-            ),
+            interface: self.running.0.name.clone(),
+            attach_mode: attachment
+                .map_or("detached", |a| match a.mode {
+                    aya::programs::XdpMode::Driver => "native",
+                    aya::programs::XdpMode::Skb => "generic",
+                    aya::programs::XdpMode::Hardware => "offload",
+                    aya::programs::XdpMode::Default => "default",
+                })
+                .to_owned(),
             generation: self.counters.generation,
             config_path: self.options.config_path.display().to_string(),
             last_reload: self.counters.last_reload.clone(),

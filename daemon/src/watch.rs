@@ -68,6 +68,8 @@ fn drain(fd: &OwnedFd) {
 fn watch_loop(fd: OwnedFd, events: Sender<()>) {
     loop {
         if !readable(&fd, None) {
+            // poll failed (it cannot time out without a timeout): do not spin.
+            std::thread::sleep(DEBOUNCE);
             continue;
         }
         drain(&fd);

@@ -141,6 +141,17 @@ fn changes_under_traffic_lose_no_packet_and_reset_no_connection() {
     );
     let s = wait_generation(&lab, g0);
     assert_eq!(s["last_reload"]["source"], "file");
+    // Edited again and again, each edit applied before the next.
+    for round in 0..8 {
+        let g = status(&lab)["generation"].as_u64().unwrap();
+        let weight = if round % 2 == 0 {
+            "weight = 60"
+        } else {
+            "weight = 50"
+        };
+        write_renamed(&config, &original.replacen("weight = 100", weight, 1));
+        wait_generation(&lab, g);
+    }
 
     let g = s["generation"].as_u64().unwrap();
     let spec = json!({"name": "api-web", "address": VIP, "port": 8080, "protocol": "tcp", "mode": "l2",

@@ -22,6 +22,7 @@ enum Target {
     RemoveVip(String),
     SetBackends(String),
     SetWeight(String, String),
+    ResetWeight(String, String),
     Drain(String, String),
     Undrain(String, String),
 }
@@ -77,6 +78,7 @@ pub fn route(req: &Request) -> Result<Command, ApiError> {
                 weight,
             }
         }
+        Target::ResetWeight(vip, backend) => Command::ResetWeight { vip, backend },
         Target::Drain(vip, backend) => Command::Drain { vip, backend },
         Target::Undrain(vip, backend) => Command::Undrain { vip, backend },
     })
@@ -113,7 +115,12 @@ fn target(req: &Request) -> Result<Target, ApiError> {
         (["v1", "vips", vip, "backends", backend, "weight"], "PUT") => {
             Target::SetWeight(owned(vip), owned(backend))
         }
-        (["v1", "vips", _, "backends", _, "weight"], _) => return wrong_method(&["PUT"]),
+        (["v1", "vips", vip, "backends", backend, "weight"], "DELETE") => {
+            Target::ResetWeight(owned(vip), owned(backend))
+        }
+        (["v1", "vips", _, "backends", _, "weight"], _) => {
+            return wrong_method(&["PUT", "DELETE"]);
+        }
 
         (["v1", "vips", vip, "backends", backend, "drain"], "POST") => {
             Target::Drain(owned(vip), owned(backend))
@@ -391,7 +398,7 @@ mod tests {
             ("DELETE", "/v1/vips", &["GET", "POST"]),
             ("PUT", "/v1/vips/web", &["GET", "DELETE"]),
             ("GET", "/v1/vips/web/backends", &["PUT"]),
-            ("POST", "/v1/vips/web/backends/a/weight", &["PUT"]),
+            ("POST", "/v1/vips/web/backends/a/weight", &["PUT", "DELETE"]),
             ("PUT", "/v1/vips/web/backends/a/drain", &["POST"]),
         ];
         for (method, path, allow) in cases {

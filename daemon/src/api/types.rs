@@ -48,6 +48,14 @@ pub enum Command {
         /// The new weight, `0..=MAX_WEIGHT`.
         weight: u32,
     },
+    /// `DELETE /v1/vips/{name}/backends/{address}/weight`: forget the weight set through the API;
+    /// the backend's configured weight applies again.
+    ResetWeight {
+        /// The VIP's name.
+        vip: String,
+        /// The backend's address, as written in the path.
+        backend: String,
+    },
     /// `POST /v1/vips/{name}/backends/{address}/drain`: stop sending new flows to a backend.
     Drain {
         /// The VIP's name.

@@ -155,6 +155,13 @@ enum BackendCommand {
         #[arg(value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_WEIGHT)))]
         weight: u32,
     },
+    /// Forget a weight set through the API: the configured weight applies again.
+    ResetWeight {
+        /// The VIP's name.
+        vip: String,
+        /// The backend's address.
+        address: String,
+    },
     /// Stop sending new flows to a backend; its established flows stay.
     Drain {
         /// The VIP's name.
@@ -337,6 +344,9 @@ fn build_call(command: Command) -> Result<Call, UsageError> {
                 backend_path(&vip, &address, "weight"),
                 Some(to_value(&SetWeightRequest { weight })),
             ),
+            BackendCommand::ResetWeight { vip, address } => {
+                change("DELETE", backend_path(&vip, &address, "weight"), None)
+            }
             BackendCommand::Drain { vip, address } => {
                 change("POST", backend_path(&vip, &address, "drain"), None)
             }

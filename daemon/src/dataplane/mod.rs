@@ -3,8 +3,10 @@
 //! differs from what is applied, one VIP at a time, each VIP switched by a single map update.
 
 mod alloc;
+mod bench;
 pub mod decap;
 mod dump;
+pub mod hc_encap;
 pub mod objects;
 mod slots;
 pub mod stats;

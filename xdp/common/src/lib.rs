@@ -8,7 +8,9 @@
 pub mod counters;
 pub mod drop;
 pub mod hash;
+pub mod health;
 pub mod maps;
+pub mod pktgen;
 
 pub use counters::{Counter, DecapCounter, LbCounter};
 pub use drop::DropReason;

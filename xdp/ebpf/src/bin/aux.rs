@@ -1,13 +1,28 @@
-//! Two helper programs that are not part of the datapath:
+//! Helper programs that are not part of the datapath:
 //! - `xlb_pass` passes everything. Attached to the far end of a veth, it makes that end accept
 //!   frames sent with XDP_TX (the kernel drops them otherwise).
 //! - `xlb_floor` swaps the MACs and sends the frame back: the least an XDP forwarder can do,
 //!   which the benchmarks measure as the floor to compare the load balancer against.
+//! - `xlb_sink` counts every frame (packets and bytes, per CPU) and drops it: the far end of a
+//!   throughput test, where what the program under test forwarded is counted.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use xlb_ebpf::{headers::EthHdr, packet::ptr_at};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use xlb_common::Counter;
+use xlb_ebpf::{
+    headers::EthHdr,
+    packet::{frame_len, ptr_at},
+};
+
+/// Frames (and their bytes) that reached `xlb_sink`, per CPU.
+#[map(name = "XLB_SINK")]
+static SINK: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
 
 /// Passes every frame to the stack.
 #[xdp]
@@ -24,6 +39,20 @@ pub fn xlb_floor(ctx: XdpContext) -> u32 {
     // SAFETY: ptr_at checked that the Ethernet header lies inside the frame.
     unsafe { core::mem::swap(&mut (*eth).dst, &mut (*eth).src) };
     xdp_action::XDP_TX
+}
+
+/// Counts the frame and drops it.
+#[xdp]
+pub fn xlb_sink(ctx: XdpContext) -> u32 {
+    if let Some(counter) = SINK.get_ptr_mut(0) {
+        // SAFETY: this CPU's own slot of a per-CPU array; only this program on this CPU
+        // writes it.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += frame_len(&ctx) as u64;
+        }
+    }
+    xdp_action::XDP_DROP
 }
 
 #[cfg(not(test))]

@@ -1,0 +1,146 @@
+//! The control plane's work on a reload, for 1 and 10,000 VIPs (10 backends each, Maglev tables
+//! of 16,381 slots, as in `perf/apply.sh`):
+//!
+//! - `reuse_unchanged`: `DesiredState::from_config_reusing` on a config identical to the applied
+//!   one: every VIP's config is compared and its table shared, nothing is rebuilt.
+//! - `reuse_one_changed`: the same with one backend's weight changed in one VIP: that VIP's
+//!   table is rebuilt, the others are reused.
+//! - `apply_unchanged`: `Dataplane::apply` of a state equal to the applied one: the comparison
+//!   part of apply (every VIP compared with what is applied, the capacity check on a copy of the
+//!   region allocator), no map written. It needs root (it loads the XDP program, nothing is
+//!   attached) and is skipped with a note otherwise.
+//!
+//! Run with `cargo bench -p xlb-daemon --bench apply_state` (add `-- --quick` for a shorter run).
+
+use std::{
+    hint::black_box,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use xlb::{
+    config::{
+        AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, InterfaceConfig, Limits,
+        MacAddr, Protocol, VipConfig,
+    },
+    dataplane::Dataplane,
+    state::DesiredState,
+};
+
+const BACKENDS: usize = 10;
+const TABLE_SIZE: u32 = 16_381;
+const SIZES: [usize; 2] = [1, 10_000];
+
+/// The i-th VIP: 10.(100 + i / 65536).(i / 256 % 256).(i % 256) port 80, ten backends.
+fn vip(i: usize) -> VipConfig {
+    let (a, b, c) = ((i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
+    VipConfig {
+        name: format!("vip{i}"),
+        address: IpAddr::V4(Ipv4Addr::new(100 + a, b, c, 1)),
+        port: 80,
+        protocol: Protocol::Tcp,
+        mode: ForwardMode::L2,
+        table_size: TABLE_SIZE,
+        backends: (0..BACKENDS)
+            .map(|k| {
+                let address = Ipv4Addr::new(10, k as u8 + 1, b, c);
+                BackendConfig {
+                    name: address.to_string(),
+                    address: IpAddr::V4(address),
+                    mac: MacAddr([0x02, a, k as u8, b, c, 1]),
+                    weight: 100,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Built directly: the Maglev array of 10,000 such VIPs is above what validation accepts.
+fn config(vips: usize) -> Config {
+    Config {
+        interface: InterfaceConfig {
+            name: "bench0".to_owned(),
+            attach_mode: AttachMode::Auto,
+        },
+        limits: Limits {
+            flow_table_size: 1024,
+            max_vips: (vips as u32).max(16),
+            max_backends: (2 * vips * BACKENDS) as u32,
+            maglev_slots: 2 * TABLE_SIZE * vips as u32,
+        },
+        encap: EncapConfig::default(),
+        vips: (0..vips).map(vip).collect(),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn state_diff(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reload");
+    for vips in SIZES {
+        let config = config(vips);
+        let applied = DesiredState::from_config(&config).expect("valid config");
+        let mut changed = config.clone();
+        changed.vips[vips / 2].backends[0].weight = 101;
+
+        group.bench_with_input(
+            BenchmarkId::new("reuse_unchanged", vips),
+            &config,
+            |b, config| {
+                b.iter(|| {
+                    DesiredState::from_config_reusing(black_box(config), Some(&applied))
+                        .expect("valid")
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("reuse_one_changed", vips),
+            &changed,
+            |b, changed| {
+                b.iter(|| {
+                    DesiredState::from_config_reusing(black_box(changed), Some(&applied))
+                        .expect("valid")
+                });
+            },
+        );
+
+        if !is_root() {
+            eprintln!("reload/apply_unchanged/{vips}: skipped, needs root (loads the program)");
+            continue;
+        }
+        let mut dataplane = Dataplane::load(&config.limits, MacAddr([0x02, 0, 0, 0, 0, 0xaa]))
+            .expect("loading the datapath");
+        dataplane.apply(&applied).expect("initial apply");
+        let same = DesiredState::from_config_reusing(&config, Some(&applied)).expect("valid");
+        group.bench_with_input(
+            BenchmarkId::new("apply_unchanged", vips),
+            &same,
+            |b, same| {
+                b.iter(|| {
+                    let report = dataplane.apply(black_box(same)).expect("apply");
+                    assert_eq!(report.unchanged, vips);
+                    report
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+fn config_criterion() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config_criterion();
+    targets = state_diff
+}
+criterion_main!(benches);
