@@ -132,9 +132,10 @@ pub enum PktgenError {
         #[source]
         source: Box<MapError>,
     },
-    /// The CPUs this process may use could not be read or set.
+    /// A system call outside BPF failed: CPU affinity, the number of CPUs, the signal
+    /// handler that interrupts a run.
     #[error("{what}: {source}")]
-    Affinity {
+    System {
         /// What was being done.
         what: String,
         /// The cause.
@@ -491,7 +492,7 @@ impl Generator {
 
     /// Gives `budgets[i]` frames to CPU `cpus[i]` and none to the others; resets the pace.
     fn write_budgets(&mut self, cpus: &[usize], budgets: &[u64]) -> Result<(), PktgenError> {
-        let possible = aya::util::nr_cpus().map_err(|(what, source)| PktgenError::Affinity {
+        let possible = aya::util::nr_cpus().map_err(|(what, source)| PktgenError::System {
             what: format!("reading {what}"),
             source,
         })?;
@@ -501,7 +502,7 @@ impl Generator {
                 state.budget = budget;
             }
         }
-        let values = PerCpuValues::try_from(states).map_err(|source| PktgenError::Affinity {
+        let values = PerCpuValues::try_from(states).map_err(|source| PktgenError::System {
             what: "building per-CPU budgets".into(),
             source,
         })?;
@@ -764,7 +765,7 @@ fn install_interrupt_handler() -> Result<(), PktgenError> {
     // SAFETY: `action` is initialised; the handler is async-signal-safe (it does nothing).
     let rc = unsafe { libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) };
     if rc != 0 {
-        return Err(PktgenError::Affinity {
+        return Err(PktgenError::System {
             what: "installing the SIGUSR1 handler".into(),
             source: std::io::Error::last_os_error(),
         });
@@ -809,7 +810,7 @@ fn allowed_cpus() -> Result<Vec<usize>, PktgenError> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
     let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
     if rc != 0 {
-        return Err(PktgenError::Affinity {
+        return Err(PktgenError::System {
             what: "reading the CPU affinity".into(),
             source: std::io::Error::last_os_error(),
         });
@@ -830,7 +831,7 @@ fn pin_to_cpu(cpu: usize) -> Result<(), PktgenError> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
     if rc != 0 {
-        return Err(PktgenError::Affinity {
+        return Err(PktgenError::System {
             what: format!("pinning a generator thread to CPU {cpu}"),
             source: std::io::Error::last_os_error(),
         });

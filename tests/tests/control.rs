@@ -256,6 +256,23 @@ fn changes_under_traffic_lose_no_packet_and_reset_no_connection() {
     let s = status(&lab);
     assert_eq!(s["last_reload"]["ok"], true);
     assert!(s["reloads_failed"].as_u64().unwrap() >= 1);
+
+    // Forgetting the override gives the configured weight back.
+    let (code, body) = api(
+        &lab,
+        "DELETE",
+        "/v1/vips/web/backends/10.99.0.13/weight",
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, web) = api(&lab, "GET", "/v1/vips/web", None);
+    let be3 = web["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["address"] == "10.99.0.13")
+        .unwrap();
+    assert_eq!(be3["weight"], 100, "{be3}");
 }
 
 #[test]
