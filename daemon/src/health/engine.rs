@@ -19,7 +19,7 @@ use mio::{Events, Poll, Token};
 
 use super::{
     Counters, Health, MAX_OPEN_PROBES, SettingsError, Target, TargetId, Transition,
-    probe::{Outcome, Probe, Start},
+    probe::{Outcome, Probe, Ready, Start},
     state::Threshold,
 };
 
@@ -209,7 +209,11 @@ impl Engine {
             }
             for event in events.iter() {
                 if event.token() != WAKER {
-                    self.on_ready(event.token().0, event.is_writable());
+                    let ready = Ready {
+                        writable: event.is_writable(),
+                        error: event.is_error(),
+                    };
+                    self.on_ready(event.token().0, ready);
                 }
             }
             if !self.take_commands() {
@@ -277,12 +281,29 @@ impl Engine {
             }
             self.add(target, previous, now);
         }
+        self.compact_timers();
         tracing::debug!(
             targets = self.targets.len(),
             added,
             changed,
             "health targets set"
         );
+    }
+
+    /// Drops the timers of replaced and removed targets once they outnumber the live ones, so
+    /// that frequent changes to targets with long intervals cannot grow the heap without bound.
+    fn compact_timers(&mut self) {
+        let live = self.targets.len() + self.open;
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let (targets, slots) = (&self.targets, &self.slots);
+        self.timers.retain(|scheduled| match scheduled.timer {
+            Timer::Due { id, epoch } => targets.get(&id).is_some_and(|e| e.epoch == epoch),
+            Timer::Timeout { slot, serial } => {
+                matches!(slots.get(slot), Some(Some(flight)) if flight.serial == serial)
+            }
+        });
     }
 
     /// Adds a target (new, or replacing one whose health was `previous`), starting Up with its
@@ -355,7 +376,9 @@ impl Engine {
                     if entry.epoch != epoch || entry.in_flight.is_some() || entry.waiting {
                         continue;
                     }
-                    if self.open >= self.max_open {
+                    // Behind those already waiting, even if a slot was just freed: first
+                    // come, first served, so no target can starve another.
+                    if self.open >= self.max_open || self.waiting > 0 {
                         entry.waiting = true;
                         self.waiting += 1;
                         self.queue.push_back((id, epoch));
@@ -378,8 +401,16 @@ impl Engine {
                     if flight.serial != serial {
                         continue;
                     }
-                    let timeout = self.targets[&flight.id].target.settings.timeout;
-                    let outcome = flight.probe.timed_out(timeout);
+                    let settings = &self.targets[&flight.id].target.settings;
+                    // One last look: when the loop is starved of CPU, an answer may be in
+                    // whose event is still unread, and that is not the backend's fault.
+                    let outcome = match self.slots[slot].as_mut() {
+                        Some(flight) => flight
+                            .probe
+                            .on_ready(&settings.check, Ready::UNKNOWN, &mut self.scratch)
+                            .unwrap_or_else(|| flight.probe.timed_out(settings.timeout)),
+                        None => continue,
+                    };
                     self.finish(slot, outcome, now);
                 }
             }
@@ -430,7 +461,9 @@ impl Engine {
                 if let Some(entry) = self.targets.get_mut(&id) {
                     entry.in_flight = Some(slot);
                 }
-                self.schedule(now + timeout, Timer::Timeout { slot, serial });
+                // Not `now`: after a stall thousands of probes start in one go, and the last
+                // must get its whole timeout too.
+                self.schedule(Instant::now() + timeout, Timer::Timeout { slot, serial });
             }
             Start::Done(outcome) => {
                 self.counters.probes_started.fetch_add(1, Relaxed);
@@ -460,7 +493,7 @@ impl Engine {
     }
 
     /// A probe socket is ready.
-    fn on_ready(&mut self, slot: usize, writable: bool) {
+    fn on_ready(&mut self, slot: usize, ready: Ready) {
         let Some(Some(flight)) = self.slots.get_mut(slot) else {
             return;
         };
@@ -470,7 +503,7 @@ impl Engine {
         if let Some(outcome) =
             flight
                 .probe
-                .on_ready(&entry.target.settings.check, writable, &mut self.scratch)
+                .on_ready(&entry.target.settings.check, ready, &mut self.scratch)
         {
             self.finish(slot, outcome, Instant::now());
         }
@@ -579,6 +612,73 @@ mod tests {
             assert!((850..=1150).contains(&n), "bucket {i}: {n}: {buckets:?}");
         }
         assert_eq!(first_offset(42, interval), first_offset(42, interval));
+    }
+
+    /// Runs an engine with room for `max_open` sockets in a thread; returns what drives it.
+    fn spawn(
+        max_open: usize,
+    ) -> (
+        Sender<Command>,
+        Arc<mio::Waker>,
+        Arc<Counters>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).unwrap());
+        let (commands, command_rx) = crossbeam_channel::unbounded();
+        let (events, _) = crossbeam_channel::unbounded();
+        let counters = Arc::new(Counters::default());
+        let engine = Engine::new(poll, command_rx, events, counters.clone(), max_open);
+        let thread = std::thread::spawn(move || engine.run());
+        (commands, waker, counters, thread)
+    }
+
+    #[test]
+    fn probes_beyond_the_socket_budget_wait_their_turn() {
+        // A bound UDP socket that never answers: every probe stays open until its timeout.
+        let mute = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = mute.local_addr().unwrap();
+        let (commands, waker, counters, thread) = spawn(2);
+        let targets = (0..6)
+            .map(|id| Target {
+                settings: crate::health::Settings {
+                    check: crate::health::Check::Udp {
+                        payload: b"x".to_vec(),
+                        expect: None,
+                    },
+                    interval: Duration::from_millis(50),
+                    timeout: Duration::from_millis(100),
+                    rise: 1,
+                    fall: 1,
+                },
+                ..Target::new(id, address)
+            })
+            .collect();
+        commands.send(Command::SetTargets(targets)).unwrap();
+        waker.wake().unwrap();
+        let deadline = Instant::now() + Duration::from_millis(800);
+        let mut most_open = 0;
+        while Instant::now() < deadline {
+            most_open = most_open.max(counters.open_sockets.load(Relaxed));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        commands.send(Command::Snapshot(reply)).unwrap();
+        waker.wake().unwrap();
+        let snapshot = answer.recv().unwrap();
+        commands.send(Command::Stop).unwrap();
+        waker.wake().unwrap();
+        thread.join().unwrap();
+
+        assert_eq!(most_open, 2);
+        assert!(counters.probes_deferred.load(Relaxed) > 0);
+        assert_eq!(counters.probes_succeeded.load(Relaxed), 0);
+        // Every target had its turn: none is starved by the others.
+        assert_eq!(snapshot.len(), 6);
+        for (id, health, last) in snapshot {
+            assert_eq!(health, Health::Down, "{id}");
+            assert_eq!(last, "timeout after 100ms waiting for a UDP reply", "{id}");
+        }
     }
 
     #[test]

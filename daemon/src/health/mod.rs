@@ -16,7 +16,11 @@
 //! target at a deterministic offset inside its interval (a hash of its id) so that 10,000
 //! targets added at once do not all fire at once. At most [`MAX_OPEN_PROBES`] sockets are open
 //! at a time; a probe due beyond that waits its turn in a queue and is counted in
-//! [`Stats::probes_deferred`].
+//! [`Stats::probes_deferred`], first come first served. Timers may fire up to 5 ms late, so
+//! that probes due close together start in one wake-up of the loop.
+//!
+//! **Sockets.** Each probe opens a fresh socket and closes it with a plain `close` (a FIN, no
+//! RST), so backends see orderly connections and the checker's side keeps the TIME-WAIT.
 //!
 //! Failures on our side that say nothing about the backend (out of file descriptors, buffers,
 //! memory or ephemeral ports) do not count as a result: they are counted in
@@ -57,11 +61,13 @@ pub const DEFAULT_HTTP_EXPECT: RangeInclusive<u16> = 200..=399;
 /// What a probe does and what counts as a success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    /// A TCP connect that completes (the socket is closed right after).
+    /// A TCP connect that completes (the socket is closed right after): success when the
+    /// socket becomes writable with no error.
     Tcp,
     /// A TCP connect, then `GET path HTTP/1.1`; success when the response's status code is in
     /// one of the `expect` ranges ([`DEFAULT_HTTP_EXPECT`] when the list is empty). Only the
-    /// status line is read.
+    /// status line is read (at most 1 KiB); the connection is closed then, which resets it if
+    /// the server had sent more.
     Http {
         /// The request target, starting with `/`.
         path: String,
