@@ -87,19 +87,37 @@ struct Scale {
     backends: usize,
     /// Maglev table size of every VIP.
     table_size: u32,
+    /// Flow-table entries. At the default size the table is filled before the measurement, so
+    /// every new flow evicts one; a larger table is left with free entries for the whole run.
+    flow_table: u32,
 }
+
+/// The default flow-table size (`limits.flow_table_size`).
+const DEFAULT_FLOWS: u32 = 262_144;
+/// A flow table that never fills during a run: each CPU's LRU list gets an equal share, and
+/// even the full run's new flows (31 rounds x 10,000 x 3 classes) stay below one share.
+const FREE_FLOWS: u32 = 4_194_304;
 
 /// The smallest datapath, the reference of the scale comparison.
 const BASE: Scale = Scale {
     vips: 3,
     backends: 3,
     table_size: 251,
+    flow_table: DEFAULT_FLOWS,
 };
 
 impl Scale {
     fn label(&self) -> String {
+        let flows = if self.flow_table == DEFAULT_FLOWS {
+            String::new()
+        } else {
+            format!(
+                ", flow table {} (never full)",
+                thousands(u64::from(self.flow_table))
+            )
+        };
         format!(
-            "{} VIPs x {} backends, table {}",
+            "{} VIPs x {} backends, table {}{flows}",
             thousands(self.vips as u64),
             thousands(self.backends as u64),
             thousands(u64::from(self.table_size))
@@ -107,7 +125,9 @@ impl Scale {
     }
 
     fn short(&self) -> String {
-        if self.backends != BASE.backends {
+        if self.flow_table != BASE.flow_table {
+            "flow table never full".to_owned()
+        } else if self.backends != BASE.backends {
             format!("{} backends", thousands(self.backends as u64))
         } else if self.table_size != BASE.table_size {
             format!("table {}", thousands(u64::from(self.table_size)))
@@ -303,11 +323,16 @@ impl Plan {
             vips,
             backends,
             table_size,
+            flow_table: DEFAULT_FLOWS,
+        };
+        let free = Scale {
+            flow_table: FREE_FLOWS,
+            ..BASE
         };
         if quick {
             Plan {
                 quick,
-                scales: vec![BASE, scale(1_000, 3, 251), scale(100_000, 3, 251)],
+                scales: vec![BASE, scale(1_000, 3, 251), scale(100_000, 3, 251), free],
                 classes: CLASSES
                     .into_iter()
                     .filter(|c| QUICK_CLASSES.contains(&c.id))
@@ -324,6 +349,7 @@ impl Plan {
                     scale(100_000, 3, 251),
                     scale(3, 3, 65_537),
                     scale(3, 1_000, 65_537),
+                    free,
                 ],
                 classes: CLASSES.to_vec(),
                 rounds: 31,
@@ -331,24 +357,6 @@ impl Plan {
             }
         }
     }
-
-    /// Flow-table entries for the run: every new flow of every round and the established ones
-    /// must fit on the CPU the benchmark runs on (the LRU has per-CPU lists, each a
-    /// `1 / possible CPUs` share of the table), so no measured insert evicts.
-    fn flow_table_size(&self) -> u32 {
-        let new_classes = self
-            .classes
-            .iter()
-            .filter(|c| c.flows == Flows::New)
-            .count();
-        let inserts = (self.rounds + 2) * CYCLE * new_classes + 4 * CYCLE + 1000;
-        let cpus = possible_cpus();
-        ((inserts * cpus) as u32).next_power_of_two()
-    }
-}
-
-fn possible_cpus() -> usize {
-    aya::util::nr_cpus().unwrap_or(1)
 }
 
 fn thousands(n: u64) -> String {
@@ -400,7 +408,7 @@ fn filler(i: usize) -> Ipv4Addr {
 
 /// The config of a scale, built directly: 100,000 VIPs need a Maglev array above what config
 /// validation accepts for `limits.maglev_slots`.
-fn config(scale: Scale, flow_table_size: u32) -> Config {
+fn config(scale: Scale) -> Config {
     let mut vips = vec![
         vip_config(
             "tcp-l2".into(),
@@ -443,7 +451,7 @@ fn config(scale: Scale, flow_table_size: u32) -> Config {
             attach_mode: AttachMode::Auto,
         },
         limits: Limits {
-            flow_table_size,
+            flow_table_size: scale.flow_table,
             max_vips: (scale.vips as u32).max(16),
             max_backends: (scale.vips * scale.backends + 16) as u32,
             maglev_slots: 2 * scale.table_size * scale.vips as u32,
@@ -504,9 +512,9 @@ struct Scene {
 }
 
 impl Scene {
-    fn new(scale: Scale, flow_table_size: u32) -> Scene {
+    fn new(scale: Scale) -> Scene {
         let start = Instant::now();
-        let config = config(scale, flow_table_size);
+        let config = config(scale);
         let state = DesiredState::from_config(&config)
             .unwrap_or_else(|e| panic!("building the state of {}: {e}", scale.label()));
         let mut dataplane = Dataplane::load(&config.limits, MacAddr(IF_MAC))
@@ -824,22 +832,26 @@ struct Results {
     semantics: Semantics,
     setups: Vec<(Scale, Duration)>,
     pinned: Option<usize>,
-    flow_table_size: u32,
+    /// `/proc/loadavg`'s three averages when the run started.
+    load: String,
     elapsed: Duration,
     programs: Programs,
 }
 
 fn run(plan: &Plan) -> Results {
     let started = Instant::now();
+    let load = std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
     let pinned = pin_to_last_cpu();
-    let flow_table_size = plan.flow_table_size();
     let helpers = Helpers::load();
     let mut scenes: Vec<Scene> = plan
         .scales
         .iter()
         .map(|&scale| {
             eprintln!("[packet] loading {}", scale.label());
-            let scene = Scene::new(scale, flow_table_size);
+            let scene = Scene::new(scale);
             eprintln!(
                 "[packet]   built, loaded and applied in {:.1} s",
                 scene.setup.as_secs_f64()
@@ -850,6 +862,25 @@ fn run(plan: &Plan) -> Results {
     let semantics = check_semantics(&mut scenes[0]);
     let programs = Programs::inspect(&mut scenes[0].dataplane, &helpers);
 
+    // Fill the flow table with flows no class uses, so that every measured new flow evicts one:
+    // the steady state of a balancer that has run for a while.
+    let mut next_new = NEW_FLOWS_FROM;
+    let mut out = [0u8; OUT_LEN];
+    for scene in scenes
+        .iter_mut()
+        .filter(|s| s.scale.flow_table == DEFAULT_FLOWS)
+    {
+        let fill = u64::from(scene.scale.flow_table);
+        for i in next_new..next_new + fill {
+            let frame = scene.frame(Shape::TcpL2, i);
+            scene
+                .dataplane
+                .test_run_timed(&frame, &mut out, 1)
+                .unwrap_or_else(|e| panic!("filling the flow table: {e}"));
+        }
+        next_new += fill;
+    }
+
     // Warm-up: every established flow enters the flow table, caches and predictors settle.
     for scene in &mut scenes {
         for class in &plan.classes {
@@ -859,7 +890,6 @@ fn run(plan: &Plan) -> Results {
             let frames = scene.fixed_frames(class).to_vec();
             if expected(class) == Expected::FlowHit {
                 // The first pass inserts the flows; it is not measured.
-                let mut out = [0u8; OUT_LEN];
                 for frame in &frames {
                     scene
                         .dataplane
@@ -871,7 +901,6 @@ fn run(plan: &Plan) -> Results {
         }
     }
 
-    let mut next_new = NEW_FLOWS_FROM;
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
     let empty_frame = vec![scenes[0].frame(Shape::TcpL2, 0)];
     for round in 0..plan.rounds {
@@ -970,7 +999,7 @@ fn run(plan: &Plan) -> Results {
         semantics,
         setups: scenes.iter().map(|s| (s.scale, s.setup)).collect(),
         pinned,
-        flow_table_size,
+        load,
         elapsed: started.elapsed(),
         programs,
     }
@@ -1222,6 +1251,13 @@ fn markdown(plan: &Plan, results: &Results, date: &str, time: &str) -> String {
     .unwrap();
     writeln!(
         out,
+        "- Load average when the run started: {} (other work on the machine adds noise to \
+         both sides of every ratio alike)",
+        results.load
+    )
+    .unwrap();
+    writeln!(
+        out,
         "- Command: `sudo target/release/packet_bench{}` (run by `perf/run.sh`); {} rounds, \
          {} calls per batch, {:.0} s in all",
         if plan.quick { " --quick" } else { "" },
@@ -1234,8 +1270,10 @@ fn markdown(plan: &Plan, results: &Results, date: &str, time: &str) -> String {
         out,
         "- Datapaths (each VIP has the same backends and table size; the three VIPs the \
          classes address, TCP/80 L2, UDP/53 L2 and TCP/80 IPIP, plus TCP/80 L2 fillers); flow \
-         table {} entries (LRU, per-CPU lists, large enough that no measured insert evicts):",
-        thousands(u64::from(results.flow_table_size))
+         table {} entries (the default; LRU with per-CPU lists), filled with other flows before \
+         the measurement so that every measured new flow evicts one, as on a balancer that has \
+         run for a while, except where it says \"never full\":",
+        thousands(u64::from(DEFAULT_FLOWS))
     )
     .unwrap();
     for (scale, setup) in &results.setups {
@@ -1544,14 +1582,78 @@ const LOOKUPS: &str = "\
 | VIP on port 0 (any port) | one more `XLB_VIPS` lookup (exact port first) | | | |
 ";
 
+/// What would move the figures, from the measurements above, the profile (`perf/run.sh`) and
+/// the datapath's source at this commit; `{lookup}` is replaced by the measured cost of a
+/// lookup.
+const PROPOSALS: &str = "\
+### What would move it
+
+Measured facts these rest on: one hash lookup of a 20-byte key that misses, with the rest of \
+the IPv4 checks, costs {lookup} ns here (not a VIP − malformed drop); an established L2 packet \
+makes three hash lookups and four per-CPU counter updates; a new flow adds a `XLB_FLOWS` \
+insert that evicts an LRU entry (the kernel takes the per-CPU LRU lock with interrupts off and \
+rotates the LRU lists on every insert, `bpf_percpu_lru_pop_free` in \
+`kernel/bpf/bpf_lru_list.c`); with 10,000 flows the extra cost is cache and TLB misses on the \
+flow table's buckets and entries, inside the kernel's hash table code, not in the program's \
+instructions.
+
+1. **One hash lookup fewer per VIP packet** (every VIP packet: up to −{lookup} ns, the \
+   largest single item for established flows). `process` (`xdp/ebpf/src/bin/lb/main.rs`) looks the destination up in \
+   `XLB_VIP_ADDRS` and then `balance::find_vip` looks up `XLB_VIPS`: two 20-byte hash lookups for \
+   every VIP packet. Replace `XLB_VIP_ADDRS` by a `BPF_MAP_TYPE_BLOOM_FILTER` of VIP addresses \
+   (one jhash of 4 bytes and a bit test, no bucket walk or memcmp; a false positive only costs \
+   the `XLB_VIPS` lookup that then misses and passes), or test fragments first and go straight \
+   to `XLB_VIPS` for unfragmented TCP/UDP.
+2. **IPv4-sized keys** (−5 to −15 ns per lookup, more when cache-cold). `FlowKey` is 40 bytes \
+   and `VipKey`/`VipAddrKey` 20 (`xdp/common/src/maps.rs`) because they have room for IPv6: \
+   jhash and memcmp run over the whole key, and a 40-byte key puts each flow entry over two \
+   cache lines (the kernel's element header is 48 bytes). Separate IPv4 maps with 16-byte flow \
+   keys (addresses, ports, protocol) and 8-byte VIP keys, as Katran does for its v4 and v6 \
+   maps, cut the hashing by more than half; IPv6 gets its own maps when it comes (issue 8).
+3. **No subprogram call for a 3-byte pad.** Building `VipAddrKey` in `process` compiles to a \
+   bpf-to-bpf call of `memset` for `_pad: [0; 3]` (see the call sites above). Build the key from \
+   zeroed words (or declare the pad as `u8` + `u16`) so the verifier sees plain stores \
+   (a few ns on every IPv4 packet).
+4. **New flows: the insert, not the Maglev lookup.** The flow hash, slot and backend read cost \
+   little; the `XLB_FLOWS` insert (`balance::choose` in `xdp/ebpf/src/bin/lb/balance.rs`) is \
+   most of the difference between a new and an established flow. Options, by effect: a per-VIP \
+   flag to bypass the flow table for services that do not need affinity across backend \
+   changes (Katran's `F_LRU_BYPASS`: a new flow then costs what an established one does); \
+   inserting only for TCP SYN and UDP, so a mid-connection packet after a restart is routed by \
+   Maglev without an insert; or a preallocated plain hash map expired by `xlbd` (last-seen time \
+   in `FlowValue`, batch deletes) instead of the LRU, whose insert pops a per-CPU free list \
+   without the LRU lock and rotation — the flood protection of issue 5 then has to limit \
+   inserts explicitly (a full table refusing an insert is safe: Maglev still routes the packet \
+   and `flow_insert_failed` counts it).
+5. **Fewer per-CPU counter updates** (a few ns). A forwarded packet updates four per-CPU \
+   counters (`stats::action`, `stats::lb`, and `stats::forwarded` for the VIP and the backend, \
+   `xdp/ebpf/src/bin/lb/stats.rs`): the flow-hit/new event could live in the per-VIP counter \
+   and the per-action count be derived from the others for forwarded packets.
+6. **Traffic spread over many VIPs** (why the 100,000-VIP target is missed for spread \
+   traffic). Traffic to a few VIPs costs the same with 100,000 VIPs configured; 10,000 flows \
+   spread over 10,000 of the 100,000 VIPs cost far more than the same flows to one VIP (see \
+   the step table): each packet then misses the caches on its VIP's `XLB_VIP_ADDRS` and \
+   `XLB_VIPS` entries (allocated one by one, `BPF_F_NO_PREALLOC` in \
+   `xdp/ebpf/src/bin/lb/maps.rs`, so scattered over memory), its backend entry and the VIP's and \
+   backend's per-CPU counters, and in a virtual machine every TLB miss walks two levels of page \
+   tables. The lever is fewer distinct cache lines per packet: item 1 (one VIP lookup instead \
+   of two) and item 5 (fewer counter lines) first; then measure a preallocated `XLB_VIPS` \
+   (entries in one contiguous area), which needs the switch's reasoning in \
+   `docs/architecture.md` redone, since a preallocated map reuses a replaced element at once.
+7. **10,000 flows:** the cost is memory latency in the kernel's hash table; items 1 and 2 \
+   (fewer tables, smaller entries) are what reduces it from the program's side. Sizing \
+   `limits.flow_table_size` no larger than the expected flow count keeps the bucket array \
+   smaller, at the risk of evicting live flows.
+";
+
 /// Costs by difference on the smallest datapath: the median over rounds of the difference of
 /// two classes' figures in the same round.
 fn differences(plan: &Plan, results: &Results) -> String {
     let index = |id: &str| plan.classes.iter().position(|c| c.id == id);
-    let diff = |a: &str, b: &str| -> Option<f64> {
+    let diff_in = |scale: usize, a: &str, b: &str| -> Option<f64> {
         let (sa, sb) = (
-            results.samples.get(&(0, index(a)?))?,
-            results.samples.get(&(0, index(b)?))?,
+            results.samples.get(&(scale, index(a)?))?,
+            results.samples.get(&(scale, index(b)?))?,
         );
         Some(median(
             &sa.iter()
@@ -1560,8 +1662,28 @@ fn differences(plan: &Plan, results: &Results) -> String {
                 .collect::<Vec<_>>(),
         ))
     };
+    let diff = |a: &str, b: &str| diff_in(0, a, b);
+    let spread = || diff_in(scale_100k(plan)?, "tcp-l2-est-spread", "tcp-l2-est-10k");
+    let eviction = || -> Option<f64> {
+        let free = plan
+            .scales
+            .iter()
+            .position(|s| s.flow_table != DEFAULT_FLOWS)?;
+        let ci = index("tcp-l2-new")?;
+        let (full, free) = (
+            results.samples.get(&(0, ci))?,
+            results.samples.get(&(free, ci))?,
+        );
+        Some(median(
+            &full
+                .iter()
+                .zip(free)
+                .map(|(x, y)| x.lb - y.lb)
+                .collect::<Vec<_>>(),
+        ))
+    };
     let floor_minus_empty = find(&results.rows, BASE, "tcp-l2-est-1").map(|r| r.floor_net);
-    let steps: [(&str, Option<f64>); 8] = [
+    let steps: [(&str, Option<f64>); 10] = [
         (
             "floor − empty program (swap MACs: the floor's own work)",
             floor_minus_empty,
@@ -1585,6 +1707,10 @@ fn differences(plan: &Plan, results: &Results) -> String {
             diff("tcp-l2-new", "tcp-l2-est-1"),
         ),
         (
+            "new flow in a full table − in a table with free entries (L2): LRU eviction",
+            eviction(),
+        ),
+        (
             "IPIP − L2 (established): flow hash, `bpf_xdp_adjust_head`, outer header",
             diff("tcp-ipip-est-1", "tcp-l2-est-1"),
         ),
@@ -1595,6 +1721,11 @@ fn differences(plan: &Plan, results: &Results) -> String {
         (
             "UDP − TCP (established L2)",
             diff("udp-l2-est-1", "tcp-l2-est-1"),
+        ),
+        (
+            "at 100,000 VIPs: 10,000 flows spread over 10,000 VIPs − the same flows to one VIP \
+             (established L2): cold VIP entries, backends and counters",
+            spread(),
         ),
     ];
     let mut out = String::from("| step | ns (median of per-round differences) |\n| --- | ---: |\n");
@@ -1665,6 +1796,16 @@ fn limits(plan: &Plan, results: &Results) -> String {
         differences(plan, results)
     )
     .unwrap();
+    let index = |id: &str| plan.classes.iter().position(|c| c.id == id);
+    let lookup = index("pass-not-vip-1")
+        .zip(index("drop-ihl4-1"))
+        .and_then(|(a, b)| Some((results.samples.get(&(0, a))?, results.samples.get(&(0, b))?)))
+        .map(|(a, b)| {
+            let diffs: Vec<f64> = a.iter().zip(b).map(|(x, y)| x.lb - y.lb).collect();
+            format!("{:.0}", median(&diffs))
+        })
+        .unwrap_or_else(|| "(not measured)".to_owned());
+    writeln!(out, "{}", PROPOSALS.replace("{lookup}", &lookup)).unwrap();
     out
 }
 
@@ -1681,8 +1822,7 @@ fn spin(id: &str, seconds: u64) -> ExitCode {
         return ExitCode::FAILURE;
     };
     pin_to_last_cpu();
-    // New flows evict old ones once the table is full: fine for a profile.
-    let mut scene = Scene::new(BASE, 1 << 20);
+    let mut scene = Scene::new(BASE);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut next_new = NEW_FLOWS_FROM;
     let mut out = [0u8; OUT_LEN];
