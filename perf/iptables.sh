@@ -3,7 +3,7 @@
 # 10,000 services, on the same namespaces, with the direct client-to-backend path as the floor.
 #
 #   perf/iptables.sh [--quick] [--services "100 1000 10000"] [--seconds S] [--rate R]
-#                    [--runs N] [--no-rt]
+#                    [--runs N] [--http-runs N] [--no-rt]
 #
 # For each number of services N and each path it measures:
 #   - rule load time: iptables-restore of N services (kube-proxy's full sync) against xlbd's
@@ -13,8 +13,8 @@
 #     LAST service: the worst case for a linear chain;
 #   - new-flow throughput through the node: xlb-pktgen sends TCP SYNs, every one a new flow,
 #     to the last service as fast as it can; xlb_sink on the backends counts what arrives.
-# Default: 10 s of HTTP at 200 requests/s, 3 throughput runs of 3 s (median). --quick: N = 100
-# and 1,000 only, 5 s of HTTP, 1 throughput run of 2 s.
+# Default: 3 runs of 10 s of HTTP at 200 requests/s, 3 throughput runs of 3 s (medians).
+# --quick: N = 100 and 1,000 only, one 5 s HTTP run, one throughput run of 2 s.
 #
 # Writes iptables.md and iptables.csv into $XLB_PERF_OUT (default perf/results/<UTC date>/).
 # Runs as root; installs nginx-light and conntrack (Debian) and oha (crates.io) if missing.
@@ -43,14 +43,15 @@ XLBPG_NAME=iptables
 # shellcheck source=perf/lib/xlbpg.sh
 source "$(cd "$(dirname "$0")" && pwd)/lib/xlbpg.sh"
 
-services="100 1000 10000" seconds=10 rate=200 runs=3 tp_seconds=3 quick=0 rt=1
+services="100 1000 10000" seconds=10 rate=200 runs=3 http_runs=3 tp_seconds=3 quick=0 rt=1
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) quick=1; services="100 1000"; seconds=5; runs=1; tp_seconds=2 ;;
+        --quick) quick=1; services="100 1000"; seconds=5; runs=1; http_runs=1; tp_seconds=2 ;;
         --services) services=${2:?}; shift ;;
         --seconds) seconds=${2:?}; shift ;;
         --rate) rate=${2:?}; shift ;;
         --runs) runs=${2:?}; shift ;;
+        --http-runs) http_runs=${2:?}; shift ;;
         --no-rt) rt=0 ;;
         -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) xlbpg_die "unknown argument $1 (see --help)" ;;
@@ -59,12 +60,14 @@ while [ $# -gt 0 ]; do
 done
 
 xlbpg_require_root
+xlbpg_lock iptables
 prefix=xlbpg-ipt-
 out=$(xlbpg_out_dir)
 work=$(mktemp -d /tmp/xlbpg-ipt.XXXXXX)
 cleanup() {
     xlbpg_cleanup "$prefix"
-    rm -rf "$work"
+    # XLBPG_KEEP=1 keeps the logs, configs and raw results for a look after the run.
+    if [ "${XLBPG_KEEP:-0}" = 1 ]; then xlbpg_say "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -88,9 +91,9 @@ fi
 xlbpg_build
 machine=$(xlbpg_machine)
 xlbpg_cleanup "$prefix"
-# The generator runs at real-time priority by default, so compiler jobs and the like on the
-# same machine do not preempt it in the middle of a run (sched_rt_runtime_us still leaves
-# them 5%).
+# The generator, oha and nginx run at real-time priority by default, so compiler jobs and the
+# like on the same machine do not preempt them in the middle of a measurement
+# (sched_rt_runtime_us still leaves everything else at least 5%). --no-rt turns this off.
 rt_cmd=()
 [ "$rt" = 1 ] && rt_cmd=(chrt -f 10)
 
@@ -151,13 +154,13 @@ http {
     }
 }
 EOF
-    xlbpg_ns "$b" nginx -e "$work/be$i/error.log" -c "$work/be$i/nginx.conf" -g 'daemon off;' \
+    ip netns exec "$b" "${rt_cmd[@]}" nginx -e "$work/be$i/error.log" -c "$work/be$i/nginx.conf" -g 'daemon off;' \
         >"$work/be$i/stdout.log" 2>&1 &
 done
 # Frames sent with XDP_TX (the generator's, and xlb's) into a veth are dropped unless the peer
 # end runs an XDP program: pass-all on the bridge ends of the client and the node.
 for p in p-client p-node; do
-    xlbpg_ns "$sw" "$XLBD" xdp-pass --interface "$p" >"$work/xdp-pass-$p.log" 2>&1 &
+    ip netns exec "$sw" "$XLBD" xdp-pass --interface "$p" >"$work/xdp-pass-$p.log" 2>&1 &
 done
 
 backend_routes() { # via-node | direct
@@ -184,11 +187,15 @@ done
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
-# http_latency URL NAME: oha at a fixed rate; writes $work/http-NAME.json.
+# http_latency URL NAME: oha at a fixed rate, $http_runs times; writes
+# $work/http-NAME-RUN.json.
 http_latency() {
-    timeout $((seconds + 60)) ip netns exec "${prefix}client" oha -z "${seconds}s" -q "$rate" \
-        --latency-correction --disable-keepalive --no-tui --output-format json -t 5s \
-        "$1" >"$work/http-$2.json" 2>"$work/http-$2.err" || true
+    local run
+    for run in $(seq 1 "$http_runs"); do
+        timeout $((seconds + 60)) "${rt_cmd[@]}" ip netns exec "${prefix}client" oha \
+            -z "${seconds}s" -q "$rate" --latency-correction --disable-keepalive --no-tui \
+            --output-format json -t 5s "$1" >"$work/http-$2-$run.json" 2>"$work/http-$2-$run.err" || true
+    done
 }
 
 # throughput DST_MAC DST_IP NAME: new-flow TCP SYN throughput to DST_IP:80 as counted at the
@@ -203,11 +210,14 @@ throughput() {
         xlbpg_ns "${prefix}node" conntrack -F >/dev/null 2>&1 || true
         pids=()
         for i in 1 2 3; do
-            xlbpg_ns "${prefix}be$i" "$XLB_PKTGEN" sink --interface eth0 \
+            ip netns exec "${prefix}be$i" "$XLB_PKTGEN" sink --interface eth0 \
                 --duration $((tp_seconds + 30)) --json >"$work/sink-$i.json" 2>"$work/sink-$i.err" &
             pids+=($!)
         done
-        for i in 1 2 3; do xlbpg_wait_for "$work/sink-$i.err" "counting" 10 || xlbpg_die "sink on be$i did not attach"; done
+        for i in 1 2 3; do
+            xlbpg_wait_for "$work/sink-$i.err" "counting" 10 \
+                || { cat "$work/sink-$i.err" >&2; xlbpg_die "sink on be$i did not attach"; }
+        done
         timeout $((tp_seconds + 30)) "${rt_cmd[@]}" ip netns exec "${prefix}client" "$XLB_PKTGEN" \
             --interface eth0 --dst-mac "$mac" --src "10.71.$src_block.1" --dst "$ip" \
             --dport 80 --proto tcp --tcp-flags syn --flows 1000000 --count 2000000 \
@@ -313,7 +323,7 @@ for n in $services; do
     backend_routes direct
     rm -f "$work/xlbd-$n.log"
     t0=$(now)
-    xlbpg_ns "${prefix}node" "$XLBD" --config "$work/xlb-$n.toml" --no-watch \
+    ip netns exec "${prefix}node" "$XLBD" --config "$work/xlb-$n.toml" --no-watch \
         --api-socket "$work/xlbd.sock" --state-dir "$work/xlbd-state-$n" >"$work/xlbd-$n.log" 2>&1 &
     xlbd_pid=$!
     for _ in $(seq 1 1200); do
@@ -333,23 +343,32 @@ for n in $services; do
 done
 
 # --- Report ---------------------------------------------------------------------------------
-python3 - "$work" "$results" "$out" "$machine" "$seconds" "$rate" "$runs" "$tp_seconds" "$quick" <<'PY'
+python3 - "$work" "$results" "$out" "$machine" "$seconds" "$rate" "$runs" "$tp_seconds" "$quick" "$http_runs" "$rt" <<'PY'
 import json, os, statistics, sys
-work, results, out, machine, seconds, rate, runs, tp_seconds, quick = sys.argv[1:]
+work, results, out, machine, seconds, rate, runs, tp_seconds, quick, http_runs, rt = sys.argv[1:]
 
 def http(name):
-    try:
-        j = json.load(open(os.path.join(work, f"http-{name}.json")))
-    except (OSError, ValueError):
+    """Median over the runs of each percentile; requests and errors summed."""
+    runs = []
+    for run in range(1, int(http_runs) + 1):
+        try:
+            runs.append(json.load(open(os.path.join(work, f"http-{name}-{run}.json"))))
+        except (OSError, ValueError):
+            pass
+    if not runs:
         return None
-    p = j.get("latencyPercentiles", {})
-    s = j.get("summary", {})
-    codes = j.get("statusCodeDistribution", {})
+    def med(key):
+        values = [j.get("latencyPercentiles", {}).get(key) for j in runs]
+        values = [v for v in values if isinstance(v, (int, float))]
+        return statistics.median(values) if values else None
+    # Requests still open when oha's duration ends are "aborted due to deadline": not failures.
+    errors = sum(n for j in runs for kind, n in j.get("errorDistribution", {}).items()
+                 if kind != "aborted due to deadline")
     return {
-        "p50": p.get("p50"), "p99": p.get("p99"), "p999": p.get("p99.9"),
-        "success": s.get("successRate"), "rps": s.get("requestsPerSec"),
-        "ok": sum(v for k, v in codes.items() if k.startswith("2")),
-        "errors": sum(j.get("errorDistribution", {}).values()),
+        "p50": med("p50"), "p99": med("p99"), "p999": med("p99.9"),
+        "ok": sum(n for j in runs for code, n in j.get("statusCodeDistribution", {}).items()
+                  if code.startswith("2")),
+        "errors": errors,
     }
 
 def throughput(name):
@@ -379,11 +398,14 @@ w = md.append
 w("## iptables service NAT (kube-proxy style) against xlb" + (" (quick)" if quick == "1" else ""))
 w("")
 w(f"HTTP: oha at {rate} requests/s for {seconds} s, a new TCP connection per request, latency "
-  f"corrected for coordinated omission, to the last of N services. Throughput: TCP SYNs, each "
-  f"a new flow, sent as fast as xlb-pktgen can to the last service and counted at the three "
-  f"backends; median of {runs} run(s) of {tp_seconds} s. Machine: {machine}.")
+  f"corrected for coordinated omission, to the last of N services; each percentile is the "
+  f"median of {http_runs} run(s). Throughput: TCP SYNs, each a new flow, sent as fast as "
+  f"xlb-pktgen can to the last service and counted at the three backends; median of {runs} "
+  f"run(s) of {tp_seconds} s. "
+  + ("Generator, oha and nginx at real-time priority. " if rt == "1" else "")
+  + f"Machine: {machine}.")
 w("")
-w("| Services | Path | Rules loaded in | HTTP P50 ms | P99 ms | P99.9 ms | 2xx / errors | New flows through the node (SYN Mpps) | Delivered |")
+w("| Services | Path | Rules loaded in | HTTP P50 ms | P99 ms | P99.9 ms | 2xx / failed | New flows through the node (SYN Mpps) | Delivered |")
 w("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 table = {}
 for name, load, flush in rows:

@@ -41,6 +41,7 @@ while [ $# -gt 0 ]; do
 done
 
 xlbpg_require_root
+xlbpg_lock kernel-pktgen
 out=$(xlbpg_out_dir)
 md=$out/kernel-pktgen.md
 csv=$out/kernel-pktgen.csv
@@ -135,7 +136,7 @@ for size in $sizes; do
         done
         sink_pid=""
         if [ "$sink_counting" = 1 ]; then
-            xlbpg_ns "${prefix}sink" "$XLB_PKTGEN" sink --interface xlbpg-ks \
+            ip netns exec "${prefix}sink" "$XLB_PKTGEN" sink --interface xlbpg-ks \
                 --duration $((seconds + 30)) --json >"/tmp/xlbpg-kp-sink.$$" 2>/dev/null &
             sink_pid=$!
             sleep 0.5

@@ -50,12 +50,14 @@ while [ $# -gt 0 ]; do
 done
 
 xlbpg_require_root
+xlbpg_lock throughput
 prefix=xlbpg-tp-
 out=$(xlbpg_out_dir)
 work=$(mktemp -d /tmp/xlbpg-tp.XXXXXX)
 cleanup() {
     xlbpg_cleanup "$prefix"
-    rm -rf "$work"
+    # XLBPG_KEEP=1 keeps the logs, configs and raw results for a look after the run.
+    if [ "${XLBPG_KEEP:-0}" = 1 ]; then xlbpg_say "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -103,12 +105,12 @@ done
 
 xlbpg_say "attaching xlb_floor and starting xlbd (L2 and IPIP) in their namespaces"
 # Bounded: the floor detaches by itself after an hour at most; xlbd is stopped at cleanup.
-xlbpg_ns "${prefix}floor" "$XLB_PKTGEN" floor --interface xlbpg-f --duration 3600 \
+ip netns exec "${prefix}floor" "$XLB_PKTGEN" floor --interface xlbpg-f --duration 3600 \
     >"$work/floor.log" 2>&1 &
 for v in l2 ipip; do
     write_config "$v" "$work/$v.toml"
     "$XLBD" check "$work/$v.toml" >/dev/null
-    xlbpg_ns "${prefix}$v" "$XLBD" --config "$work/$v.toml" --no-watch \
+    ip netns exec "${prefix}$v" "$XLBD" --config "$work/$v.toml" --no-watch \
         --api-socket "$work/$v.sock" --state-dir "$work/$v-state" \
         --stats-file "$work/$v-stats.json" --stats-interval 3600 >"$work/$v.log" 2>&1 &
 done

@@ -537,18 +537,25 @@ impl Generator {
     }
 
     /// Sends live frames out of `interface` until `limits.count` frames are sent,
-    /// `limits.duration` has passed or `stop` is set, whichever comes first.
+    /// `limits.duration` has passed or `stop` returns true (it is asked every [`POLL`]),
+    /// whichever comes first.
     ///
     /// Each thread makes as few test-run calls as it can: the kernel waits for two RCU grace
     /// periods around every call with more than one frame (it adds the program to the XDP
     /// dispatcher and removes it again), tens of milliseconds on a busy machine. The run is
     /// stopped by interrupting the calls with SIGUSR1 (a no-op handler is installed), and the
     /// frames are counted by the program, so an interrupted call loses nothing.
+    ///
+    /// The time limit holds even if the calling thread never gets a CPU (generator threads at
+    /// real-time priority on the caller's only CPU): each thread has a kernel timer that sends
+    /// it SIGUSR1 at the deadline and every millisecond after. When the process runs at a
+    /// real-time priority, the calling thread raises its own by one for the run, so that it
+    /// can read the counters and stop the run on count or `stop` in time.
     pub fn run(
         &mut self,
         interface: &str,
         limits: &RunLimits,
-        stop: &AtomicBool,
+        stop: &dyn Fn() -> bool,
     ) -> Result<RunReport, PktgenError> {
         if limits.batch == 0 || limits.batch > MAX_BATCH {
             return Err(PktgenError::Batch(limits.batch));
@@ -604,6 +611,7 @@ impl Generator {
                         template,
                         ctx: &ctx,
                         batch: limits.batch,
+                        deadline,
                         // A paced thread cannot know when its budget is spent: it runs until
                         // interrupted. An unpaced one asks for exactly its quota.
                         quota: if paced { None } else { Some(quota) },
@@ -619,6 +627,8 @@ impl Generator {
                     (handle, tid_rx.recv().ok())
                 })
                 .collect();
+            // Spawned threads inherit the caller's priority: raise it only now.
+            let _priority = RaisedPriority::raise();
 
             let mut reading = Ok(());
             loop {
@@ -636,7 +646,7 @@ impl Generator {
                     }
                 }
                 if now >= deadline
-                    || stop.load(Ordering::Relaxed)
+                    || stop()
                     || workers.iter().all(|(handle, _)| handle.is_finished())
                 {
                     break;
@@ -717,6 +727,7 @@ struct Worker<'a> {
     template: &'a [u8],
     ctx: &'a [u8],
     batch: u32,
+    deadline: Instant,
     /// Frames to run through the program, or `None` to run until interrupted.
     quota: Option<u64>,
     finish: &'a AtomicBool,
@@ -725,8 +736,12 @@ struct Worker<'a> {
 impl Worker<'_> {
     /// Runs the program until the quota is done or the run is finished.
     fn run(self) -> Result<(), PktgenError> {
+        let _timer = DeadlineTimer::arm(self.deadline)?;
         let mut left = self.quota;
-        while !self.finish.load(Ordering::Relaxed) && left != Some(0) {
+        while !self.finish.load(Ordering::Relaxed)
+            && left != Some(0)
+            && Instant::now() < self.deadline
+        {
             let repeat = left.map_or(u32::MAX, |left| left.min(u64::from(u32::MAX)) as u32);
             let result = self.program.test_run(TestRunOptions {
                 data_in: Some(self.template),
@@ -751,6 +766,103 @@ impl Worker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A kernel timer that sends SIGUSR1 to the calling thread at a deadline and every
+/// millisecond after it, until dropped. It bounds a run's time without help from any other
+/// thread.
+struct DeadlineTimer {
+    id: libc::timer_t,
+}
+
+impl DeadlineTimer {
+    fn arm(deadline: Instant) -> Result<DeadlineTimer, PktgenError> {
+        let err = |what: &str| PktgenError::System {
+            what: format!("{what} the deadline timer"),
+            source: std::io::Error::last_os_error(),
+        };
+        // SAFETY: sigevent is plain data; all-zero is a valid starting value.
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_THREAD_ID;
+        event.sigev_signo = libc::SIGUSR1;
+        // SAFETY: gettid has no preconditions.
+        event.sigev_notify_thread_id = unsafe { libc::gettid() };
+        let mut id: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `event` and `id` are valid for the call; the timer targets this thread,
+        // which deletes it (Drop) before it exits.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) } != 0 {
+            return Err(err("creating"));
+        }
+        let timer = DeadlineTimer { id };
+        // At least 1 ns: a zero it_value would disarm the timer instead.
+        let first = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            },
+            it_value: libc::timespec {
+                tv_sec: first.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(first.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: `timer.id` is a live timer and `spec` a valid itimerspec.
+        if unsafe { libc::timer_settime(timer.id, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return Err(err("arming"));
+        }
+        Ok(timer)
+    }
+}
+
+impl Drop for DeadlineTimer {
+    fn drop(&mut self) {
+        // SAFETY: `self.id` is a timer this value created and has not deleted.
+        unsafe { libc::timer_delete(self.id) };
+    }
+}
+
+/// The calling thread's real-time priority raised by one, restored when dropped; does nothing
+/// for a thread that is not real-time.
+struct RaisedPriority {
+    saved: Option<(libc::c_int, libc::sched_param)>,
+}
+
+impl RaisedPriority {
+    fn raise() -> RaisedPriority {
+        let mut policy = 0;
+        // SAFETY: sched_param is plain data.
+        let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+        // SAFETY: pthread_self is always valid; both pointers are valid for writes.
+        let rc =
+            unsafe { libc::pthread_getschedparam(libc::pthread_self(), &mut policy, &mut param) };
+        if rc != 0 || !(policy == libc::SCHED_FIFO || policy == libc::SCHED_RR) {
+            return RaisedPriority { saved: None };
+        }
+        // SAFETY: sched_get_priority_max has no preconditions.
+        let max = unsafe { libc::sched_get_priority_max(policy) };
+        if param.sched_priority >= max {
+            return RaisedPriority { saved: None };
+        }
+        let raised = libc::sched_param {
+            sched_priority: param.sched_priority + 1,
+        };
+        // SAFETY: as above; `raised` is a valid priority for `policy`.
+        let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &raised) };
+        RaisedPriority {
+            saved: (rc == 0).then_some((policy, param)),
+        }
+    }
+}
+
+impl Drop for RaisedPriority {
+    fn drop(&mut self) {
+        if let Some((policy, param)) = self.saved {
+            // SAFETY: restores the values read in `raise` on the same thread.
+            unsafe { libc::pthread_setschedparam(libc::pthread_self(), policy, &param) };
+        }
     }
 }
 

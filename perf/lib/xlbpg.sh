@@ -17,6 +17,13 @@ xlbpg_out_dir() {
     (cd "$out" && pwd)
 }
 
+# xlbpg_lock NAME: one run of a script at a time (they share namespace names, and each
+# removes leftovers of its own name at start). The lock goes with the process.
+xlbpg_lock() {
+    exec 9>"/tmp/xlbpg-$1.lock"
+    flock -n 9 || xlbpg_die "another $1 run is in progress (lock /tmp/xlbpg-$1.lock)"
+}
+
 xlbpg_require_root() {
     [ "$(id -u)" -eq 0 ] || xlbpg_die "run as root (XDP, BPF and network namespaces need it)"
 }

@@ -8,7 +8,6 @@
 use std::{
     net::Ipv4Addr,
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -314,21 +313,9 @@ fn send(args: &SendArgs) -> Result<(), Failure> {
         .map(Sink::counter)
         .transpose()
         .map_err(run_err)?;
-    let stop = AtomicBool::new(false);
-    let done = AtomicBool::new(false);
-    let report = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                if signals.wait(Duration::from_millis(100)) == Some(Signal::Terminate) {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
-        });
-        let report = generator.run(&interface, &limits, &stop);
-        done.store(true, Ordering::Relaxed);
-        report
-    })
-    .map_err(run_err)?;
+    // Asked by the run every few milliseconds, from the thread that polls the counters.
+    let stop = || signals.wait(Duration::ZERO) == Some(Signal::Terminate);
+    let report = generator.run(&interface, &limits, &stop).map_err(run_err)?;
     let sink_report = match (&sink, before) {
         (Some(sink), Some(before)) => {
             std::thread::sleep(DRAIN);
@@ -393,9 +380,8 @@ fn sink(interface: &str, seconds: f64, generic: bool, json: bool) -> Result<(), 
     let limit = duration(seconds)?;
     let signals = Signals::block().map_err(|e| run_err(format!("blocking signals: {e}")))?;
     let sink = Sink::attach(interface, generic).map_err(run_err)?;
-    if !json {
-        eprintln!("xlb-pktgen: counting on {interface} for up to {seconds} s");
-    }
+    // On stderr even with --json: scripts wait for it to know the sink is attached.
+    eprintln!("xlb-pktgen: counting on {interface} for up to {seconds} s");
     let start = Instant::now();
     let initial = sink.counter().map_err(run_err)?;
     // The window over which frames arrived: from the last reading before the count first
