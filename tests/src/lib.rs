@@ -1,6 +1,7 @@
 //! Helpers shared by xlb's fixture and end-to-end tests: a packet builder with its own checksum
 //! code (independent of the datapath's), and guards that clean up what a test created.
 
+pub mod bench_env;
 pub mod lab;
 pub mod netns;
 pub mod packet;

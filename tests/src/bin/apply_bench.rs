@@ -25,6 +25,7 @@ use xlb::{
     dataplane::{ApplyReport, Dataplane},
     state::DesiredState,
 };
+use xlb_tests::bench_env::{command_output, cpu_model};
 
 /// Backends per VIP.
 const BACKENDS: usize = 10;
@@ -256,28 +257,6 @@ fn run(plan: &Plan) -> (String, Vec<Row>) {
         eprintln!("{touched} VIPs touched: done");
     }
     (setup, rows)
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|model| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn markdown(plan: &Plan, setup: &str, rows: &[Row], date: &str, time: &str) -> String {

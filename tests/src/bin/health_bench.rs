@@ -29,6 +29,7 @@ use std::{
 use xlb::health::{
     Check, Checker, Settings, Stats, THREAD_NAME, Target, crossbeam_channel::unbounded,
 };
+use xlb_tests::bench_env::{command_output, cpu_model};
 
 /// Listening sockets the targets are spread over (on 127.0.0.1, one port each).
 const LISTENERS: usize = 100;
@@ -412,28 +413,6 @@ fn run(plan: &Plan) -> Run {
         load_average: (load_start, load_end),
         accepted: listeners.accepted.load(Ordering::Relaxed),
     }
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|model| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn markdown(plan: &Plan, run: &Run, nofile: u64, date: &str, time: &str) -> String {

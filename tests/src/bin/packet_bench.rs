@@ -45,6 +45,7 @@ use xlb::{
     state::DesiredState,
 };
 use xlb_common::{FlowKey, LbCounter, VipAddrKey, VipKey, program_names};
+use xlb_tests::bench_env::{command_output, cpu_model};
 use xlb_tests::packet::{self, Flow, L2, TCP_ACK};
 
 const XDP_DROP: u32 = 1;
@@ -1092,28 +1093,6 @@ fn xlated_calls(dump: &str) -> BTreeMap<String, usize> {
         *calls.entry(name).or_insert(0) += 1;
     }
     calls
-}
-
-fn command_output(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|model| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn verdict(ok: bool) -> &'static str {
