@@ -56,6 +56,8 @@ for i in range(12):
     s.sendto(b"ping", ("10.99.0.100", 53))
     print("  datagram %2d -> %s" % (i + 1, s.recvfrom(256)[0].decode()))
 '
+    bold "$mode mode: what the operator sees (xlb lb list, through xlbd's API)"
+    "$repo/target/release/xlb" --socket "$workdir/xlbd.sock" lb list
     kill -TERM "$xlbd_pid"; wait "$xlbd_pid" || true
     bold "$mode mode: balancer counters (from xlbd's stats file)"
     python3 - "$workdir/stats.json" <<'PY'
