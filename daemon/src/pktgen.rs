@@ -19,7 +19,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use serde::Serialize;
@@ -32,7 +32,10 @@ use xlb_common::{
     proto,
 };
 
-use crate::{config::MacAddr, dataplane::objects};
+use crate::{
+    config::MacAddr,
+    dataplane::{DataplaneError, map_err, objects},
+};
 
 /// Smallest frame: an Ethernet minimum frame without its 4-byte FCS.
 pub const MIN_FRAME: usize = 60;
@@ -104,34 +107,9 @@ pub enum PktgenError {
         #[source]
         source: std::io::Error,
     },
-    /// The eBPF object could not be loaded.
-    #[error("loading the eBPF object: {0}")]
-    Load(#[source] Box<aya::EbpfError>),
-    /// A program could not be loaded, attached or run.
-    #[error("{action} program {program}: {source}")]
-    Program {
-        /// What was being done.
-        action: &'static str,
-        /// Program name.
-        program: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// A program or map the object should contain is missing (build mismatch).
-    #[error("the eBPF object has no {0}")]
-    Missing(&'static str),
-    /// A map operation failed.
-    #[error("{op} on map {map}: {source}")]
-    Map {
-        /// The operation.
-        op: &'static str,
-        /// Map name.
-        map: &'static str,
-        /// The cause.
-        #[source]
-        source: Box<MapError>,
-    },
+    /// Loading, attaching or running a program, or a map operation, failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
     /// A system call outside BPF failed: CPU affinity, the number of CPUs, the signal
     /// handler that interrupts a run.
     #[error("{what}: {source}")]
@@ -144,19 +122,11 @@ pub enum PktgenError {
     },
 }
 
-fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> PktgenError {
-    move |source| PktgenError::Map {
-        op,
-        map,
-        source: Box::new(source),
-    }
-}
-
 fn program_err(
     action: &'static str,
     program: &'static str,
-) -> impl FnOnce(ProgramError) -> PktgenError {
-    move |source| PktgenError::Program {
+) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program {
         action,
         program,
         source: Box::new(source),
@@ -466,7 +436,8 @@ impl Generator {
     /// Loads `xlb_pktgen` and writes `spec` into its config map (unpaced, no budget).
     pub fn load(spec: &FrameSpec) -> Result<Generator, PktgenError> {
         spec.validate()?;
-        let mut ebpf = Ebpf::load(objects::PKTGEN).map_err(|e| PktgenError::Load(Box::new(e)))?;
+        let mut ebpf =
+            Ebpf::load(objects::PKTGEN).map_err(|e| DataplaneError::Load(Box::new(e)))?;
         xdp_program(&mut ebpf, program_names::PKTGEN)?
             .load()
             .map_err(program_err("loading", program_names::PKTGEN))?;
@@ -483,11 +454,12 @@ impl Generator {
         let mut map: Array<_, PktgenConfig> = Array::try_from(
             self.ebpf
                 .map_mut(map_names::CONFIG)
-                .ok_or(PktgenError::Missing(map_names::CONFIG))?,
+                .ok_or(DataplaneError::Missing(map_names::CONFIG))?,
         )
         .map_err(map_err("open", map_names::CONFIG))?;
         map.set(0, config, 0)
-            .map_err(map_err("update", map_names::CONFIG))
+            .map_err(map_err("update", map_names::CONFIG))?;
+        Ok(())
     }
 
     /// Gives `budgets[i]` frames to CPU `cpus[i]` and none to the others; resets the pace.
@@ -509,11 +481,12 @@ impl Generator {
         let mut map: PerCpuArray<_, PktgenCpu> = PerCpuArray::try_from(
             self.ebpf
                 .map_mut(map_names::CPU)
-                .ok_or(PktgenError::Missing(map_names::CPU))?,
+                .ok_or(DataplaneError::Missing(map_names::CPU))?,
         )
         .map_err(map_err("open", map_names::CPU))?;
         map.set(0, values, 0)
-            .map_err(map_err("update", map_names::CPU))
+            .map_err(map_err("update", map_names::CPU))?;
+        Ok(())
     }
 
     /// What the frames look like.
@@ -593,7 +566,7 @@ impl Generator {
             .ebpf
             .program(program_names::PKTGEN)
             .and_then(|p| p.try_into().ok())
-            .ok_or(PktgenError::Missing(program_names::PKTGEN))?;
+            .ok_or(DataplaneError::Missing(program_names::PKTGEN))?;
         let template = &self.template;
         let finish = AtomicBool::new(false);
         let paced = gap_ns.is_some();
@@ -700,9 +673,10 @@ impl Generator {
         PerCpuArray::try_from(
             self.ebpf
                 .map(map_names::STATS)
-                .ok_or(PktgenError::Missing(map_names::STATS))?,
+                .ok_or(DataplaneError::Missing(map_names::STATS))?,
         )
         .map_err(map_err("open", map_names::STATS))
+        .map_err(PktgenError::from)
     }
 
     /// One of the program's counters, summed over CPUs.
@@ -760,7 +734,7 @@ impl Worker<'_> {
                     if error.io_error.raw_os_error() == Some(libc::EINTR) => {}
                 Err(error) => {
                     return Err(
-                        program_err("running live frames of", program_names::PKTGEN)(error),
+                        program_err("running live frames of", program_names::PKTGEN)(error).into(),
                     );
                 }
             }
@@ -896,7 +870,7 @@ fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, PktgenError> {
     ebpf.program_mut(name)
         .and_then(|p| <&mut Xdp>::try_from(p).ok())
-        .ok_or(PktgenError::Missing(name))
+        .ok_or(DataplaneError::Missing(name).into())
 }
 
 /// The index of `interface` in this network namespace.
@@ -964,7 +938,7 @@ impl Sink {
         let mut ebpf = attach_aux(program_names::SINK, interface, generic)?;
         let map = ebpf
             .take_map(map_names::SINK)
-            .ok_or(PktgenError::Missing(map_names::SINK))?;
+            .ok_or(DataplaneError::Missing(map_names::SINK))?;
         Ok(Sink {
             counters: PerCpuArray::try_from(map).map_err(map_err("open", map_names::SINK))?,
             _ebpf: ebpf,
@@ -986,7 +960,7 @@ impl Sink {
 
 /// Loads the helper object and attaches its program `name` to `interface`.
 fn attach_aux(name: &'static str, interface: &str, generic: bool) -> Result<Ebpf, PktgenError> {
-    let mut ebpf = Ebpf::load(objects::AUX).map_err(|e| PktgenError::Load(Box::new(e)))?;
+    let mut ebpf = Ebpf::load(objects::AUX).map_err(|e| DataplaneError::Load(Box::new(e)))?;
     let program = xdp_program(&mut ebpf, name)?;
     program.load().map_err(program_err("loading", name))?;
     let mode = if generic {

@@ -32,37 +32,31 @@ fn write_renamed(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// Waits until the daemon's generation passes `after` (a change was applied), bounded.
-fn wait_generation(lab: &Lab, after: u64) -> Value {
+/// Waits (5 s at most) until the status counter `field` passes `after`; returns the status.
+fn wait_past(lab: &Lab, field: &str, after: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let s = status(lab);
-        if s["generation"].as_u64().unwrap() > after {
+        if s[field].as_u64().unwrap() > after {
             return s;
         }
         assert!(
             Instant::now() < deadline,
-            "no change applied in 5 s: {s}\n{}",
+            "{field} did not pass {after} in 5 s: {s}\n{}",
             lab.log()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
+/// Waits until the daemon's generation passes `after` (a change was applied).
+fn wait_generation(lab: &Lab, after: u64) -> Value {
+    wait_past(lab, "generation", after)
+}
+
 /// Waits until the daemon has refused one more change than `before`.
 fn wait_refused(lab: &Lab, before: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = status(lab);
-        if s["reloads_failed"].as_u64().unwrap() > before {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "invalid change not reported in 5 s: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_past(lab, "reloads_failed", before)
 }
 
 fn lab_with_config(prefix: &str) -> (Lab, std::path::PathBuf) {

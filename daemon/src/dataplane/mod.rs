@@ -109,7 +109,11 @@ pub enum DataplaneError {
     },
 }
 
-fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+/// Turns a map error into a [`DataplaneError`] naming the operation and the map.
+pub(crate) fn map_err(
+    op: &'static str,
+    map: &'static str,
+) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map {
         op,
         map,
