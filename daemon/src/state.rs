@@ -150,26 +150,66 @@ impl DesiredState {
         config: &Config,
         previous: Option<&DesiredState>,
     ) -> Result<DesiredState, StateError> {
-        let mut vips = BTreeMap::new();
+        // Both sides in key order, walked together: one pass, no tree lookup per VIP (at 10,000
+        // VIPs the lookups were most of the time of a reload that changes one VIP).
+        let mut keyed: Vec<(VipKeyOrd, &VipConfig)> =
+            config.vips.iter().map(|vip| (vip_key(vip), vip)).collect();
+        keyed.sort_by_key(|(key, _)| *key);
+        let previous = previous
+            .into_iter()
+            .flat_map(|p| p.vips.iter().map(|(key, vip)| (*key, vip)));
+        let mut reused = Vec::with_capacity(keyed.len());
         let mut to_build = Vec::new();
-        for vip in &config.vips {
-            let reused = previous
-                .and_then(|p| p.vips.get(&vip_key(vip)))
-                .filter(|d| d.config == *vip);
-            match reused {
-                Some(desired) => {
-                    vips.insert(vip_key(vip), Arc::clone(desired));
-                }
-                None => to_build.push(vip.clone()),
+        merge_by_key(keyed, previous, |key, new, old| {
+            let Some(new) = new else { return };
+            match old.filter(|old| old.config == *new) {
+                Some(old) => reused.push((key, Arc::clone(old))),
+                None => to_build.push(new),
             }
-        }
-        for (key, desired) in build_vips(&to_build)? {
-            vips.insert(key, Arc::new(desired));
-        }
+        });
+        let built = build_vips(&to_build)?
+            .into_iter()
+            .map(|(key, vip)| (key, Arc::new(vip)));
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,
-            vips,
+            // Two runs in key order: collecting sorts them with one merge.
+            vips: reused.into_iter().chain(built).collect(),
         })
+    }
+}
+
+/// Walks two sequences sorted by key together and calls `visit` once per key with the item of
+/// each side that has it. Equal keys on one side (which validation rules out) are visited one
+/// by one.
+pub fn merge_by_key<K: Ord + Copy, A, B>(
+    left: impl IntoIterator<Item = (K, A)>,
+    right: impl IntoIterator<Item = (K, B)>,
+    mut visit: impl FnMut(K, Option<A>, Option<B>),
+) {
+    let mut left = left.into_iter().peekable();
+    let mut right = right.into_iter().peekable();
+    loop {
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => return,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((l, _)), Some((r, _))) => l.cmp(r),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (key, a) = left.next().expect("peeked");
+                visit(key, Some(a), None);
+            }
+            std::cmp::Ordering::Greater => {
+                let (key, b) = right.next().expect("peeked");
+                visit(key, None, Some(b));
+            }
+            std::cmp::Ordering::Equal => {
+                let (key, a) = left.next().expect("peeked");
+                let (_, b) = right.next().expect("peeked");
+                visit(key, Some(a), Some(b));
+            }
+        }
     }
 }
 
@@ -181,16 +221,26 @@ const PARALLEL_MIN_VIPS: usize = 16;
 /// many VIPs the work is split into one contiguous run of VIPs per CPU; the results are joined
 /// in config order, so the state, and the error reported (the first in config order), are the
 /// same as a build on one thread.
-fn build_vips(vips: &[VipConfig]) -> Result<Vec<(VipKeyOrd, DesiredVip)>, StateError> {
+fn build_vips(vips: &[&VipConfig]) -> Result<Vec<(VipKeyOrd, DesiredVip)>, StateError> {
+    if vips.len() < PARALLEL_MIN_VIPS {
+        return vips.iter().map(|vip| build_vip(vip)).collect();
+    }
+    // Asked only when there is enough to share: it reads cgroup files (tens of microseconds).
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if threads < 2 || vips.len() < PARALLEL_MIN_VIPS {
-        return vips.iter().map(build_vip).collect();
+    if threads < 2 {
+        return vips.iter().map(|vip| build_vip(vip)).collect();
     }
     let per_thread = vips.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let parts: Vec<_> = vips
             .chunks(per_thread)
-            .map(|part| scope.spawn(|| part.iter().map(build_vip).collect::<Result<Vec<_>, _>>()))
+            .map(|part| {
+                scope.spawn(|| {
+                    part.iter()
+                        .map(|vip| build_vip(vip))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
             .collect();
         let mut built = Vec::with_capacity(vips.len());
         for part in parts {
@@ -301,16 +351,75 @@ mod tests {
     }
 
     #[test]
+    fn merge_by_key_visits_every_key_once_with_both_sides() {
+        let left = [(1, 'a'), (3, 'c'), (4, 'd'), (9, 'i')];
+        let right = [(2, "B"), (3, "C"), (9, "I"), (10, "J")];
+        let mut seen = Vec::new();
+        merge_by_key(left, right, |key, l, r| seen.push((key, l, r)));
+        assert_eq!(
+            seen,
+            [
+                (1, Some('a'), None),
+                (2, None, Some("B")),
+                (3, Some('c'), Some("C")),
+                (4, Some('d'), None),
+                (9, Some('i'), Some("I")),
+                (10, None, Some("J")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rebuild_reuses_unchanged_vips_and_rebuilds_changed_ones() {
+        let config = |weight: u32| Config {
+            vips: (0..40)
+                .rev()
+                .map(|i| {
+                    let mut v = vip(i, 251);
+                    if i == 7 {
+                        v.backends[0].weight = weight;
+                    }
+                    v
+                })
+                .collect(),
+            interface: crate::config::InterfaceConfig {
+                name: "test0".to_owned(),
+                attach_mode: crate::config::AttachMode::Auto,
+            },
+            limits: crate::config::Limits::default(),
+            encap: crate::config::EncapConfig::default(),
+        };
+        let first = DesiredState::from_config(&config(2)).expect("valid");
+        let second = DesiredState::from_config_reusing(&config(9), Some(&first)).expect("valid");
+        assert_eq!(
+            second,
+            DesiredState::from_config(&config(9)).expect("valid")
+        );
+        let changed = vip_key(&vip(7, 251));
+        for (key, vip) in &second.vips {
+            assert_eq!(
+                Arc::ptr_eq(vip, &first.vips[key]),
+                *key != changed,
+                "{}",
+                vip.name
+            );
+        }
+    }
+
+    #[test]
     fn a_build_on_many_threads_equals_one_on_one_thread() {
         let mut vips: Vec<VipConfig> = (0..3 * PARALLEL_MIN_VIPS).map(|i| vip(i, 251)).collect();
         let serial: Vec<_> = vips.iter().map(|v| build_vip(v).expect("valid")).collect();
-        assert_eq!(build_vips(&vips).expect("valid"), serial);
+        assert_eq!(
+            build_vips(&vips.iter().collect::<Vec<_>>()).expect("valid"),
+            serial
+        );
 
         // The error reported is the first in config order, whichever thread finds it.
         for i in [40, 5, 30] {
             vips[i].table_size = 250;
         }
-        match build_vips(&vips) {
+        match build_vips(&vips.iter().collect::<Vec<_>>()) {
             Err(StateError::Maglev { vip, .. }) => assert_eq!(vip, "vip5"),
             other => panic!("expected a Maglev error, got {other:?}"),
         }

@@ -26,7 +26,7 @@ use xlb_common::{
 
 use crate::{
     config::{AttachMode, Limits, MacAddr},
-    state::{DesiredState, DesiredVip, VipKeyOrd, addr_words},
+    state::{DesiredState, DesiredVip, VipKeyOrd, addr_words, merge_by_key},
 };
 use alloc::{IdAllocator, RegionAllocator};
 use slots::SlotArray;
@@ -140,6 +140,17 @@ struct AppliedVip {
     backend_ids: Vec<u32>,
     /// Active table region (offset, length).
     region: Option<(u32, u32)>,
+}
+
+/// The VIPs a change touches, in key order.
+#[derive(Default)]
+struct VipDiff<'a> {
+    /// Applied VIPs the desired state no longer has.
+    removed: Vec<VipKeyOrd>,
+    /// VIPs to write: new ones and changed ones.
+    changed: Vec<(VipKeyOrd, &'a Arc<DesiredVip>)>,
+    /// How many VIPs stay as they are.
+    unchanged: usize,
 }
 
 /// What a call to [`Dataplane::apply`] changed.
@@ -397,54 +408,58 @@ impl Dataplane {
         self.vip_ids.end_change();
         self.backend_ids.end_change();
         self.regions.end_change();
-        self.check_capacity(desired)?;
+        let diff = self.diff(desired);
+        self.check_capacity(&diff)?;
 
         if self.encap_source != Some(desired.encap_source) {
             self.write_globals(Some(desired.encap_source))?;
         }
 
-        let mut report = ApplyReport::default();
-        let removed: Vec<VipKeyOrd> = self
-            .applied
-            .keys()
-            .filter(|key| !desired.vips.contains_key(key))
-            .copied()
-            .collect();
-        for key in removed {
+        let mut report = ApplyReport {
+            unchanged: diff.unchanged,
+            ..ApplyReport::default()
+        };
+        for &key in &diff.removed {
             self.remove_vip(key)?;
             report.removed += 1;
         }
-        for (key, vip) in &desired.vips {
-            match self.applied.get(key) {
-                Some(applied) if applied.desired.same_as(vip) => report.unchanged += 1,
-                Some(_) => {
-                    self.apply_vip(*key, vip)?;
-                    report.changed += 1;
-                }
-                None => {
-                    self.apply_vip(*key, vip)?;
-                    report.added += 1;
-                }
+        for (key, vip) in &diff.changed {
+            let added = !self.applied.contains_key(key);
+            self.apply_vip(*key, vip)?;
+            if added {
+                report.added += 1;
+            } else {
+                report.changed += 1;
             }
         }
         Ok(report)
     }
 
+    /// What differs between the applied VIPs and `desired`, found in one ordered walk of both
+    /// (no tree lookup per VIP: at 10,000 VIPs the lookups were most of the time of a change to
+    /// one VIP).
+    fn diff<'a>(&self, desired: &'a DesiredState) -> VipDiff<'a> {
+        let mut diff = VipDiff::default();
+        let applied = self.applied.iter().map(|(key, vip)| (*key, &vip.desired));
+        let wanted = desired.vips.iter().map(|(key, vip)| (*key, vip));
+        merge_by_key(applied, wanted, |key, old, new| match (old, new) {
+            (Some(_), None) => diff.removed.push(key),
+            (Some(old), Some(new)) if old.same_as(new) => diff.unchanged += 1,
+            (_, Some(new)) => diff.changed.push((key, new)),
+            (None, None) => {}
+        });
+        diff
+    }
+
     /// Refuses a change that cannot fit before writing anything.
-    fn check_capacity(&self, desired: &DesiredState) -> Result<(), DataplaneError> {
-        let new_vips = desired
-            .vips
-            .keys()
-            .filter(|key| !self.applied.contains_key(key))
-            .count() as u64;
+    fn check_capacity(&self, diff: &VipDiff<'_>) -> Result<(), DataplaneError> {
+        let mut new_vips = 0u64;
         let mut new_backends = 0u64;
         // Tables need contiguous regions: try them on a copy of the allocator.
         let mut regions = self.regions.clone();
-        for (key, vip) in &desired.vips {
+        for (key, vip) in &diff.changed {
             let old = self.applied.get(key);
-            if old.is_some_and(|old| old.desired.same_as(vip)) {
-                continue;
-            }
+            new_vips += u64::from(old.is_none());
             let table_changed = old.is_none_or(|old| !old.desired.same_slots(vip));
             if table_changed
                 && !vip.table.is_empty()
