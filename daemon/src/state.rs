@@ -58,13 +58,14 @@ pub struct VipKeyOrd {
 }
 
 impl VipKeyOrd {
-    /// The datapath key.
+    /// The datapath key. Only IPv4 VIPs reach the datapath ([`StateError::Ipv6`] keeps the
+    /// others out), so the first address word is the address.
     pub fn to_key(self) -> VipKey {
         VipKey {
-            addr: self.addr,
+            addr: self.addr[0],
             port: self.port.to_be(),
             proto: self.proto,
-            family: self.family,
+            _pad: 0,
         }
     }
 }

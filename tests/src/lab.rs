@@ -57,16 +57,19 @@ fn lab_script(args: &[&str]) -> Output {
 }
 
 impl Lab {
-    /// Brings up a lab in `mode` ("l2" or "ipip") with namespaces named `prefix*`.
+    /// Brings up a lab in `mode` ("l2" or "ipip") with namespaces named `prefix`, this
+    /// process's id and the host (so that runs side by side, from other checkouts too, never
+    /// share or tear down each other's namespaces).
     pub fn up(prefix: &str, mode: &str) -> Lab {
-        let workdir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+        let prefix = format!("{prefix}{:x}-", std::process::id());
+        let workdir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&workdir).expect("workdir");
         let lab = Lab {
-            prefix: prefix.to_owned(),
+            prefix: prefix.clone(),
             workdir,
             xlbd: None,
         };
-        let out = lab_script(&["up", prefix, mode, lab.workdir.to_str().unwrap(), "3"]);
+        let out = lab_script(&["up", &prefix, mode, lab.workdir.to_str().unwrap(), "3"]);
         assert!(
             out.status.success(),
             "lab up failed: {}{}",

@@ -25,13 +25,13 @@ pub struct NetNs {
 }
 
 impl NetNs {
-    /// Creates `name` (removing a leftover of the same name first) with loopback up.
+    /// Creates a namespace named `name` and this process's id (so that test runs side by side,
+    /// from other checkouts too, never share or delete each other's), with loopback up.
     pub fn new(name: &str) -> NetNs {
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        run("ip", &["netns", "add", name]);
-        let ns = NetNs {
-            name: name.to_owned(),
-        };
+        let name = format!("{name}-{:x}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run("ip", &["netns", "add", &name]);
+        let ns = NetNs { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
     }

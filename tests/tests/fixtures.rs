@@ -9,7 +9,7 @@ use xlb::{
     dataplane::Dataplane,
     state::{DesiredState, VipKeyOrd, addr_words},
 };
-use xlb_common::{DropReason, FlowKey, LbCounter, family, hash};
+use xlb_common::{DropReason, FlowKey, LbCounter, hash, hash::vip_filter_slot};
 use xlb_tests::{
     have_root,
     packet::{self, Flow, L2, TCP_ACK, TCP_SYN},
@@ -144,13 +144,13 @@ fn vip_key(address: &str, port: u16, proto: u8) -> VipKeyOrd {
 
 fn flow_key(flow: &Flow, proto: u8) -> FlowKey {
     FlowKey {
-        src: addr_words(flow.src.into()).0,
-        dst: addr_words(flow.dst.into()).0,
+        src: addr_words(flow.src.into()).0[0],
+        dst: addr_words(flow.dst.into()).0[0],
         sport: flow.sport.to_be(),
         dport: flow.dport.to_be(),
         proto,
-        family: family::V4,
-        _pad: [0; 2],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 
@@ -579,6 +579,31 @@ fn cases(lab: &Lab) -> Vec<Case> {
         output: Expected::Unchanged,
         drop: None,
     });
+    // An address that shares the VIP's filter counter: the filter says "maybe", the exact
+    // lookups say no, and the packet passes like any other non-VIP packet.
+    let twin = filter_twin(ip("10.0.0.10"));
+    cases.push(Case {
+        description: "TCP to a non-VIP address that shares a VIP's filter counter passes",
+        input: packet::tcp4(
+            &to_lb(None),
+            &flow("192.0.2.34", &twin.to_string(), 40034, 80),
+            TCP_SYN,
+            b"",
+        ),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    let mut twin_fragment = packet::ethernet(&to_lb(None), 0x0800);
+    twin_fragment.extend(packet::ipv4_header(f.src, twin, 6, 8, &[], 0x0010));
+    twin_fragment.extend_from_slice(b"tailbyte");
+    cases.push(Case {
+        description: "fragment to a non-VIP address that shares a VIP's filter counter passes",
+        input: twin_fragment,
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
     cases.push(Case {
         description: "TCP to a VIP whose only backend is drained (weight 0)",
         input: packet::tcp4(
@@ -592,6 +617,16 @@ fn cases(lab: &Lab) -> Vec<Case> {
         drop: Some(DropReason::NoBackend),
     });
     cases
+}
+
+/// Another address (in 172.16.0.0/12) whose VIP filter counter is `vip`'s.
+fn filter_twin(vip: Ipv4Addr) -> Ipv4Addr {
+    let words = |a: Ipv4Addr| [u32::from_ne_bytes(a.octets()), 0, 0, 0];
+    let slot = vip_filter_slot(words(vip));
+    (0..1u32 << 20)
+        .map(|host| Ipv4Addr::from(0xac10_0000 | host))
+        .find(|&a| a != vip && vip_filter_slot(words(a)) == slot)
+        .expect("2^20 addresses over 2^16 counters: one shares the counter")
 }
 
 #[test]
@@ -726,6 +761,24 @@ fn established_flows_stay_on_their_backend_when_the_set_changes() {
     let b = lab.predicted_backend(&web, &fresh, 6);
     let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &fresh, TCP_SYN, b""));
     assert_eq!(sent_to(&out), lab.backend_mac("web-l2", b));
+
+    // A SYN on an established flow's ports opens a new connection: it skips the flow table,
+    // goes where the table says now (the new backend), and its entry replaces the old one.
+    let reused = moved[1];
+    let now = lab.backend_mac("web-l2", 3);
+    assert_ne!(first_backend[1], now);
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &reused, TCP_SYN, b""));
+    assert_eq!(
+        sent_to(&out),
+        now,
+        "a SYN must follow the table, not the old entry"
+    );
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &reused, TCP_ACK, b"data"));
+    assert_eq!(
+        sent_to(&out),
+        now,
+        "the new connection's packets follow its SYN"
+    );
 
     // Remove the backend the first flow is on: that flow is rehashed, counted as gone.
     let victim = first_backend[0];

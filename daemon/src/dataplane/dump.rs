@@ -8,7 +8,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use xlb_common::{Backend, Globals, VipKey, backend_flags, family, forward_mode, map_names};
+use xlb_common::{
+    Backend, Globals, VipKey, backend_flags, family, forward_mode,
+    hash::{VIP_FILTER_SLOTS, vip_filter_slot},
+    map_names,
+};
 
 use super::{Dataplane, DataplaneError, map_err};
 use crate::state::VipKeyOrd;
@@ -105,6 +109,17 @@ pub enum Inconsistency {
         /// VIPs in `XLB_VIPS` on that address.
         vips: u32,
     },
+    /// A VIP address filter counter differs from the number of listed VIP addresses that hash
+    /// to it (too low: that address's packets pass as if it were no VIP; too high: other
+    /// addresses pay a needless `XLB_VIPS` lookup).
+    FilterCount {
+        /// The counter's index.
+        slot: u32,
+        /// The stored count.
+        count: u32,
+        /// Addresses in `XLB_VIP_ADDRS` that hash to it.
+        addresses: u32,
+    },
 }
 
 /// Address words as stored (network byte order) back to an address.
@@ -122,10 +137,10 @@ fn words_to_addr(words: [u32; 4], fam: u8) -> IpAddr {
 
 fn key_ord(key: VipKey) -> VipKeyOrd {
     VipKeyOrd {
-        addr: key.addr,
+        addr: [key.addr, 0, 0, 0],
         port: u16::from_be(key.port),
         proto: key.proto,
-        family: key.family,
+        family: family::V4,
     }
 }
 
@@ -251,6 +266,26 @@ impl Dataplane {
             let vips = per_addr.get(&addr).copied().unwrap_or(0);
             if count != vips {
                 inconsistencies.push(Inconsistency::AddressCount { addr, count, vips });
+            }
+        }
+
+        let mut per_slot: HashMap<u32, u32> = HashMap::new();
+        for addr in vip_addrs.keys() {
+            let (words, _) = crate::state::addr_words(*addr);
+            *per_slot.entry(vip_filter_slot(words)).or_default() += 1;
+        }
+        for slot in 0..VIP_FILTER_SLOTS {
+            let count = self
+                .vip_filter
+                .get(&slot, 0)
+                .map_err(map_err("lookup", map_names::VIP_FILTER))?;
+            let addresses = per_slot.get(&slot).copied().unwrap_or(0);
+            if count != addresses {
+                inconsistencies.push(Inconsistency::FilterCount {
+                    slot,
+                    count,
+                    addresses,
+                });
             }
         }
 

@@ -21,7 +21,7 @@ use aya::{
 use tracing::{info, warn};
 use xlb_common::{
     Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipMeta, backend_flags,
-    map_names, program_names,
+    hash::vip_filter_slot, map_names, program_names,
 };
 
 use crate::{
@@ -171,6 +171,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
+    vip_filter: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     slots: SlotArray,
     globals: Array<MapData, Globals>,
@@ -239,6 +240,7 @@ impl Dataplane {
         let mut dataplane = Dataplane {
             vips: typed(&mut ebpf, map_names::VIPS)?,
             vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
+            vip_filter: typed(&mut ebpf, map_names::VIP_FILTER)?,
             backends: typed(&mut ebpf, map_names::BACKENDS)?,
             slots: SlotArray::new(maglev, limits.maglev_slots.div_ceil(2) * 2)?,
             globals: typed(&mut ebpf, map_names::GLOBALS)?,
@@ -592,12 +594,16 @@ impl Dataplane {
             table_offset: region.map_or(0, |(offset, _)| offset),
             backend_count: vip.backends.iter().filter(|b| b.weight > 0).count() as u32,
         };
-        // The switch: one update of the VIP entry.
-        self.vips
-            .insert(key.to_key(), meta, 0)
-            .map_err(map_err("update", map_names::VIPS))?;
+        // A new VIP's address is known to the filter before the VIP can be found.
         if old.is_none() {
             self.add_vip_addr(&key)?;
+        }
+        // The switch: one update of the VIP entry.
+        if let Err(e) = self.vips.insert(key.to_key(), meta, 0) {
+            if old.is_none() {
+                self.release_vip_addr(&key)?;
+            }
+            return Err(map_err("update", map_names::VIPS)(e));
         }
 
         if let Some(old) = old {
@@ -666,9 +672,14 @@ impl Dataplane {
         }
     }
 
+    /// Counts one more VIP on `key`'s address; the address's first VIP raises its filter
+    /// counter before the address is listed.
     fn add_vip_addr(&mut self, key: &VipKeyOrd) -> Result<(), DataplaneError> {
         let addr_key = Self::vip_addr_key(key);
         let count = self.vip_addrs.get(&addr_key, 0).map_or(0, |v| v.vip_count);
+        if count == 0 {
+            self.add_to_filter(key.addr, 1)?;
+        }
         self.vip_addrs
             .insert(
                 addr_key,
@@ -680,13 +691,19 @@ impl Dataplane {
             .map_err(map_err("update", map_names::VIP_ADDRS))
     }
 
+    /// Counts one VIP less on `key`'s address; after its last VIP the address leaves the list
+    /// and then the filter.
     fn release_vip_addr(&mut self, key: &VipKeyOrd) -> Result<(), DataplaneError> {
         let addr_key = Self::vip_addr_key(key);
         let count = self.vip_addrs.get(&addr_key, 0).map_or(0, |v| v.vip_count);
         if count <= 1 {
             self.vip_addrs
                 .remove(&addr_key)
-                .map_err(map_err("delete", map_names::VIP_ADDRS))
+                .map_err(map_err("delete", map_names::VIP_ADDRS))?;
+            if count == 1 {
+                self.add_to_filter(key.addr, -1)?;
+            }
+            Ok(())
         } else {
             self.vip_addrs
                 .insert(
@@ -698,6 +715,18 @@ impl Dataplane {
                 )
                 .map_err(map_err("update", map_names::VIP_ADDRS))
         }
+    }
+
+    /// Moves the filter counter of an address by `delta` (only this process writes it).
+    fn add_to_filter(&mut self, addr: [u32; 4], delta: i32) -> Result<(), DataplaneError> {
+        let slot = vip_filter_slot(addr);
+        let count = self
+            .vip_filter
+            .get(&slot, 0)
+            .map_err(map_err("lookup", map_names::VIP_FILTER))?;
+        self.vip_filter
+            .set(slot, count.saturating_add_signed(delta), 0)
+            .map_err(map_err("update", map_names::VIP_FILTER))
     }
 }
 

@@ -18,7 +18,7 @@ pub use maps::*;
 
 /// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
 /// daemon that finds maps pinned by another build can refuse them instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
@@ -53,8 +53,12 @@ pub mod proto {
 pub mod map_names {
     /// VIP (address, port, protocol) -> [`crate::VipMeta`].
     pub const VIPS: &str = "XLB_VIPS";
-    /// Addresses that carry at least one VIP -> flags; decides "for us or pass".
+    /// Addresses that carry at least one VIP -> how many; the exact answer to "is this a VIP
+    /// address", asked only where [`VIP_FILTER`] cannot decide.
     pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
+    /// Counting filter of VIP addresses ([`crate::hash::vip_filter_slot`] -> how many VIP
+    /// addresses hash there): zero means "not a VIP", so other traffic passes after one array read.
+    pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
     /// Backend id -> [`crate::Backend`].
     pub const BACKENDS: &str = "XLB_BACKENDS";
     /// Flat array of Maglev slots (backend ids); each VIP owns a region of it.

@@ -1,21 +1,26 @@
-//! Keys and values of the datapath's maps. Addresses are four 32-bit words in network byte
-//! order exactly as they appear in the packet (IPv4 in word 0, the rest zero), so the kernel
-//! side copies them without conversion; ports are in network byte order too.
+//! Keys and values of the datapath's maps. Addresses are in network byte order exactly as they
+//! appear in the packet, so the kernel side copies them without conversion; ports are in network
+//! byte order too. Where a map can hold both families, an address is four 32-bit words (IPv4 in
+//! word 0, the rest zero).
+//!
+//! The per-packet maps (`XLB_VIPS`, `XLB_FLOWS`) have IPv4-sized keys: every lookup hashes and
+//! compares the whole key, and a key with room for IPv6 addresses costs an IPv4 packet more
+//! than twice the hashing and a larger flow entry. IPv6 gets maps of its own (as Katran does).
 
-/// Key of the VIP map: one service.
+/// Key of the VIP map: one IPv4 service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
-    /// VIP address (network byte order words).
-    pub addr: [u32; 4],
+    /// VIP address (network byte order).
+    pub addr: u32,
     /// Destination port in network byte order; 0 means every port of this protocol.
     pub port: u16,
     /// IP protocol ([`crate::proto`]).
     pub proto: u8,
-    /// Address family ([`crate::family`]).
-    pub family: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
 
 /// What the datapath needs to balance one VIP.
 #[repr(C)]
@@ -87,26 +92,27 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
-/// Flow table key: the 5-tuple as the packet carries it.
+/// Flow table key: the IPv4 5-tuple as the packet carries it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    /// Source address (network byte order words).
-    pub src: [u32; 4],
-    /// Destination address (network byte order words).
-    pub dst: [u32; 4],
+    /// Source address (network byte order).
+    pub src: u32,
+    /// Destination address (network byte order).
+    pub dst: u32,
     /// Source port, network byte order.
     pub sport: u16,
     /// Destination port, network byte order.
     pub dport: u16,
     /// IP protocol.
     pub proto: u8,
-    /// Address family ([`crate::family`]).
-    pub family: u8,
+    /// Explicit padding, always zero. (One byte and a half-word rather than an array: the
+    /// compiler zeroes an array with a call to `memset`, a subprogram in BPF.)
+    pub _pad: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad2: u16,
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
 /// Flow table value: the backend the flow started on.
 #[repr(C)]

@@ -62,6 +62,27 @@ pub struct PortsHdr {
     pub dport: u16,
 }
 
+/// The start of a TCP header, up to the flags: ports, then what the balancer needs to tell a
+/// connection's first packet.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpStartHdr {
+    /// The ports.
+    pub ports: PortsHdr,
+    /// Sequence and acknowledgement numbers (not read).
+    pub seq_ack: [u8; 8],
+    /// Data offset and reserved bits.
+    pub data_offset: u8,
+    /// Flags ([`TCP_FLAG_SYN`], [`TCP_FLAG_ACK`], ...).
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<TcpStartHdr>() == 14);
+
+/// TCP flag SYN.
+pub const TCP_FLAG_SYN: u8 = 0x02;
+/// TCP flag ACK.
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
 /// Ethertype of IPv4, network byte order.
 pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// Ethertype of an 802.1Q tag, network byte order.

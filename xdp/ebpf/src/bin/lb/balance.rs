@@ -18,7 +18,7 @@ pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
         addr: flow.dst,
         port: flow.dport,
         proto: flow.proto,
-        family: flow.family,
+        _pad: 0,
     };
     // SAFETY: the value is copied out at once. The kernel may reuse a replaced element's memory
     // for a later update (BPF memory allocator); a copy racing with two updates in a row could
@@ -42,11 +42,29 @@ pub struct Choice {
 
 /// Keeps an established flow on its backend while that backend exists for this VIP; otherwise
 /// asks the VIP's Maglev table and remembers the answer.
+///
+/// A packet that opens a TCP connection (SYN without ACK) skips the flow table lookup, as
+/// Katran does: it is a new flow by definition, and its entry (replacing any left by an earlier
+/// connection on the same ports) goes to the backend the table names now, so a reused port
+/// never lands on a drained backend. The cost, shared by every Maglev balancer that does this: a
+/// SYN retransmitted across a table change that moved its slot goes to the new backend, and if
+/// the first one had already answered, the client's ACK reaches a backend that resets it. Only
+/// handshakes in flight during a change that moves their slot are exposed.
 #[inline(always)]
-pub fn choose(flow: &FlowKey, vip: &VipMeta, hash: &mut Option<u32>) -> Result<Choice, DropReason> {
-    // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst give a
-    // backend id that is checked below like any other.
-    if let Some(entry) = unsafe { FLOWS.get(flow) } {
+pub fn choose(
+    flow: &FlowKey,
+    vip: &VipMeta,
+    opens_connection: bool,
+    hash: &mut Option<u32>,
+) -> Result<Choice, DropReason> {
+    let entry = if opens_connection {
+        None
+    } else {
+        // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst
+        // give a backend id that is checked below like any other.
+        unsafe { FLOWS.get(flow) }
+    };
+    if let Some(entry) = entry {
         let backend_id = entry.backend_id;
         // Copy first, then check the copy: the checks and the use see the same entry.
         if let Some(backend) = BACKENDS.get(backend_id).copied()

@@ -2,6 +2,9 @@
 //!
 //! Traffic that is not for a VIP passes to the kernel untouched; malformed IPv4 (which the
 //! kernel would discard too) and unbalanceable packets to a VIP are dropped with a reason.
+//! "For a VIP" is first asked of a counting filter (one array read); a packet to a VIP then
+//! needs one hash lookup (`XLB_VIPS`) to find its service, and the exact set of VIP addresses
+//! is consulted only for fragments and truncated packets.
 #![no_std]
 #![no_main]
 
@@ -11,14 +14,21 @@ mod maps;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use xlb_common::{DropReason, FlowKey, VipAddrKey, family, forward_mode, hash::flow_hash, proto};
+use xlb_common::{
+    DropReason, FlowKey, VipAddrKey, family, forward_mode,
+    hash::{flow_hash, vip_filter_slot},
+    proto,
+};
 use xlb_ebpf::{
-    headers::{ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, UDP_HLEN},
+    headers::{
+        ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_FLAG_ACK, TCP_FLAG_SYN, TCP_MIN_HLEN,
+        TcpStartHdr, UDP_HLEN,
+    },
     packet::{frame_len, ptr_at},
     parse,
 };
 
-use crate::maps::{GLOBALS, VIP_ADDRS};
+use crate::maps::{GLOBALS, VIP_ADDRS, VIP_FILTER};
 
 /// Entry point: the action of [`process`], with drops counted by reason.
 #[xdp]
@@ -46,46 +56,50 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     // SAFETY: parse::ipv4 returned a header that lies inside the frame.
     let hdr = unsafe { *ip.hdr };
 
-    let addr_key = VipAddrKey {
-        addr: [hdr.daddr, 0, 0, 0],
-        family: family::V4,
-        _pad: [0; 3],
-    };
-    // SAFETY: only presence is tested; the value is not read.
-    if unsafe { VIP_ADDRS.get(addr_key) }.is_none() {
+    let dst = [hdr.daddr, 0, 0, 0];
+    if !may_be_vip_address(dst) {
         return Ok(xdp_action::XDP_PASS);
     }
     let frag_off = u16::from_be(hdr.frag_off);
     if frag_off & IPV4_FRAG_MASK != 0 {
-        return Err(DropReason::Fragment);
+        return drop_if_vip_address(dst, DropReason::Fragment);
     }
-    let l4_min = match hdr.protocol {
-        proto::TCP => TCP_MIN_HLEN,
-        proto::UDP => UDP_HLEN,
+    let l4_off = l2.l3_off + ip.header_len;
+    // The ports, and whether the packet opens a TCP connection (SYN without ACK).
+    let l4: Option<(PortsHdr, bool)> = match hdr.protocol {
+        proto::TCP if ip.header_len + TCP_MIN_HLEN <= ip.total_len => {
+            ptr_at::<TcpStartHdr>(ctx, l4_off).map(|tcp| {
+                // SAFETY: ptr_at checked that the header start lies inside the frame.
+                let tcp = unsafe { *tcp };
+                let opens = tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+                (tcp.ports, opens)
+            })
+        }
+        proto::UDP if ip.header_len + UDP_HLEN <= ip.total_len => {
+            // SAFETY: ptr_at checked that the ports lie inside the frame.
+            ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, false))
+        }
+        proto::TCP | proto::UDP => None,
         _ => return Ok(xdp_action::XDP_PASS),
     };
-    if ip.header_len + l4_min > ip.total_len {
-        return Err(DropReason::L4Truncated);
-    }
-    let ports: *const PortsHdr =
-        ptr_at(ctx, l2.l3_off + ip.header_len).ok_or(DropReason::L4Truncated)?;
-    // SAFETY: ptr_at checked that the ports lie inside the frame.
-    let ports = unsafe { *ports };
+    let Some((ports, opens_connection)) = l4 else {
+        return drop_if_vip_address(dst, DropReason::L4Truncated);
+    };
 
     let flow = FlowKey {
-        src: [hdr.saddr, 0, 0, 0],
-        dst: [hdr.daddr, 0, 0, 0],
+        src: hdr.saddr,
+        dst: hdr.daddr,
         sport: ports.sport,
         dport: ports.dport,
         proto: hdr.protocol,
-        family: family::V4,
-        _pad: [0; 2],
+        _pad: 0,
+        _pad2: 0,
     };
     let Some(vip) = balance::find_vip(&flow) else {
         return Ok(xdp_action::XDP_PASS);
     };
     let mut hash = None;
-    let choice = balance::choose(&flow, &vip, &mut hash)?;
+    let choice = balance::choose(&flow, &vip, opens_connection, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
     let action = match vip.mode {
@@ -104,6 +118,30 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     };
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
     Ok(action)
+}
+
+/// Whether `addr` may carry a VIP: false for certain when its filter counter is zero.
+#[inline(always)]
+fn may_be_vip_address(addr: [u32; 4]) -> bool {
+    VIP_FILTER
+        .get(vip_filter_slot(addr))
+        .is_some_and(|&count| count != 0)
+}
+
+/// A packet that cannot be balanced: dropped with `reason` when it is addressed to a VIP
+/// address (the filter may let other addresses through), passed to the kernel otherwise.
+#[inline(always)]
+fn drop_if_vip_address(addr: [u32; 4], reason: DropReason) -> Result<u32, DropReason> {
+    let key = VipAddrKey {
+        addr,
+        family: family::V4,
+        _pad: [0; 3],
+    };
+    // SAFETY: only presence is tested; the value is not read.
+    match unsafe { VIP_ADDRS.get(key) } {
+        Some(_) => Err(reason),
+        None => Ok(xdp_action::XDP_PASS),
+    }
 }
 
 #[cfg(not(test))]

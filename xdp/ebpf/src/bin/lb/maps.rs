@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use xlb_common::{
     Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, VipAddrKey, VipAddrValue,
-    VipKey, VipMeta, XDP_ACTION_COUNT,
+    VipKey, VipMeta, XDP_ACTION_COUNT, hash::VIP_FILTER_SLOTS,
 };
 
 /// VIP (address, port, protocol) -> how to balance it. An update replaces the whole value in one
@@ -16,10 +16,21 @@ use xlb_common::{
 #[map(name = "XLB_VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// Addresses carrying at least one VIP: traffic to any other address passes untouched.
+/// Addresses carrying at least one VIP, with how many. Asked only where the filter below cannot
+/// decide: a fragment or a truncated packet to an address the filter lets through.
 #[map(name = "XLB_VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<VipAddrKey, VipAddrValue> =
     HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Counting filter of VIP addresses: counter [`vip_filter_slot`] of an address is the number of
+/// VIP addresses that hash there. Zero means the destination is not a VIP, decided with one
+/// inlined array read instead of a hash map lookup; a false positive costs only the `XLB_VIPS`
+/// lookup that then misses. The daemon raises a counter before the address's first VIP appears
+/// and lowers it after its last VIP is gone.
+///
+/// [`vip_filter_slot`]: xlb_common::hash::vip_filter_slot
+#[map(name = "XLB_VIP_FILTER")]
+pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SLOTS, 0);
 
 /// Backend id -> backend. Entries are written once; the only later write clears ACTIVE.
 #[map(name = "XLB_BACKENDS")]
