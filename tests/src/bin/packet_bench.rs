@@ -492,24 +492,22 @@ const L2_IN: L2 = L2 {
 
 /// 64-byte frames (no FCS): 14 + 20 + 20 + 10 for TCP, 14 + 20 + 8 + 22 for UDP.
 fn tcp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr) -> Vec<u8> {
-    let flow = Flow {
-        src,
-        dst,
-        sport,
-        dport: 80,
-    };
-    packet::tcp4(&L2_IN, &flow, TCP_ACK, &[0x5a; 10])
+    tcp_frame_with(src, sport, dst, TCP_ACK)
 }
 
-/// A connection's first packet, padded to 64 bytes like the others.
+/// A connection's first packet, 64 bytes like the others.
 fn syn_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr) -> Vec<u8> {
+    tcp_frame_with(src, sport, dst, TCP_SYN)
+}
+
+fn tcp_frame_with(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, flags: u8) -> Vec<u8> {
     let flow = Flow {
         src,
         dst,
         sport,
         dport: 80,
     };
-    packet::tcp4(&L2_IN, &flow, TCP_SYN, &[0x5a; 10])
+    packet::tcp4(&L2_IN, &flow, flags, &[0x5a; 10])
 }
 
 fn udp_frame(src: Ipv4Addr, sport: u16, dst: Ipv4Addr) -> Vec<u8> {
