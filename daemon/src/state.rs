@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use xlb_common::{VipKey, family, forward_mode};
 
 use crate::{
-    config::{Config, ForwardMode, Ipv4Net, MacAddr, VipConfig},
+    config::{Config, EventsConfig, ForwardMode, Ipv4Net, MacAddr, PolicyConfig, VipConfig},
     maglev::{self, MaglevBackend, MaglevError},
 };
 
@@ -42,6 +42,10 @@ pub struct DesiredState {
     pub encap_source: Ipv4Net,
     /// VIPs by key; the order is the key order, so applying is deterministic.
     pub vips: BTreeMap<VipKeyOrd, Arc<DesiredVip>>,
+    /// Global policy (lists, actions, rates); per-VIP source ranges are in each VIP's config.
+    pub policy: Arc<PolicyConfig>,
+    /// Which events the datapath reports.
+    pub events: EventsConfig,
 }
 
 /// A [`VipKey`] with a total order (for deterministic maps and output).
@@ -166,9 +170,15 @@ impl DesiredState {
         for (key, desired) in build_vips(&to_build)? {
             vips.insert(key, Arc::new(desired));
         }
+        let policy = match previous {
+            Some(previous) if *previous.policy == config.policy => Arc::clone(&previous.policy),
+            _ => Arc::new(config.policy.clone()),
+        };
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,
             vips,
+            policy,
+            events: config.events,
         })
     }
 }
@@ -297,6 +307,7 @@ mod tests {
                     weight: u32::from(host),
                 })
                 .collect(),
+            source_ranges: None,
         }
     }
 

@@ -399,6 +399,7 @@ fn vip_config(
         mode,
         table_size: scale.table_size,
         backends: (0..scale.backends).map(backend).collect(),
+        source_ranges: None,
     }
 }
 
@@ -456,12 +457,15 @@ fn config(scale: Scale) -> Config {
             max_vips: (scale.vips as u32).max(16),
             max_backends: (scale.vips * scale.backends + 16) as u32,
             maglev_slots: 2 * scale.table_size * scale.vips as u32,
+            ..Limits::default()
         },
         encap: EncapConfig {
             next_hop_mac: Some(MacAddr([0x02, 0, 0, 0, 0xfe, 0x01])),
             ..EncapConfig::default()
         },
         vips,
+        policy: Default::default(),
+        events: Default::default(),
     }
 }
 

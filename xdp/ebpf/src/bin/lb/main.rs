@@ -6,8 +6,10 @@
 #![no_main]
 
 mod balance;
+mod events;
 mod forward;
 mod maps;
+mod policy;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -28,6 +30,7 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::drop(reason);
+            events::dropped(&ctx, reason);
             xdp_action::XDP_DROP
         }
     };
@@ -40,11 +43,12 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     let bytes = frame_len(ctx);
     let l2 = parse::l2(ctx)?;
     if l2.ether_type != ETH_P_IP_BE {
-        return Ok(xdp_action::XDP_PASS);
+        return policy::not_ipv4(ctx, &l2);
     }
     let ip = parse::ipv4(ctx, l2.l3_off)?;
     // SAFETY: parse::ipv4 returned a header that lies inside the frame.
     let hdr = unsafe { *ip.hdr };
+    let policy = policy::global_v4(hdr.saddr)?;
 
     let addr_key = VipAddrKey {
         addr: [hdr.daddr, 0, 0, 0],
@@ -57,12 +61,13 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     }
     let frag_off = u16::from_be(hdr.frag_off);
     if frag_off & IPV4_FRAG_MASK != 0 {
-        return Err(DropReason::Fragment);
+        return policy::fragment(&policy);
     }
+    policy::options(&policy, ip.header_len)?;
     let l4_min = match hdr.protocol {
         proto::TCP => TCP_MIN_HLEN,
         proto::UDP => UDP_HLEN,
-        _ => return Ok(xdp_action::XDP_PASS),
+        other => return policy::unserved(&policy, other),
     };
     if ip.header_len + l4_min > ip.total_len {
         return Err(DropReason::L4Truncated);
@@ -82,8 +87,9 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         _pad: [0; 2],
     };
     let Some(vip) = balance::find_vip(&flow) else {
-        return Ok(xdp_action::XDP_PASS);
+        return policy::unserved(&policy, hdr.protocol);
     };
+    policy::vip(ctx, &policy, &vip, &flow, l2.l3_off + ip.header_len)?;
     let mut hash = None;
     let choice = balance::choose(&flow, &vip, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
@@ -103,6 +109,7 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         _ => return Err(DropReason::TableMiss),
     };
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
+    events::forwarded(&policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
 }
 
