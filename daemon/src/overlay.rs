@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::{BackendSpec, VipSpec};
+use crate::api::types::{BackendSpec, PolicyLists, VipSpec};
 
 /// A runtime change to one backend of one VIP, on top of its configured weight.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,9 @@ pub struct Overlay {
     /// Overrides by VIP name, then backend address (as text).
     #[serde(default)]
     pub overrides: BTreeMap<String, BTreeMap<String, Override>>,
+    /// Global deny/allow lists set through the API, in place of the file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyLists>,
 }
 
 /// Why the persisted API state could not be read or written.

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use net::{Ipv4Net, MacAddr, NetParseError};
-pub use policy::{Action, Cidr, CidrError, EventsConfig, PolicyConfig, RateLimit};
+pub use policy::{Action, Cidr, CidrError, EventsConfig, PolicyConfig, RateLimit, check_lists};
 
 /// The validated configuration of one xlbd instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

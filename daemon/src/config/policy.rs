@@ -288,13 +288,16 @@ impl Checker<'_> {
         let deny = self.cidr_list(raw.deny.as_ref(), "policy.deny");
         let allow = self.cidr_list(raw.allow.as_ref(), "policy.allow");
         // A prefix in both lists has no clear meaning: refuse it.
-        let denied: HashMap<Cidr, usize> = deny.iter().map(|(c, _, i)| (*c, *i)).collect();
-        for (cidr, span, index) in &allow {
-            if let Some(first) = denied.get(cidr) {
+        let indexed = |list: &[(Cidr, &Spanned<String>, usize)]| -> Vec<(Cidr, usize)> {
+            list.iter().map(|(c, _, i)| (*c, *i)).collect()
+        };
+        for problem in in_both(&indexed(&deny), &indexed(&allow)) {
+            let entry = allow.iter().find(|(_, _, i)| *i == problem.index);
+            if let Some((_, span, _)) = entry {
                 self.error_at(
                     span,
-                    &format!("policy.allow[{index}]"),
-                    format!("{cidr} is also policy.deny[{first}]; a prefix belongs to one list"),
+                    &format!("policy.allow[{}]", problem.index),
+                    problem.message,
                 );
             }
         }
@@ -439,7 +442,8 @@ impl Checker<'_> {
         Some(ranges.into_iter().map(|(c, _, _)| c).collect())
     }
 
-    /// A list of CIDRs with their spans; bad and duplicate entries are reported and left out.
+    /// A list of CIDRs with their spans and indices; bad and duplicate entries are reported
+    /// and left out.
     fn cidr_list<'r>(
         &mut self,
         raw: Option<&'r Spanned<Vec<Spanned<String>>>>,
@@ -448,33 +452,124 @@ impl Checker<'_> {
         let Some(raw) = raw else {
             return Vec::new();
         };
-        let mut seen: HashMap<Cidr, usize> = HashMap::new();
-        let mut list = Vec::new();
-        for (index, entry) in raw.get_ref().iter().enumerate() {
-            let entry_field = format!("{field}[{index}]");
-            match entry.get_ref().parse::<Cidr>() {
-                Err(error) => self.error_at(entry, &entry_field, error.to_string()),
-                Ok(cidr) => {
-                    let first = *seen.entry(cidr).or_insert(index);
-                    if first != index {
-                        self.error_at(
-                            entry,
-                            &entry_field,
-                            format!("duplicate prefix {cidr} ({field}[{first}])"),
-                        );
-                    } else {
-                        list.push((cidr, entry, index));
-                    }
+        let entries = raw.get_ref();
+        let texts: Vec<&str> = entries.iter().map(|e| e.get_ref().as_str()).collect();
+        let (list, problems) = parse_list(&texts, field);
+        for problem in problems {
+            let entry = &entries[problem.index];
+            self.error_at(
+                entry,
+                &format!("{field}[{}]", problem.index),
+                problem.message,
+            );
+        }
+        list.into_iter()
+            .map(|(cidr, index)| (cidr, &entries[index], index))
+            .collect()
+    }
+}
+
+/// A bad entry of a CIDR list: its index and what is wrong.
+struct ListProblem {
+    index: usize,
+    message: String,
+}
+
+/// Parses a list of CIDRs: the good entries with their indices, and a problem for each bad or
+/// duplicate one. The one parser of the file's lists and the API's.
+fn parse_list(entries: &[&str], field: &str) -> (Vec<(Cidr, usize)>, Vec<ListProblem>) {
+    let mut seen: HashMap<Cidr, usize> = HashMap::new();
+    let mut list = Vec::new();
+    let mut problems = Vec::new();
+    for (index, text) in entries.iter().enumerate() {
+        match text.parse::<Cidr>() {
+            Err(error) => problems.push(ListProblem {
+                index,
+                message: error.to_string(),
+            }),
+            Ok(cidr) => {
+                let first = *seen.entry(cidr).or_insert(index);
+                if first == index {
+                    list.push((cidr, index));
+                } else {
+                    problems.push(ListProblem {
+                        index,
+                        message: format!("duplicate prefix {cidr} ({field}[{first}])"),
+                    });
                 }
             }
         }
-        list
     }
+    (list, problems)
+}
+
+/// Allow entries that are also deny entries: a prefix belongs to one list.
+fn in_both(deny: &[(Cidr, usize)], allow: &[(Cidr, usize)]) -> Vec<ListProblem> {
+    let denied: HashMap<Cidr, usize> = deny.iter().copied().collect();
+    allow
+        .iter()
+        .filter_map(|(cidr, index)| {
+            denied.get(cidr).map(|first| ListProblem {
+                index: *index,
+                message: format!(
+                    "{cidr} is also policy.deny[{first}]; a prefix belongs to one list"
+                ),
+            })
+        })
+        .collect()
+}
+
+/// Global (deny, allow) lists, validated.
+pub type Lists = (Vec<Cidr>, Vec<Cidr>);
+/// Problems of lists given through the API: (field, message).
+pub type ListErrors = Vec<(String, String)>;
+
+/// Validates global lists given outside the file (through the API) by the rules of the
+/// file's `policy.deny` and `policy.allow`: (deny, allow), or every (field, problem).
+pub fn check_lists(deny: &[String], allow: &[String]) -> Result<Lists, ListErrors> {
+    fn texts(list: &[String]) -> Vec<&str> {
+        list.iter().map(String::as_str).collect()
+    }
+    let (deny, deny_problems) = parse_list(&texts(deny), "policy.deny");
+    let (allow, allow_problems) = parse_list(&texts(allow), "policy.allow");
+    let both = in_both(&deny, &allow);
+    let problems: Vec<(String, String)> = deny_problems
+        .into_iter()
+        .map(|p| (format!("policy.deny[{}]", p.index), p.message))
+        .chain(
+            allow_problems
+                .into_iter()
+                .chain(both)
+                .map(|p| (format!("policy.allow[{}]", p.index), p.message)),
+        )
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let cidrs = |list: Vec<(Cidr, usize)>| list.into_iter().map(|(c, _)| c).collect();
+    Ok((cidrs(deny), cidrs(allow)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_lists_are_checked_like_the_files() {
+        let (deny, allow) =
+            check_lists(&["198.51.100.0/24".into()], &["192.0.2.7".into()]).unwrap();
+        assert_eq!((deny.len(), allow.len()), (1, 1));
+        let problems = check_lists(
+            &["10.0.0.0/8".into(), "bad".into()],
+            &["10.0.0.0/8".into(), "10.0.0.0/8".into()],
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["policy.deny[1]", "policy.allow[1]", "policy.allow[0]"]
+        );
+    }
 
     #[test]
     fn cidrs_parse_and_refuse_host_bits() {
