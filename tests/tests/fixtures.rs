@@ -820,7 +820,7 @@ maglev_slots = 262144
 [policy]
 # Most specific prefix wins: 198.51.100.7 is allowed inside a denied /24, and 203.0.113.128/25
 # is denied inside an allowed /24. With an allow list, sources matching nothing are dropped.
-deny = ["198.51.100.0/24", "203.0.113.128/25", "2001:db8:bad::/48"]
+deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "2001:db8:bad::/48"]
 allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "2001:db8::/32"]
 ipv4_options = "drop"
 
@@ -928,6 +928,11 @@ fn policy_cases(lab: &Lab) -> Vec<Case> {
         "source in no list while the allow list is not empty: not allowed",
         syn("100.64.0.1", 80),
         DropReason::NotAllowed,
+    ));
+    cases.push(dropped(
+        "a deny prefix shorter than /16 covers every /16 and /24 inside it",
+        syn("172.20.1.1", 80),
+        DropReason::Denied,
     ));
     cases.push(dropped(
         "global lists apply to traffic for any address, not only VIPs",
@@ -1201,4 +1206,67 @@ fn unserved_and_fragments_can_pass_and_the_flow_guard_keeps_forwarding() {
     assert!(forwards.len() >= 5, "forward events: {}", forwards.len());
     let backend = lab.dataplane.backend_id(&web, 0).unwrap();
     assert!(forwards.iter().all(|e| e.backend_id == backend));
+}
+
+#[test]
+fn policy_changes_apply_by_difference() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(POLICY_CONFIG);
+    let changed_text = POLICY_CONFIG
+        .replace(
+            r#"deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "2001:db8:bad::/48"]"#,
+            r#"deny = ["100.64.0.0/10"]"#,
+        )
+        .replace(
+            r#"allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "2001:db8::/32"]"#,
+            "",
+        );
+    let changed = Config::parse(&changed_text, "changed.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&changed).unwrap_or_else(|e| panic!("{e}"));
+    lab.dataplane
+        .apply(&state)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let syn = |src: &str| {
+        packet::tcp4(
+            &to_lb(None),
+            &flow(src, "10.0.0.10", 42000, 80),
+            TCP_SYN,
+            b"",
+        )
+    };
+    let forwarded = |description: &'static str, src: &str| {
+        let input = syn(src);
+        Case {
+            description,
+            output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web", 0))),
+            input,
+            action: XDP_TX,
+            drop: None,
+        }
+    };
+    let cases = vec![
+        forwarded("a source of the removed deny /24 is let in", "198.51.100.8"),
+        forwarded("a source of the removed deny /12 is let in", "172.20.1.1"),
+        forwarded(
+            "with no allow list left, any other source is let in",
+            "8.8.8.8",
+        ),
+        Case {
+            description: "the new deny /10",
+            input: syn("100.64.5.5"),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::Denied),
+        },
+        Case {
+            description: "IPv6 lists emptied: IPv6 passes",
+            input: ipv6_frame("2001:db8:bad::1", 8),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+    ];
+    run_table(&mut lab, &cases);
 }

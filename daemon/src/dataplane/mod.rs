@@ -257,6 +257,8 @@ impl Dataplane {
                 typed(&mut ebpf, map_names::POLICY_V4)?,
                 typed(&mut ebpf, map_names::POLICY_V6)?,
                 typed(&mut ebpf, map_names::POLICY_VIP)?,
+                typed(&mut ebpf, map_names::POLICY_V4_B16)?,
+                typed(&mut ebpf, map_names::POLICY_V4_BITS)?,
             ),
             policy_prefixes: limits.policy_prefixes,
             events: Some(typed(&mut ebpf, map_names::EVENTS)?),

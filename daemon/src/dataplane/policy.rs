@@ -10,7 +10,11 @@ use aya::maps::{
     Array, MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use xlb_common::{PolicyConfig as DatapathPolicy, VipSourceKey, map_names, policy_flags, verdict};
+use xlb_common::{
+    PolicyConfig as DatapathPolicy, VipSourceKey, map_names,
+    policy::{POLICY_V4_B16_WORDS, POLICY_V4_BITS_WORDS, v4_bit},
+    policy_flags, verdict,
+};
 
 use super::{DataplaneError, map_err};
 use crate::config::{Action, Cidr, EventsConfig, PolicyConfig};
@@ -22,6 +26,8 @@ pub struct PolicyMaps {
     pub(super) v4: LpmTrie<MapData, u32, u32>,
     pub(super) v6: LpmTrie<MapData, [u32; 4], u32>,
     pub(super) vip: LpmTrie<MapData, VipSourceKey, u32>,
+    /// The /16 and /24 bitmaps, and what each holds (the maps start all zero).
+    bitmaps: [Bitmap; 2],
     /// Global entries written: prefix -> verdict.
     global: BTreeMap<Cidr, u32>,
     /// Source-range entries written per VIP id.
@@ -92,12 +98,18 @@ impl PolicyMaps {
         v4: LpmTrie<MapData, u32, u32>,
         v6: LpmTrie<MapData, [u32; 4], u32>,
         vip: LpmTrie<MapData, VipSourceKey, u32>,
+        b16: Array<MapData, u64>,
+        b24: Array<MapData, u64>,
     ) -> Self {
         PolicyMaps {
             settings,
             v4,
             v6,
             vip,
+            bitmaps: [
+                Bitmap::new(b16, 16, POLICY_V4_B16_WORDS, map_names::POLICY_V4_B16),
+                Bitmap::new(b24, 24, POLICY_V4_BITS_WORDS, map_names::POLICY_V4_BITS),
+            ],
             global: BTreeMap::new(),
             vip_ranges: BTreeMap::new(),
             written: None,
@@ -134,10 +146,20 @@ impl PolicyMaps {
         }
     }
 
-    /// Step 1 of a change: writes every new or changed global entry. Old entries stay until
-    /// [`PolicyMaps::finish`], so a source is never judged by a list half way through.
+    /// Step 1 of a change: writes every new or changed global entry, and marks their /24s
+    /// before the entries exist (a marked /24 only costs a trie walk; an unmarked one with an
+    /// entry would skip it). Old entries stay until [`PolicyMaps::finish`], so a source is
+    /// never judged by a list half way through.
     pub(super) fn add_global(&mut self, policy: &PolicyConfig) -> Result<(), DataplaneError> {
-        for (cidr, value) in global_entries(policy) {
+        let wanted = global_entries(policy);
+        for bitmap in &mut self.bitmaps {
+            let mut bits = bitmap.written.clone();
+            for cidr in wanted.keys() {
+                mark(&mut bits, cidr, bitmap.len);
+            }
+            bitmap.write(bits)?;
+        }
+        for (cidr, value) in wanted {
             if self.global.get(&cidr) != Some(&value) {
                 self.write_global(cidr, value)?;
                 self.global.insert(cidr, value);
@@ -168,6 +190,14 @@ impl PolicyMaps {
         for cidr in stale {
             self.remove_global(cidr)?;
             self.global.remove(&cidr);
+        }
+        // Unmark the networks no entry touches any more, now that their entries are gone.
+        for bitmap in &mut self.bitmaps {
+            let mut bits = vec![0; bitmap.written.len()];
+            for cidr in self.global.keys() {
+                mark(&mut bits, cidr, bitmap.len);
+            }
+            bitmap.write(bits)?;
         }
         Ok(())
     }
@@ -210,6 +240,53 @@ impl PolicyMaps {
     }
 }
 
+/// One of the IPv4 filter bitmaps: a bit per `/len` network that some global prefix touches.
+struct Bitmap {
+    map: Array<MapData, u64>,
+    len: u32,
+    name: &'static str,
+    written: Vec<u64>,
+}
+
+impl Bitmap {
+    fn new(map: Array<MapData, u64>, len: u32, words: u32, name: &'static str) -> Bitmap {
+        Bitmap {
+            map,
+            len,
+            name,
+            written: vec![0; words as usize],
+        }
+    }
+
+    /// Writes the words that differ from what the map holds.
+    fn write(&mut self, bits: Vec<u64>) -> Result<(), DataplaneError> {
+        for (index, (&new, old)) in bits.iter().zip(&self.written).enumerate() {
+            if new != *old {
+                self.map
+                    .set(index as u32, new, 0)
+                    .map_err(map_err("update", self.name))?;
+            }
+        }
+        self.written = bits;
+        Ok(())
+    }
+}
+
+/// Sets the bit of every `/len` network an IPv4 prefix touches (its own one for prefixes of
+/// `len` bits and longer).
+fn mark(bits: &mut [u64], cidr: &Cidr, len: u32) {
+    let IpAddr::V4(addr) = cidr.addr else {
+        return;
+    };
+    let shift = 32 - len;
+    let first = addr.to_bits() >> shift;
+    let count = 1u32 << (len - u32::from(cidr.prefix_len).min(len));
+    for network in first..first + count {
+        let (word, bit) = v4_bit(network << shift, len);
+        bits[word as usize] |= bit;
+    }
+}
+
 fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
     let (words, _) = addr_words(cidr.addr);
     Key::new(
@@ -219,4 +296,34 @@ fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
             addr: words[0],
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_cover_exactly_the_touched_slash24s() {
+        let mut bits = vec![0u64; POLICY_V4_BITS_WORDS as usize];
+        let mut b16 = vec![0u64; POLICY_V4_B16_WORDS as usize];
+        for cidr in ["192.0.2.7", "198.51.100.0/23"] {
+            mark(&mut bits, &cidr.parse().unwrap(), 24);
+            mark(&mut b16, &cidr.parse().unwrap(), 16);
+        }
+        let count = |bits: &[u64]| bits.iter().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!((count(&bits), count(&b16)), (3, 2));
+        let is_set = |bits: &[u64], a: &str, len| {
+            let (word, bit) = v4_bit(a.parse::<std::net::Ipv4Addr>().unwrap().to_bits(), len);
+            bits[word as usize] & bit != 0
+        };
+        assert!(is_set(&bits, "192.0.2.200", 24));
+        assert!(is_set(&bits, "198.51.101.9", 24));
+        assert!(!is_set(&bits, "198.51.102.1", 24));
+        assert!(is_set(&b16, "198.51.102.1", 16));
+        assert!(!is_set(&b16, "198.52.0.1", 16));
+        let mut all = vec![0u64; POLICY_V4_B16_WORDS as usize];
+        mark(&mut all, &"0.0.0.0/0".parse().unwrap(), 16);
+        assert!(all.iter().all(|&w| w == u64::MAX));
+        mark(&mut all, &"2001:db8::/32".parse().unwrap(), 16);
+    }
 }

@@ -87,6 +87,10 @@ pub mod map_names {
     pub const POLICY_V4: &str = "XLB_POL_V4";
     /// Global IPv6 CIDR trie: prefix -> [`crate::verdict`].
     pub const POLICY_V6: &str = "XLB_POL_V6";
+    /// One bit per IPv4 /24 that some global prefix touches ([`crate::policy::v4_bit`]).
+    pub const POLICY_V4_BITS: &str = "XLB_POL_V4_BITS";
+    /// One bit per IPv4 /16 that some global prefix touches: the first, cache-sized filter.
+    pub const POLICY_V4_B16: &str = "XLB_POL_V4_B16";
     /// Per-VIP source ranges: ([`crate::VipSourceKey`]) prefix -> [`crate::verdict::ALLOW`].
     pub const POLICY_VIP: &str = "XLB_POL_VIP";
     /// Per-source token buckets (LRU, fixed size): IPv4 source -> [`crate::TokenBucket`].

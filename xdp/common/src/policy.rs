@@ -49,6 +49,20 @@ pub struct PolicyConfig {
 }
 const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
 
+/// Words of the IPv4 /24 bitmap (`XLB_POL_V4_BITS`): 2^24 bits, 64 per word (2 MiB).
+pub const POLICY_V4_BITS_WORDS: u32 = 1 << 18;
+/// Words of the IPv4 /16 bitmap (`XLB_POL_V4_B16`): 2^16 bits (8 KiB, stays in cache).
+pub const POLICY_V4_B16_WORDS: u32 = 1 << 10;
+
+/// Where the `/len` network of an IPv4 address lives in a bitmap of `/len` networks:
+/// (word index, bit mask). `host_order` is the address as a number (`u32::from_be` of the
+/// packet's field); `len` is 16 or 24.
+#[inline(always)]
+pub const fn v4_bit(host_order: u32, len: u32) -> (u32, u64) {
+    let index = host_order >> (32 - len);
+    (index >> 6, 1u64 << (index & 63))
+}
+
 /// Values stored in the CIDR tries.
 pub mod verdict {
     /// The prefix is in an allow list (or a VIP's source ranges).

@@ -9,7 +9,8 @@ use aya_ebpf::{
 use xlb_common::{
     Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, PolicyConfig,
     PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipMeta,
-    VipSourceKey, XDP_ACTION_COUNT, policy::window,
+    VipSourceKey, XDP_ACTION_COUNT,
+    policy::{POLICY_V4_B16_WORDS, POLICY_V4_BITS_WORDS, window},
 };
 
 /// VIP (address, port, protocol) -> how to balance it. An update replaces the whole value in one
@@ -71,6 +72,16 @@ pub static POLICY: Array<PolicyConfig> = Array::with_max_entries(1, 0);
 /// Global IPv4 allow and deny prefixes -> [`xlb_common::verdict`]; most specific wins.
 #[map(name = "XLB_POL_V4")]
 pub static POLICY_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// One bit per IPv4 /16 that some global prefix touches (8 KiB: stays in cache). A source
+/// whose /16 bit is clear matches no prefix: nothing more is read.
+#[map(name = "XLB_POL_V4_B16")]
+pub static POLICY_V4_B16: Array<u64> = Array::with_max_entries(POLICY_V4_B16_WORDS, 0);
+
+/// One bit per IPv4 /24 that some global prefix touches (2 MiB), read when the /16 bit is set;
+/// the trie is walked only when this bit is set too.
+#[map(name = "XLB_POL_V4_BITS")]
+pub static POLICY_V4_BITS: Array<u64> = Array::with_max_entries(POLICY_V4_BITS_WORDS, 0);
 
 /// Global IPv6 allow and deny prefixes -> [`xlb_common::verdict`].
 #[map(name = "XLB_POL_V6")]

@@ -3,11 +3,15 @@
 //! Precedence and reasons are documented in docs/policy.md.
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    maps::{Array, lpm_trie::Key},
+    programs::XdpContext,
 };
 use xlb_common::{
     DropReason, FlowKey, PolicyConfig, PolicyCounter, TokenBucket, VipMeta, VipSourceKey,
-    policy::window, policy_flags, proto, verdict,
+    policy::{v4_bit, window},
+    policy_flags, proto, verdict,
 };
 use xlb_ebpf::{
     headers::{ETH_P_IPV6_BE, IPV4_HLEN, IPV6_HLEN, Ipv6Src, TCP_DOFF_OFF, tcp_flags},
@@ -15,7 +19,10 @@ use xlb_ebpf::{
     parse::L2,
 };
 
-use crate::maps::{POLICY, POLICY_V4, POLICY_V6, POLICY_VIP, RATE, STATS_POLICY, WINDOWS};
+use crate::maps::{
+    POLICY, POLICY_V4, POLICY_V4_B16, POLICY_V4_BITS, POLICY_V6, POLICY_VIP, RATE, STATS_POLICY,
+    WINDOWS,
+};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// A bucket idle this long is full again (also bounds the refill arithmetic).
@@ -43,7 +50,18 @@ fn global_verdict(found: Option<&u32>, allow_list: bool) -> Result<(), DropReaso
 pub fn global_v4(saddr: u32) -> Result<PolicyConfig, DropReason> {
     let policy = settings();
     if policy.flags & policy_flags::LISTS_V4 != 0 {
-        let found = POLICY_V4.get(Key::new(32, saddr));
+        // Most sources share no /16 (or at least no /24) with any prefix: a read of a small
+        // bitmap, maybe of a larger one, instead of a trie walk.
+        let host = u32::from_be(saddr);
+        let touched = |map: &Array<u64>, len| {
+            let (word, bit) = v4_bit(host, len);
+            map.get(word).is_some_and(|w| w & bit != 0)
+        };
+        let found = if touched(&POLICY_V4_B16, 16) && touched(&POLICY_V4_BITS, 24) {
+            POLICY_V4.get(Key::new(32, saddr))
+        } else {
+            None
+        };
         global_verdict(found, policy.flags & policy_flags::ALLOW_V4 != 0)?;
     }
     Ok(policy)
