@@ -5,7 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -212,16 +212,7 @@ fn a_syn_flood_from_many_sources_does_not_break_established_connections() {
         "[policy.flow_guard]\nnew_flows_per_second = 200\n",
     );
     // Established connections: each streams 40 lines over 4 s.
-    let long: Vec<Child> = (0..4)
-        .map(|_| {
-            lab.command("client", "curl")
-                .args(["-s", "--max-time", "30", &format!("http://{VIP}/slow/40")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let long = lab.slow_streams(4);
     std::thread::sleep(Duration::from_millis(500));
     // The flood: at most 30,000 SYNs from random sources, at most 8 s.
     let flood = lab

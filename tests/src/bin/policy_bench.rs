@@ -27,7 +27,7 @@ use std::{
 
 use xlb::{config::Config, dataplane::Dataplane, state::DesiredState};
 use xlb_common::DropReason;
-use xlb_tests::bench_env::{command_output, cpu_model};
+use xlb_tests::bench_env::{command_output, cpu_model, pin_to_last_cpu};
 use xlb_tests::packet::{self, Flow, L2, TCP_ACK, TCP_SYN};
 
 const XDP_DROP: u32 = 1;
@@ -147,18 +147,6 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-fn pin_to_last_cpu() -> Option<usize> {
-    let cpu = std::thread::available_parallelism().ok()?.get() - 1;
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it;
-    // sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        (libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0)
-            .then_some(cpu)
-    }
 }
 
 struct Row {
