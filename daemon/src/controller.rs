@@ -979,6 +979,8 @@ mod tests {
         assert_eq!(api_field("vip[3].backend"), "backends");
         assert_eq!(api_field("vip[0].address"), "address");
         assert_eq!(api_field("vip[0].backends_x"), "backends_x");
+        assert_eq!(api_field("vip[2].source_ranges[1]"), "source_ranges[1]");
+        assert_eq!(api_field("policy.deny[2]"), "deny[2]");
     }
 
     #[test]

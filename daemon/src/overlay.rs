@@ -94,6 +94,8 @@ struct TomlVip<'a> {
     mode: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     table_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_ranges: Option<&'a [String]>,
     backend: Vec<&'a BackendSpec>,
 }
 
@@ -154,6 +156,7 @@ impl Overlay {
                     protocol: &v.protocol,
                     mode: &v.mode,
                     table_size: v.table_size,
+                    source_ranges: v.source_ranges.as_deref(),
                     backend: v.backends.iter().collect(),
                 })
                 .collect(),
@@ -212,11 +215,15 @@ mod tests {
     #[test]
     fn vips_render_as_toml_that_the_config_parser_reads_back() {
         let mut overlay = Overlay::default();
-        overlay.vips.insert("api-web".into(), spec());
+        let mut spec = spec();
+        spec.source_ranges = Some(vec!["192.0.2.0/24".into()]);
+        overlay.vips.insert("api-web".into(), spec);
         let text = format!("[interface]\nname = \"eth0\"\n{}", overlay.vips_toml());
         let config =
             crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.vips.len(), 1);
+        let ranges = config.vips[0].source_ranges.as_ref().unwrap();
+        assert_eq!(ranges[0].to_string(), "192.0.2.0/24");
         assert_eq!(config.vips[0].backends[0].weight, 7);
         assert_eq!(config.vips[0].backends[0].name, "web-1.a_b");
     }

@@ -367,6 +367,7 @@ mod tests {
                 protocol: "tcp".into(),
                 mode: "l2".into(),
                 table_size: Some(65537),
+                source_ranges: None,
                 backends: vec![BackendSpec {
                     address: "10.0.0.11".into(),
                     mac: Some("02:00:00:00:00:11".into()),

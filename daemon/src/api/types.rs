@@ -100,6 +100,9 @@ pub struct VipSpec {
     /// Maglev table size (a prime); the config's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// Sources allowed to reach the VIP (IPv4 CIDRs); every source when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ranges: Option<Vec<String>>,
     /// The backends.
     pub backends: Vec<BackendSpec>,
 }
