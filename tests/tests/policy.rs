@@ -209,7 +209,7 @@ fn a_syn_flood_from_many_sources_does_not_break_established_connections() {
     }
     let (lab, _config) = lab_with_policy(
         "xpo-fl-",
-        "[policy.flow_guard]\nnew_flows_per_second = 200\n",
+        "[policy.flow_guard]\nnew_flows_per_second = 20\n",
     );
     // Established connections: each streams 40 lines over 4 s.
     let long = lab.slow_streams(4);
