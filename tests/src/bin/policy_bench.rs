@@ -434,10 +434,11 @@ fn main() -> ExitCode {
     writeln!(
         md,
         "\nWith no list the stage costs one read of the settings word (flags say which lists \
-         are in use). With prefixes, an IPv4 source first reads its /24's bit in a 2 MiB \
-         bitmap (set for every /24 a prefix touches) and walks the LPM trie only when the bit \
-         is set: a client sharing no /24 with a listed network pays one array read, a client \
-         next to listed networks pays the trie walk (third row). The figures include the test \
+         are in use). With prefixes, an IPv4 source reads its /16's bit in an 8 KiB bitmap, \
+         then, if set, its /24's bit in a 2 MiB bitmap (a bit is set for every network a \
+         prefix touches), and walks the LPM trie only when both are set: a client sharing no \
+         /24 with a listed network pays one or two array reads, a client next to listed \
+         networks pays the trie walk (the worst-case row). The figures include the test \
          harness's fixed cost per call, the same on both sides."
     )
     .unwrap();
