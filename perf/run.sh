@@ -3,7 +3,8 @@
 # perf/results/<UTC date>/report.md (<UTC date>-quick/ with --quick; see perf/README.md).
 #   perf/run.sh            everything, full size (under 30 minutes on 2 cores)
 #   perf/run.sh --quick    smaller and shorter runs of everything (a few minutes)
-# Steps: scripts/setup.sh; one release build; the per-packet benchmark (packet_bench); the
+# Steps: scripts/setup.sh; one release build; the per-packet benchmarks (packet_bench, and
+# policy_bench: the policy stage with 10,000 deny prefixes); the
 # criterion benches (cargo bench -p xlb-daemon); the apply benchmark (perf/apply.sh); a
 # perf(1) profile of three packet classes, where perf can sample; perf/throughput.sh and
 # perf/iptables.sh when present and executable (they write their own markdown into the same
@@ -11,7 +12,7 @@
 # day's directory.
 set -euo pipefail
 
-usage() { sed -n '2,11s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 quick=""
 for arg in "$@"; do
     case "$arg" in
@@ -53,14 +54,16 @@ say "1/7 setup (scripts/setup.sh)"
 scripts/setup.sh
 
 say "2/7 release build (benchmark binaries and criterion benches)"
-cargo build --release --quiet -p xlb-tests --bin packet_bench --bin apply_bench
+cargo build --release --quiet -p xlb-tests --bin packet_bench --bin policy_bench --bin apply_bench
 cargo bench --quiet -p xlb-daemon --bench maglev --bench apply_state --no-run 2>/dev/null
 target=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 packet_bench="$target/release/packet_bench"
 
-say "3/7 per-packet cost (packet_bench $quick)"
+say "3/7 per-packet cost (packet_bench $quick; policy_bench $quick)"
 "$packet_bench" $quick --out "$out" >/dev/null
+# Writes policy.md, which the report takes in like the other scripts' fragments.
+"$target/release/policy_bench" $quick --out "$out" >/dev/null
 
 say "4/7 criterion benches (cargo bench -p xlb-daemon ${quick:+-- --quick})"
 criterion_home="$target/criterion-perf"

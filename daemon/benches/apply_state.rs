@@ -53,6 +53,7 @@ fn vip(i: usize) -> VipConfig {
                 }
             })
             .collect(),
+        source_ranges: None,
     }
 }
 
@@ -68,9 +69,12 @@ fn config(vips: usize) -> Config {
             max_vips: (vips as u32).max(16),
             max_backends: (2 * vips * BACKENDS) as u32,
             maglev_slots: 2 * TABLE_SIZE * vips as u32,
+            ..Limits::default()
         },
         encap: EncapConfig::default(),
         vips: (0..vips).map(vip).collect(),
+        policy: Default::default(),
+        events: Default::default(),
     }
 }
 

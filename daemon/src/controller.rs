@@ -20,12 +20,13 @@ use crate::{
         routes::{Command, route},
         server::{Request, Response, ServerConfig},
         types::{
-            ApiError, BackendView, ChangeResult, ChangeView, ReloadView, StatusView, VipListView,
-            VipSpec, VipView,
+            ApiError, BackendView, ChangeResult, ChangeView, PolicyView, ReloadView, StatusView,
+            VipListView, VipSpec, VipView,
         },
     },
-    config::{Config, ConfigError},
+    config::{Action, Config, ConfigError, Diagnostic},
     dataplane::{ApplyReport, Dataplane, DataplaneError},
+    events::{self, EventLog, EventQuery, EventsView},
     notify::Notifier,
     overlay::{Overlay, OverlayError},
     signals::{Signal, Signals},
@@ -121,7 +122,7 @@ fn layered(file_text: &str, file_origin: &str, overlay: &Overlay) -> Result<Laye
     }
     let file_lines = text.lines().count();
     text.push_str(&api_text);
-    let config = Config::parse(&text, file_origin).map_err(|error| match error {
+    let mut config = Config::parse(&text, file_origin).map_err(|error| match error {
         ConfigError::Invalid { mut diagnostics } => {
             for d in &mut diagnostics {
                 if d.line > file_lines {
@@ -133,6 +134,25 @@ fn layered(file_text: &str, file_origin: &str, overlay: &Overlay) -> Result<Laye
         }
         other => other,
     })?;
+    if let Some(lists) = &overlay.policy {
+        let (deny, allow) =
+            crate::config::check_lists(&lists.deny, &lists.allow).map_err(|problems| {
+                ConfigError::Invalid {
+                    diagnostics: problems
+                        .into_iter()
+                        .map(|(field, message)| Diagnostic {
+                            origin: API_ORIGIN.to_owned(),
+                            line: 1,
+                            column: 1,
+                            field,
+                            message,
+                        })
+                        .collect(),
+                }
+            })?;
+        config.policy.deny = deny;
+        config.policy.allow = allow;
+    }
     Ok(Layered {
         config,
         api_vips: overlay.vips.keys().cloned().collect(),
@@ -187,6 +207,9 @@ pub struct Controller {
     counters: Counters,
     started: Instant,
     notifier: Notifier,
+    /// Recent datapath events, filled by `_event_reader`.
+    event_log: Arc<EventLog>,
+    _event_reader: Option<events::Reader>,
 }
 
 fn change_view(report: &ApplyReport, started: Instant) -> ChangeView {
@@ -258,6 +281,16 @@ impl Controller {
         let mut dataplane = Dataplane::load(&layered.config.limits, if_mac)?;
         let started = Instant::now();
         let report = dataplane.apply(&desired)?;
+        let event_log = EventLog::new(layered.config.events.keep as usize);
+        let event_reader = match dataplane.take_events() {
+            Some(ring) => Some(events::spawn_reader(ring, Arc::clone(&event_log)).map_err(
+                |source| StartError::Setup {
+                    what: "event reader thread",
+                    source,
+                },
+            )?),
+            None => None,
+        };
         dataplane.attach(&interface, layered.config.interface.attach_mode)?;
         let mut controller = Controller {
             options,
@@ -272,6 +305,8 @@ impl Controller {
             counters: Counters::default(),
             started: Instant::now(),
             notifier: Notifier::from_env(),
+            event_log,
+            _event_reader: event_reader,
         };
         controller.record(Source::Startup, Ok(change_view(&report, started)));
         Ok(controller)
@@ -379,6 +414,8 @@ impl Controller {
             self.dataplane.apply(&self.desired)?;
             return Err(error.into());
         }
+        self.event_log
+            .set_capacity(layered.config.events.keep as usize);
         self.desired = desired;
         self.file_text = file_text;
         self.overlay = overlay;
@@ -557,6 +594,18 @@ impl Controller {
     fn execute(&mut self, command: Command) -> Result<Response, ApiError> {
         match command {
             Command::Status => Ok(json(200, &self.status_view())),
+            Command::Events(query) => Ok(json(200, &self.events_view(&query))),
+            Command::GetPolicy => Ok(json(200, &self.policy_view())),
+            Command::SetPolicy(lists) => {
+                let mut overlay = self.overlay.clone();
+                overlay.policy = Some(lists);
+                self.api_change(overlay, 200)
+            }
+            Command::ResetPolicy => {
+                let mut overlay = self.overlay.clone();
+                overlay.policy = None;
+                self.api_change(overlay, 200)
+            }
             Command::ListVips => Ok(json(
                 200,
                 &VipListView {
@@ -701,6 +750,70 @@ impl Controller {
             .ok_or_else(|| ApiError::not_found(format!("VIP {vip:?} has no backend {backend:?}")))
     }
 
+    fn events_view(&self, query: &EventQuery) -> EventsView {
+        let (found, next) = self
+            .event_log
+            .query(query.after, query.last, |l| query.matches(l));
+        let events = found
+            .iter()
+            .map(|logged| {
+                let e = &logged.event;
+                let names = if e.verdict == xlb_common::event_verdict::FORWARD {
+                    self.dataplane.names_of(e.vip_id, e.backend_id)
+                } else {
+                    (self.vip_for(e), None)
+                };
+                events::view(logged, names)
+            })
+            .collect();
+        EventsView { events, next }
+    }
+
+    /// The VIP a dropped packet was addressed to: the exact port first, then a port-0 VIP.
+    fn vip_for(&self, event: &xlb_common::Event) -> Option<String> {
+        let (_, dst) = events::addresses(event);
+        let dst = dst?;
+        let port = u16::from_be(event.dport);
+        let on = |p: u16| {
+            self.config
+                .vips
+                .iter()
+                .find(|v| v.address == dst && v.port == p && v.protocol.number() == event.proto)
+        };
+        on(port).or_else(|| on(0)).map(|v| v.name.clone())
+    }
+
+    fn policy_view(&self) -> PolicyView {
+        let policy = &self.config.policy;
+        let action = |a: Action| match a {
+            Action::Drop => "drop".to_owned(),
+            Action::Pass => "pass".to_owned(),
+        };
+        let texts = |list: &[crate::config::Cidr]| list.iter().map(ToString::to_string).collect();
+        PolicyView {
+            lists_source: if self.overlay.policy.is_some() {
+                "api"
+            } else {
+                "file"
+            }
+            .to_owned(),
+            deny: texts(&policy.deny),
+            allow: texts(&policy.allow),
+            unserved: action(policy.unserved),
+            ipv4_options: action(policy.ipv4_options),
+            fragments: action(policy.fragments),
+            rate_limit: policy.rate_limit.map(|r| (r.per_second, r.burst)),
+            flow_insert_rate: policy.flow_insert_rate,
+            vip_source_ranges: self
+                .config
+                .vips
+                .iter()
+                .filter_map(|v| Some((v.name.clone(), texts(v.source_ranges.as_ref()?))))
+                .collect(),
+            counters: self.dataplane.stats().map(|s| s.policy).unwrap_or_default(),
+        }
+    }
+
     fn status_view(&self) -> StatusView {
         let snapshot = self.dataplane.stats().ok();
         let attachment = self.dataplane.attachment();
@@ -837,6 +950,9 @@ fn change_error(error: &ChangeError) -> ApiError {
 /// A config field path (`vip[3].backend[1].address`) as the API names it
 /// (`backends[1].address`).
 fn api_field(field: &str) -> String {
+    if let Some(list) = field.strip_prefix("policy.") {
+        return list.to_owned();
+    }
     let rest = match field.strip_prefix("vip[") {
         Some(rest) => rest.split_once("].").map_or(rest, |(_, r)| r),
         None => field,
@@ -863,6 +979,8 @@ mod tests {
         assert_eq!(api_field("vip[3].backend"), "backends");
         assert_eq!(api_field("vip[0].address"), "address");
         assert_eq!(api_field("vip[0].backends_x"), "backends_x");
+        assert_eq!(api_field("vip[2].source_ranges[1]"), "source_ranges[1]");
+        assert_eq!(api_field("policy.deny[2]"), "deny[2]");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod events;
 pub mod health;
 pub mod logging;
 pub mod maglev;

@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::{BackendSpec, VipSpec};
+use crate::api::types::{BackendSpec, PolicyLists, VipSpec};
 
 /// A runtime change to one backend of one VIP, on top of its configured weight.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,9 @@ pub struct Overlay {
     /// Overrides by VIP name, then backend address (as text).
     #[serde(default)]
     pub overrides: BTreeMap<String, BTreeMap<String, Override>>,
+    /// Global deny/allow lists set through the API, in place of the file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyLists>,
 }
 
 /// Why the persisted API state could not be read or written.
@@ -91,6 +94,8 @@ struct TomlVip<'a> {
     mode: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     table_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_ranges: Option<&'a [String]>,
     backend: Vec<&'a BackendSpec>,
 }
 
@@ -151,6 +156,7 @@ impl Overlay {
                     protocol: &v.protocol,
                     mode: &v.mode,
                     table_size: v.table_size,
+                    source_ranges: v.source_ranges.as_deref(),
                     backend: v.backends.iter().collect(),
                 })
                 .collect(),
@@ -209,11 +215,15 @@ mod tests {
     #[test]
     fn vips_render_as_toml_that_the_config_parser_reads_back() {
         let mut overlay = Overlay::default();
-        overlay.vips.insert("api-web".into(), spec());
+        let mut spec = spec();
+        spec.source_ranges = Some(vec!["192.0.2.0/24".into()]);
+        overlay.vips.insert("api-web".into(), spec);
         let text = format!("[interface]\nname = \"eth0\"\n{}", overlay.vips_toml());
         let config =
             crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.vips.len(), 1);
+        let ranges = config.vips[0].source_ranges.as_ref().unwrap();
+        assert_eq!(ranges[0].to_string(), "192.0.2.0/24");
         assert_eq!(config.vips[0].backends[0].weight, 7);
         assert_eq!(config.vips[0].backends[0].name, "web-1.a_b");
     }

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 use xlb_common::{VipKey, family, forward_mode};
 
 use crate::{
-    config::{Config, ForwardMode, Ipv4Net, MacAddr, VipConfig},
+    config::{Config, EventsConfig, ForwardMode, Ipv4Net, MacAddr, PolicyConfig, VipConfig},
     maglev::{self, MaglevBackend, MaglevError},
 };
 
@@ -42,6 +42,10 @@ pub struct DesiredState {
     pub encap_source: Ipv4Net,
     /// VIPs by key; the order is the key order, so applying is deterministic.
     pub vips: BTreeMap<VipKeyOrd, Arc<DesiredVip>>,
+    /// Global policy (lists, actions, rates); per-VIP source ranges are in each VIP's config.
+    pub policy: Arc<PolicyConfig>,
+    /// Which events the datapath reports.
+    pub events: EventsConfig,
 }
 
 /// A [`VipKey`] with a total order (for deterministic maps and output).
@@ -156,6 +160,7 @@ impl DesiredState {
         let mut keyed: Vec<(VipKeyOrd, &VipConfig)> =
             config.vips.iter().map(|vip| (vip_key(vip), vip)).collect();
         keyed.sort_by_key(|(key, _)| *key);
+        let previous_state = previous;
         let previous = previous
             .into_iter()
             .flat_map(|p| p.vips.iter().map(|(key, vip)| (*key, vip)));
@@ -171,10 +176,16 @@ impl DesiredState {
         let built = build_vips(&to_build)?
             .into_iter()
             .map(|(key, vip)| (key, Arc::new(vip)));
+        let policy = match previous_state {
+            Some(previous) if *previous.policy == config.policy => Arc::clone(&previous.policy),
+            _ => Arc::new(config.policy.clone()),
+        };
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,
             // Two runs in key order: collecting sorts them with one merge.
             vips: reused.into_iter().chain(built).collect(),
+            policy,
+            events: config.events,
         })
     }
 }
@@ -348,6 +359,7 @@ mod tests {
                     weight: u32::from(host),
                 })
                 .collect(),
+            source_ranges: None,
         }
     }
 
@@ -389,6 +401,8 @@ mod tests {
             },
             limits: crate::config::Limits::default(),
             encap: crate::config::EncapConfig::default(),
+            policy: crate::config::PolicyConfig::default(),
+            events: crate::config::EventsConfig::default(),
         };
         let first = DesiredState::from_config(&config(2)).expect("valid");
         let second = DesiredState::from_config_reusing(&config(9), Some(&first)).expect("valid");

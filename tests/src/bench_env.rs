@@ -23,3 +23,18 @@ pub fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown".to_owned())
 }
+
+/// Pins the calling thread to the last CPU (one per-CPU LRU list, one cache, fewer
+/// migrations); the CPU, or None if pinning failed.
+pub fn pin_to_last_cpu() -> Option<usize> {
+    let cpus = std::thread::available_parallelism().ok()?.get();
+    let cpu = cpus - 1;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is below
+    // the number of CPUs, far below CPU_SETSIZE); sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        (libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0)
+            .then_some(cpu)
+    }
+}

@@ -177,6 +177,21 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 
+    /// Starts `count` long-lived connections from the client: each streams 40 lines over 4 s
+    /// (`/slow/40` of the lab backends). Read each child's output to see them through.
+    pub fn slow_streams(&self, count: usize) -> Vec<Child> {
+        (0..count)
+            .map(|_| {
+                self.command("client", "curl")
+                    .args(["-s", "--max-time", "30", &format!("http://{VIP}/slow/40")])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("starting curl")
+            })
+            .collect()
+    }
+
     /// `count` HTTP GETs of the VIP from the client with curl, each on a new connection.
     /// Returns the response bodies (one line each: "beN client-ip:port").
     pub fn curl_vip(&self, count: usize) -> Vec<String> {

@@ -149,6 +149,7 @@ fn load(limits: Limits) -> Dataplane {
         max_vips: limits.max_vips,
         max_backends: limits.max_backends,
         maglev_slots: limits.maglev_slots,
+        ..xlb::config::Limits::default()
     };
     Dataplane::load(&limits, MacAddr(IF_MAC)).unwrap_or_else(|e| panic!("loading: {e}"))
 }

@@ -5,7 +5,7 @@
 use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::Path,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -80,16 +80,7 @@ fn changes_under_traffic_lose_no_packet_and_reset_no_connection() {
     let original = std::fs::read_to_string(&config).unwrap();
 
     // Long-lived connections: each streams 40 lines over 4 s.
-    let long: Vec<Child> = (0..6)
-        .map(|_| {
-            lab.command("client", "curl")
-                .args(["-s", "--max-time", "30", &format!("http://{VIP}/slow/40")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let long = lab.slow_streams(6);
     // A UDP request/response stream: 700 datagrams, one every 5 ms.
     let udp = lab
         .command("client", "python3")

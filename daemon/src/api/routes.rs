@@ -2,6 +2,9 @@
 //! strictly, naming the field at fault when it is wrong.
 
 use serde::de::DeserializeOwned;
+use xlb_common::DropReason;
+
+use crate::events::{EventQuery, Verdict};
 
 pub use super::types::Command;
 use super::{
@@ -15,6 +18,10 @@ pub const JSON: &str = "application/json";
 /// What a path and method name, before the body is looked at.
 enum Target {
     Status,
+    Events,
+    GetPolicy,
+    SetPolicy,
+    ResetPolicy,
     Reload,
     ListVips,
     AddVip,
@@ -31,7 +38,7 @@ impl Target {
     fn takes_body(&self) -> bool {
         matches!(
             self,
-            Self::AddVip | Self::SetBackends(_) | Self::SetWeight(..)
+            Self::AddVip | Self::SetBackends(_) | Self::SetWeight(..) | Self::SetPolicy
         )
     }
 }
@@ -41,9 +48,11 @@ impl Target {
 /// taken, 415 for a body that is not JSON.
 pub fn route(req: &Request) -> Result<Command, ApiError> {
     let target = target(req)?;
-    if let Some(query) = &req.query {
+    if let Some(query) = &req.query
+        && !matches!(target, Target::Events)
+    {
         return Err(ApiError::bad_request(
-            format!("no endpoint takes query parameters (got ?{query})"),
+            format!("only GET /v1/events takes query parameters (got ?{query})"),
             None,
         ));
     }
@@ -55,6 +64,10 @@ pub fn route(req: &Request) -> Result<Command, ApiError> {
     }
     Ok(match target {
         Target::Status => Command::Status,
+        Target::Events => Command::Events(event_query(req.query.as_deref().unwrap_or(""))?),
+        Target::GetPolicy => Command::GetPolicy,
+        Target::SetPolicy => Command::SetPolicy(body(req)?),
+        Target::ResetPolicy => Command::ResetPolicy,
         Target::Reload => Command::Reload,
         Target::ListVips => Command::ListVips,
         Target::AddVip => Command::AddVip(body::<VipSpec>(req)?),
@@ -98,6 +111,14 @@ fn target(req: &Request) -> Result<Target, ApiError> {
         (["v1", "status"], "GET") => Target::Status,
         (["v1", "status"], _) => return wrong_method(&["GET"]),
 
+        (["v1", "events"], "GET") => Target::Events,
+        (["v1", "events"], _) => return wrong_method(&["GET"]),
+
+        (["v1", "policy"], "GET") => Target::GetPolicy,
+        (["v1", "policy"], "PUT") => Target::SetPolicy,
+        (["v1", "policy"], "DELETE") => Target::ResetPolicy,
+        (["v1", "policy"], _) => return wrong_method(&["GET", "PUT", "DELETE"]),
+
         (["v1", "reload"], "POST") => Target::Reload,
         (["v1", "reload"], _) => return wrong_method(&["POST"]),
 
@@ -139,6 +160,51 @@ fn target(req: &Request) -> Result<Target, ApiError> {
             )));
         }
     })
+}
+
+/// Parses the filters of `GET /v1/events`: `after`, `last`, `type` (drop|forward), `reason`,
+/// `vip` (ADDR or ADDR:PORT) and `from` (a CIDR). Anything else is refused.
+fn event_query(query: &str) -> Result<EventQuery, ApiError> {
+    let mut parsed = EventQuery::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| {
+            ApiError::bad_request(format!("{key}: not valid percent-encoded UTF-8"), Some(key))
+        })?;
+        let bad = |what: &str| {
+            ApiError::bad_request(format!("{key}: {value:?} is not {what}"), Some(key))
+        };
+        match key {
+            "after" => parsed.after = Some(value.parse().map_err(|_| bad("a sequence number"))?),
+            "last" => parsed.last = Some(value.parse().map_err(|_| bad("a count"))?),
+            "type" => {
+                parsed.verdict = Some(match value.as_str() {
+                    "drop" => Verdict::Drop,
+                    "forward" => Verdict::Forward,
+                    _ => return Err(bad("drop or forward")),
+                });
+            }
+            "reason" => {
+                let names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+                parsed.reason = Some(
+                    DropReason::from_name(&value)
+                        .ok_or_else(|| bad(&format!("a drop reason ({})", names.join(", "))))?,
+                );
+            }
+            "vip" => parsed.vip = Some(value.parse().map_err(|_| bad("ADDR or ADDR:PORT"))?),
+            "from" => parsed.from = Some(value.parse().map_err(|_| bad("a CIDR"))?),
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "unknown parameter {key:?}; GET /v1/events takes after, last, type, \
+                         reason, vip and from"
+                    ),
+                    Some(key),
+                ));
+            }
+        }
+    }
+    Ok(parsed)
 }
 
 /// Splits the path into percent-decoded segments; an empty segment matches no endpoint.
@@ -301,6 +367,7 @@ mod tests {
                 protocol: "tcp".into(),
                 mode: "l2".into(),
                 table_size: Some(65537),
+                source_ranges: None,
                 backends: vec![BackendSpec {
                     address: "10.0.0.11".into(),
                     mac: Some("02:00:00:00:00:11".into()),
@@ -504,5 +571,66 @@ mod tests {
         let mut req = request("GET", "/v1/status", None);
         req.query = Some("verbose=1".into());
         assert_eq!(route(&req).unwrap_err().status, 400);
+    }
+
+    fn with_query(query: &str) -> Result<Command, ApiError> {
+        let mut req = request("GET", "/v1/events", None);
+        req.query = Some(query.to_owned());
+        route(&req)
+    }
+
+    #[test]
+    fn events_take_filters_and_refuse_bad_ones() {
+        let Command::Events(query) = with_query(
+            "after=7&last=5&type=drop&reason=denied&vip=10.0.0.10%3A80&from=192.0.2.0%2F24",
+        )
+        .unwrap() else {
+            panic!("not an events command");
+        };
+        assert_eq!(query.after, Some(7));
+        assert_eq!(query.last, Some(5));
+        assert_eq!(query.verdict, Some(Verdict::Drop));
+        assert_eq!(query.reason, Some(DropReason::Denied));
+        assert_eq!(query.vip.unwrap().port, Some(80));
+        assert_eq!(query.from.unwrap().prefix_len, 24);
+        assert_eq!(
+            routed("GET", "/v1/events", None),
+            Command::Events(EventQuery::default())
+        );
+        for bad in [
+            "type=lost",
+            "reason=nope",
+            "vip=x",
+            "from=10.0.0.1/8",
+            "last=-1",
+            "colour=red",
+        ] {
+            let error = with_query(bad).unwrap_err();
+            assert_eq!(error.status, 400, "{bad}");
+            assert!(error.field.is_some(), "{bad}");
+        }
+        let mut status = request("GET", "/v1/status", None);
+        status.query = Some("x=1".into());
+        assert_eq!(route(&status).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn policy_routes() {
+        assert_eq!(routed("GET", "/v1/policy", None), Command::GetPolicy);
+        assert_eq!(routed("DELETE", "/v1/policy", None), Command::ResetPolicy);
+        assert_eq!(
+            routed("PUT", "/v1/policy", Some(json!({"deny": ["192.0.2.0/24"]}))),
+            Command::SetPolicy(crate::api::types::PolicyLists {
+                deny: vec!["192.0.2.0/24".into()],
+                allow: vec![],
+            })
+        );
+        assert_eq!(
+            refused("PUT", "/v1/policy", Some(json!({"denny": []})))
+                .field
+                .as_deref(),
+            Some("denny")
+        );
+        assert_eq!(refused("POST", "/v1/policy", None).status, 405);
     }
 }

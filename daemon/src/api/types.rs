@@ -18,6 +18,15 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub enum Command {
     /// `GET /v1/status`: the daemon's state and counters.
     Status,
+    /// `GET /v1/events?...`: recent datapath events, filtered.
+    Events(crate::events::EventQuery),
+    /// `GET /v1/policy`: the policy in force and where its lists come from.
+    GetPolicy,
+    /// `PUT /v1/policy`: global deny and allow lists set through the API, in place of the
+    /// file's.
+    SetPolicy(PolicyLists),
+    /// `DELETE /v1/policy`: forget the API's lists; the file's apply again.
+    ResetPolicy,
     /// `GET /v1/vips`: every VIP with its backends.
     ListVips,
     /// `GET /v1/vips/{name}`: one VIP.
@@ -91,6 +100,9 @@ pub struct VipSpec {
     /// Maglev table size (a prime); the config's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// Sources allowed to reach the VIP (IPv4 CIDRs); every source when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ranges: Option<Vec<String>>,
     /// The backends.
     pub backends: Vec<BackendSpec>,
 }
@@ -431,4 +443,42 @@ mod tests {
         assert_eq!(back["backends"][0], json!({"address": "10.0.0.11"}));
         assert!(back.get("table_size").is_none());
     }
+}
+
+/// Global deny and allow lists (CIDRs as text), as `PUT /v1/policy` takes them and the API
+/// state keeps them. Validated by the same code as the file's `[policy]` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyLists {
+    /// Denied sources.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Allowed sources (when not empty for a family, the only ones let in).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// Answer of `GET /v1/policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// `file` or `api`: where the global lists in force come from.
+    pub lists_source: String,
+    /// Denied sources in force.
+    pub deny: Vec<String>,
+    /// Allowed sources in force.
+    pub allow: Vec<String>,
+    /// `drop` or `pass`.
+    pub unserved: String,
+    /// `drop` or `pass`.
+    pub ipv4_options: String,
+    /// `drop` or `pass`.
+    pub fragments: String,
+    /// (new connections per second, burst) per source, if limited.
+    pub rate_limit: Option<(u32, u32)>,
+    /// New flows per second and CPU the flow table takes, if capped.
+    pub flow_insert_rate: Option<u32>,
+    /// VIPs with source ranges: (VIP name, ranges).
+    pub vip_source_ranges: Vec<(String, Vec<String>)>,
+    /// Policy and event counters (`flow_not_remembered`, `event_lost`, ...).
+    pub counters: Vec<(String, u64)>,
 }

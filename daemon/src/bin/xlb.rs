@@ -19,8 +19,9 @@ use xlb::api::{
     ApiError, BackendSpec, ChangeResult, StatusView, VipListView, VipSpec, VipView,
     client::{self, ClientError, DEFAULT_SOCKET, encode_segment},
     routes::parse_json,
-    types::{MAX_WEIGHT, SetBackendsRequest, SetWeightRequest},
+    types::{MAX_WEIGHT, PolicyLists, PolicyView, SetBackendsRequest, SetWeightRequest},
 };
+use xlb::events::{EventView, EventsView, Verdict};
 
 /// One table row from anything displayable.
 macro_rules! row {
@@ -89,6 +90,14 @@ enum Command {
     },
     /// Reload the config file, as SIGHUP does.
     Reload,
+    /// Show datapath events (drops with their reason, sampled forwards), one line each;
+    /// `--output json` prints JSON lines.
+    Observe(ObserveArgs),
+    /// Show or change the policy's global deny and allow lists.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Validate config files exactly as xlbd would (no daemon needed): exit 0 if all are
     /// valid, 1 otherwise.
     Check {
@@ -96,6 +105,45 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct ObserveArgs {
+    /// Only drops or only forwards.
+    #[arg(long = "type", value_name = "drop|forward", value_parser = ["drop", "forward"])]
+    kind: Option<String>,
+    /// Only packets to this VIP address (and port).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    vip: Option<String>,
+    /// Only drops for this reason (see docs/policy.md for the names).
+    #[arg(long, value_name = "R")]
+    reason: Option<String>,
+    /// Only packets from this network.
+    #[arg(long, value_name = "CIDR")]
+    from: Option<String>,
+    /// Keep printing new events until interrupted.
+    #[arg(long)]
+    follow: bool,
+    /// Show the N most recent matching events first [default: 20, or 0 with --follow].
+    #[arg(long, value_name = "N")]
+    last: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show the policy in force, where its lists come from, and its counters.
+    Show,
+    /// Replace the global lists through the API (the file's lists no longer apply).
+    Set {
+        /// A denied source CIDR; repeat for each one.
+        #[arg(long = "deny", value_name = "CIDR")]
+        deny: Vec<String>,
+        /// An allowed source CIDR; repeat for each one.
+        #[arg(long = "allow", value_name = "CIDR")]
+        allow: Vec<String>,
+    },
+    /// Forget the lists set through the API: the file's lists apply again.
+    Reset,
 }
 
 #[derive(Subcommand)]
@@ -186,6 +234,7 @@ enum Render {
     Vip,
     Lb,
     Change,
+    Policy,
 }
 
 /// One API call to make.
@@ -199,14 +248,64 @@ struct Call {
 /// Unusable local input: reported as `xlb: ...`, exit 2.
 struct UsageError(String);
 
+/// Where calls go: the Unix socket, or the TCP listener with its token.
+enum Target {
+    Socket(PathBuf),
+    Tcp(SocketAddr, String),
+}
+
+impl Target {
+    fn from_cli(socket: Option<PathBuf>, tcp: Option<SocketAddr>) -> Result<Target, UsageError> {
+        match tcp {
+            Some(address) => {
+                let token = std::env::var("XLB_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        UsageError(
+                            "--tcp needs the API token in the XLB_TOKEN environment variable"
+                                .into(),
+                        )
+                    })?;
+                Ok(Target::Tcp(address, token))
+            }
+            None => Ok(Target::Socket(
+                socket
+                    .or_else(|| std::env::var_os("XLB_SOCKET").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+            )),
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), ClientError> {
+        match self {
+            Target::Tcp(address, token) => client::call_tcp(*address, token, method, path, body),
+            Target::Socket(socket) => client::call(socket, method, path, body),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let target = match Target::from_cli(cli.socket, cli.tcp) {
+        Ok(target) => target,
+        Err(UsageError(message)) => {
+            eprintln!("xlb: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let call = match cli.command {
         Command::Check { files } => {
             let ok =
                 xlb::check::check_files(&files, &mut std::io::stdout(), &mut std::io::stderr());
             return ExitCode::from(if ok { EXIT_OK } else { EXIT_REFUSED });
         }
+        Command::Observe(args) => return ExitCode::from(observe(&target, &args, cli.output)),
         command => match build_call(command) {
             Ok(call) => call,
             Err(UsageError(message)) => {
@@ -215,23 +314,85 @@ fn main() -> ExitCode {
             }
         },
     };
-    let answer = match cli.tcp {
-        Some(address) => {
-            let Some(token) = std::env::var("XLB_TOKEN").ok().filter(|t| !t.is_empty()) else {
-                eprintln!("xlb: --tcp needs the API token in the XLB_TOKEN environment variable");
-                return ExitCode::from(EXIT_USAGE);
-            };
-            client::call_tcp(address, &token, call.method, &call.path, call.body.as_ref())
-        }
-        None => {
-            let socket = cli
-                .socket
-                .or_else(|| std::env::var_os("XLB_SOCKET").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-            client::call(&socket, call.method, &call.path, call.body.as_ref())
+    let answer = target.call(call.method, &call.path, call.body.as_ref());
+    ExitCode::from(report(answer, call.render, cli.output))
+}
+
+/// How often `observe --follow` asks for new events.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `xlb observe`: prints matching events, then (with `--follow`) new ones as they come.
+fn observe(target: &Target, args: &ObserveArgs, output: Output) -> u8 {
+    let mut filters = Vec::new();
+    let mut add = |key: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            filters.push(format!("{key}={}", encode_segment(value)));
         }
     };
-    ExitCode::from(report(answer, call.render, cli.output))
+    add("type", &args.kind);
+    add("vip", &args.vip);
+    add("reason", &args.reason);
+    add("from", &args.from);
+    let last = args.last.unwrap_or(if args.follow { 0 } else { 20 });
+    let mut query = format!("last={last}");
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let path = format!("/v1/events?{query}&{}", filters.join("&"));
+        let (status, body) = match target.call("GET", path.trim_end_matches('&'), None) {
+            Ok(answer) => answer,
+            Err(error) => {
+                eprintln!("xlb: {error}");
+                return EXIT_UNREACHABLE;
+            }
+        };
+        if !(200..300).contains(&status) {
+            eprintln!("xlb: {}", error_line(status, &body));
+            return EXIT_REFUSED;
+        }
+        let Ok(answer) = serde_json::from_value::<EventsView>(body) else {
+            eprintln!("xlb: the daemon's answer is not a list of events");
+            return EXIT_UNREACHABLE;
+        };
+        for event in &answer.events {
+            let line = match output {
+                Output::Json => serde_json::to_string(event).unwrap_or_default(),
+                Output::Table => event_line(event),
+            };
+            if writeln!(stdout, "{line}").is_err() {
+                // The reader went away (a closed pipe): nothing more to do.
+                return EXIT_OK;
+            }
+        }
+        let _ = stdout.flush();
+        if !args.follow {
+            return EXIT_OK;
+        }
+        query = format!("after={}", answer.next);
+        std::thread::sleep(FOLLOW_INTERVAL);
+    }
+}
+
+/// One event as a line: time, verdict, reason, 5-tuple, VIP and backend.
+fn event_line(event: &EventView) -> String {
+    let endpoint = |address: Option<std::net::IpAddr>, port: u16| match address {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        Some(a) => format!("{a}:{port}"),
+        None => "-".to_owned(),
+    };
+    let verdict = match event.verdict {
+        Verdict::Drop => "DROP",
+        Verdict::Forward => "FORWARD",
+    };
+    format!(
+        "{} {verdict:<7} {:<17} {:<4} {} -> {} vip={} backend={}",
+        event.time,
+        event.reason.as_deref().unwrap_or("-"),
+        event.protocol,
+        endpoint(event.src, event.sport),
+        endpoint(event.dst, event.dport),
+        event.vip.as_deref().unwrap_or("-"),
+        event.backend.as_deref().unwrap_or("-"),
+    )
 }
 
 /// Prints the answer and returns the exit code.
@@ -355,6 +516,16 @@ fn build_call(command: Command) -> Result<Call, UsageError> {
             }
         },
         Command::Reload => change("POST", "/v1/reload".into(), None),
+        Command::Policy { command } => match command {
+            PolicyCommand::Show => get("/v1/policy".into(), Render::Policy),
+            PolicyCommand::Set { deny, allow } => change(
+                "PUT",
+                "/v1/policy".into(),
+                Some(to_value(&PolicyLists { deny, allow })),
+            ),
+            PolicyCommand::Reset => change("DELETE", "/v1/policy".into(), None),
+        },
+        Command::Observe(_) => unreachable!("observe polls on its own"),
         Command::Check { .. } => unreachable!("check runs locally"),
     })
 }
@@ -456,6 +627,7 @@ fn render_answer(render: Render, body: &Value) -> String {
         Render::Vip => typed(body, render_vip),
         Render::Lb => typed(body, render_lb),
         Render::Change => typed(body, render_change),
+        Render::Policy => typed(body, render_policy),
     };
     text.unwrap_or_else(|| {
         format!(
@@ -531,16 +703,7 @@ fn duration(seconds: u64) -> String {
 fn utc(unix: u64) -> String {
     let days = i64::try_from(unix / 86_400).unwrap_or(i64::MAX / 2);
     let secs = unix % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = xlb::events::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
         secs / 3600,
@@ -737,6 +900,46 @@ fn render_change(result: &ChangeResult) -> String {
         result.generation,
         change_text(&result.change)
     )
+}
+
+fn render_policy(policy: &PolicyView) -> String {
+    let list = |l: &[String]| {
+        if l.is_empty() {
+            "-".to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "lists from:    {}", policy.lists_source);
+    let _ = writeln!(out, "deny:          {}", list(&policy.deny));
+    let _ = writeln!(out, "allow:         {}", list(&policy.allow));
+    let _ = writeln!(out, "unserved:      {}", policy.unserved);
+    let _ = writeln!(out, "ipv4_options:  {}", policy.ipv4_options);
+    let _ = writeln!(out, "fragments:     {}", policy.fragments);
+    let _ = writeln!(
+        out,
+        "rate limit:    {}",
+        policy
+            .rate_limit
+            .map_or("-".to_owned(), |(rate, burst)| format!(
+                "{rate} new connections/s per source, burst {burst}"
+            ))
+    );
+    let _ = writeln!(
+        out,
+        "flow guard:    {}",
+        policy
+            .flow_insert_rate
+            .map_or("-".to_owned(), |rate| format!("{rate} new flows/s per CPU"))
+    );
+    for (vip, ranges) in &policy.vip_source_ranges {
+        let _ = writeln!(out, "source ranges: {vip}: {}", list(ranges));
+    }
+    for (name, count) in &policy.counters {
+        let _ = writeln!(out, "{name:<22} {count}");
+    }
+    out
 }
 
 #[cfg(test)]

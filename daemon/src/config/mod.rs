@@ -7,6 +7,7 @@
 
 mod diagnostic;
 mod net;
+mod policy;
 mod raw;
 mod validate;
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use net::{Ipv4Net, MacAddr, NetParseError};
+pub use policy::{Action, Cidr, CidrError, EventsConfig, PolicyConfig, RateLimit, check_lists};
 
 /// The validated configuration of one xlbd instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -33,6 +35,10 @@ pub struct Config {
     pub encap: EncapConfig,
     /// The virtual services, in file order.
     pub vips: Vec<VipConfig>,
+    /// What the datapath drops before balancing (`[policy]`).
+    pub policy: PolicyConfig,
+    /// Which datapath events are reported (`[events]`).
+    pub events: EventsConfig,
 }
 
 /// `[interface]`: where the XDP program runs.
@@ -68,6 +74,10 @@ pub struct Limits {
     pub max_backends: u32,
     /// Length of the slot array shared by all Maglev tables (each VIP takes 2 x table_size).
     pub maglev_slots: u32,
+    /// Capacity of each global CIDR trie (IPv4, IPv6), and of the VIPs' source ranges.
+    pub policy_prefixes: u32,
+    /// Sources the per-source rate limiter tracks at once (LRU: the oldest are forgotten).
+    pub rate_limit_sources: u32,
 }
 
 impl Default for Limits {
@@ -78,6 +88,8 @@ impl Default for Limits {
             max_vips: 1024,
             max_backends: 65_536,
             maglev_slots: 4_194_304,
+            policy_prefixes: 65_536,
+            rate_limit_sources: 65_536,
         }
     }
 }
@@ -121,6 +133,8 @@ pub struct VipConfig {
     pub table_size: u32,
     /// The backends, in file order.
     pub backends: Vec<BackendConfig>,
+    /// Sources allowed to reach this VIP (`source_ranges`); `None` allows every source.
+    pub source_ranges: Option<Vec<Cidr>>,
 }
 
 /// Transport protocol of a VIP.

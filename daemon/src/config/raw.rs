@@ -13,6 +13,8 @@ pub(super) struct RawConfig {
     pub interface: Option<Spanned<RawInterface>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub encap: Option<Spanned<RawEncap>>,
+    pub policy: Option<Spanned<super::policy::RawPolicy>>,
+    pub events: Option<Spanned<super::policy::RawEvents>>,
     #[serde(default)]
     pub vip: Vec<Spanned<RawVip>>,
 }
@@ -33,6 +35,8 @@ pub(super) struct RawLimits {
     pub max_vips: Option<Spanned<i64>>,
     pub max_backends: Option<Spanned<i64>>,
     pub maglev_slots: Option<Spanned<i64>>,
+    pub policy_prefixes: Option<Spanned<i64>>,
+    pub rate_limit_sources: Option<Spanned<i64>>,
 }
 
 /// `[encap]`
@@ -53,6 +57,7 @@ pub(super) struct RawVip {
     pub protocol: Option<Spanned<String>>,
     pub mode: Option<Spanned<String>>,
     pub table_size: Option<Spanned<i64>>,
+    pub source_ranges: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,
 }

@@ -139,6 +139,7 @@ fn full_config_reads_into_the_exact_struct() {
             max_vips: 16,
             max_backends: 256,
             maglev_slots: 1_000_000,
+            ..Limits::default()
         },
         encap: EncapConfig {
             source_prefix: Ipv4Net {
@@ -169,6 +170,7 @@ fn full_config_reads_into_the_exact_struct() {
                         weight: 0,
                     },
                 ],
+                source_ranges: None,
             },
             VipConfig {
                 name: "dns".to_owned(),
@@ -192,8 +194,11 @@ fn full_config_reads_into_the_exact_struct() {
                         weight: 100,
                     },
                 ],
+                source_ranges: None,
             },
         ],
+        policy: Default::default(),
+        events: Default::default(),
     };
     assert_eq!(parse(FULL), expected);
 }
@@ -209,6 +214,8 @@ fn defaults_fill_optional_fields_and_sections() {
             max_vips: 1024,
             max_backends: 65_536,
             maglev_slots: 4_194_304,
+            policy_prefixes: 65_536,
+            rate_limit_sources: 65_536,
         }
     );
     assert_eq!(config.encap.source_prefix.to_string(), "172.16.0.0/16");
@@ -287,7 +294,7 @@ fn unknown_top_level_key_is_named_with_its_line() {
     assert_eq!(
         only_error(&text),
         "15:2: metrics: unknown field `metrics`, expected one of `interface`, `limits`, \
-         `encap`, `vip`"
+         `encap`, `policy`, `events`, `vip`"
     );
 }
 
@@ -944,4 +951,80 @@ fn demo_configs_hold_the_lab_values() {
     for vip in &ipip.vips {
         assert_eq!(backends(vip), expected_backends);
     }
+}
+
+// ----- [policy], [events], source_ranges -----
+
+#[test]
+fn policy_reads_with_defaults_and_both_families() {
+    let config = parse(&format!(
+        "{BASE}\n[policy]\ndeny = [\"198.51.100.0/24\", \"2001:db8::/32\"]\nallow = \
+         [\"192.0.2.7\"]\nunserved = \"pass\"\n[policy.rate_limit]\n\
+         new_connections_per_second = 50\n[policy.flow_guard]\nnew_flows_per_second = 1000\n\
+         [events]\ndrops_per_second = 10\nforward_sample = 100\n"
+    ));
+    let policy = &config.policy;
+    assert_eq!(policy.deny.len(), 2);
+    assert_eq!(policy.allow[0].to_string(), "192.0.2.7/32");
+    assert_eq!(policy.unserved, crate::config::Action::Pass);
+    assert_eq!(policy.fragments, crate::config::Action::Drop);
+    assert_eq!(policy.ipv4_options, crate::config::Action::Pass);
+    let limit = policy.rate_limit.unwrap();
+    assert_eq!(
+        (limit.per_second, limit.burst),
+        (50, 50),
+        "burst defaults to the rate"
+    );
+    assert_eq!(policy.flow_insert_rate, Some(1000));
+    assert_eq!(config.events.drops_per_second, 10);
+    assert_eq!(config.events.forward_sample, 100);
+    assert_eq!(config.events.keep, 10_000);
+    assert_eq!(parse(BASE).policy, crate::config::PolicyConfig::default());
+}
+
+#[test]
+fn policy_errors_are_all_reported_with_their_place() {
+    let vip = BASE.replace("mode = \"l2\"", "mode = \"l2\"\nsource_ranges = []");
+    let text = format!(
+        "{vip}\n[policy]\ndeny = [\"10.0.0.1/8\", \"nope\", \"10.0.0.0/8\", \"10.0.0.0/8\"]\n\
+         allow = [\"10.0.0.0/8\", \"192.0.2.0/33\"]\nfragments = \"maybe\"\n\
+         [policy.rate_limit]\nburst = 0\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "10:17: vip[0].source_ranges: an empty source_ranges would refuse every client; \
+             leave it out to allow all",
+            "17:9: policy.deny[0]: `10.0.0.1/8` has host bits set; the network is 10.0.0.0/8",
+            "17:23: policy.deny[1]: `nope` is not a CIDR (expected an address or address/len, \
+             like 192.0.2.0/24 or 2001:db8::/32)",
+            "17:45: policy.deny[3]: duplicate prefix 10.0.0.0/8 (policy.deny[2])",
+            "18:10: policy.allow[0]: 10.0.0.0/8 is also policy.deny[2]; a prefix belongs to one list",
+            "18:24: policy.allow[1]: prefix length /33 is too long for IPv4 (at most /32)",
+            "19:13: policy.fragments: unknown action \"maybe\"; accepted values: \"drop\", \"pass\"",
+            "20:1: policy.rate_limit.new_connections_per_second: missing required field \
+             `new_connections_per_second`",
+            "21:9: policy.rate_limit.burst: 0 is out of range 1..=1000000",
+        ]
+    );
+}
+
+#[test]
+fn vip_source_ranges_are_ipv4_and_count_against_the_limit() {
+    let vip = BASE.replace(
+        "mode = \"l2\"",
+        "mode = \"l2\"\nsource_ranges = [\"192.0.2.0/24\", \"2001:db8::/32\", \"192.0.2.0/24\"]",
+    );
+    let text = format!("{vip}\n[limits]\npolicy_prefixes = 1\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "10:17: vip[0].source_ranges: 2 source ranges across all VIPs but \
+             limits.policy_prefixes is 1",
+            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6; VIPs are IPv4, so their source \
+             ranges are too",
+            "10:51: vip[0].source_ranges[2]: duplicate prefix 192.0.2.0/24 \
+             (vip[0].source_ranges[0])",
+        ]
+    );
 }

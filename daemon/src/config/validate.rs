@@ -23,6 +23,10 @@ const MAX_VIPS_RANGE: RangeInclusive<i64> = 1..=1_048_576;
 const MAX_BACKENDS_RANGE: RangeInclusive<i64> = 1..=16_777_216;
 /// Accepted `limits.maglev_slots`.
 const MAGLEV_SLOTS_RANGE: RangeInclusive<i64> = 1024..=1_073_741_824;
+/// Accepted `limits.policy_prefixes`.
+const POLICY_PREFIXES_RANGE: RangeInclusive<i64> = 1..=16_777_216;
+/// Accepted `limits.rate_limit_sources`.
+const RATE_LIMIT_SOURCES_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
 /// Accepted `vip.port`.
 const PORT_RANGE: RangeInclusive<i64> = 0..=65_535;
 /// Accepted `vip.table_size`: the smallest prime worth having to the largest prime below 2^24.
@@ -69,7 +73,7 @@ pub(super) fn validate(
 
 /// Collects diagnostics while it builds the config. Where a value is invalid the config gets a
 /// placeholder; it is returned only when there are no diagnostics, so no placeholder escapes.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     text: &'a str,
     origin: &'a str,
     diagnostics: Vec<Diagnostic>,
@@ -90,6 +94,7 @@ type Service = (Ipv4Addr, u16, Protocol);
 /// The limits that were valid; a limit given out of range takes part in no further check.
 struct CheckedLimits {
     max_vips: Option<u32>,
+    policy_prefixes: Option<u32>,
     max_backends: Option<u32>,
     maglev_slots: Option<u32>,
 }
@@ -101,11 +106,15 @@ impl Checker<'_> {
         let (encap, next_hop) = self.encap(raw.encap.as_ref());
         let vips = self.vips(&raw.vip, next_hop);
         self.capacity(&raw.vip, &vips, &checked);
+        let policy = self.policy(raw.policy.as_ref(), checked.policy_prefixes);
+        let events = self.events(raw.events.as_ref());
         Config {
             interface,
             limits,
             encap,
             vips,
+            policy,
+            events,
         }
     }
 
@@ -135,6 +144,7 @@ impl Checker<'_> {
         let Some(raw) = raw.map(Spanned::get_ref) else {
             let checked = CheckedLimits {
                 max_vips: Some(defaults.max_vips),
+                policy_prefixes: Some(defaults.policy_prefixes),
                 max_backends: Some(defaults.max_backends),
                 maglev_slots: Some(defaults.maglev_slots),
             };
@@ -163,14 +173,29 @@ impl Checker<'_> {
             defaults.maglev_slots,
             MAGLEV_SLOTS_RANGE,
         );
+        let policy_prefixes = limit(
+            &raw.policy_prefixes,
+            "policy_prefixes",
+            defaults.policy_prefixes,
+            POLICY_PREFIXES_RANGE,
+        );
+        let rate_limit_sources = limit(
+            &raw.rate_limit_sources,
+            "rate_limit_sources",
+            defaults.rate_limit_sources,
+            RATE_LIMIT_SOURCES_RANGE,
+        );
         let limits = Limits {
             flow_table_size: flow_table_size.unwrap_or_default(),
             max_vips: max_vips.unwrap_or_default(),
             max_backends: max_backends.unwrap_or_default(),
             maglev_slots: maglev_slots.unwrap_or_default(),
+            policy_prefixes: policy_prefixes.unwrap_or_default(),
+            rate_limit_sources: rate_limit_sources.unwrap_or_default(),
         };
         let checked = CheckedLimits {
             max_vips,
+            policy_prefixes,
             max_backends,
             maglev_slots,
         };
@@ -299,6 +324,8 @@ impl Checker<'_> {
             .required(&vip.mode, span.clone(), path, "mode")
             .and_then(|m| self.keyword(m, &format!("{path}.mode"), "mode", MODES));
         let table_size = self.table_size(vip, span.clone(), path);
+        let source_ranges =
+            self.source_ranges(vip.source_ranges.as_ref(), &format!("{path}.source_ranges"));
 
         if vip.backend.is_empty() {
             self.error(
@@ -321,6 +348,7 @@ impl Checker<'_> {
             mode: mode.unwrap_or(ForwardMode::L2),
             table_size: table_size.unwrap_or_default(),
             backends,
+            source_ranges,
         };
         (config, name, service)
     }
@@ -493,6 +521,33 @@ impl Checker<'_> {
 
     /// Checks the totals against the limits, once each, at the first item that does not fit.
     fn capacity(&mut self, raw: &[Spanned<RawVip>], vips: &[VipConfig], limits: &CheckedLimits) {
+        if let Some(max) = limits.policy_prefixes {
+            let total: usize = vips
+                .iter()
+                .filter_map(|v| v.source_ranges.as_ref())
+                .map(Vec::len)
+                .sum();
+            let mut running = 0;
+            let first_over = vips.iter().position(|v| {
+                running += v.source_ranges.as_ref().map_or(0, Vec::len);
+                running > max as usize
+            });
+            if let Some(index) = first_over {
+                let span = raw[index]
+                    .get_ref()
+                    .source_ranges
+                    .as_ref()
+                    .map_or(raw[index].span(), Spanned::span);
+                self.error(
+                    Some(span),
+                    &format!("vip[{index}].source_ranges"),
+                    format!(
+                        "{total} source ranges across all VIPs but limits.policy_prefixes is {max}"
+                    ),
+                );
+            }
+        }
+
         if let Some(max) = limits.max_vips
             && let Some(first_over) = raw.get(max as usize)
         {
@@ -555,12 +610,22 @@ impl Checker<'_> {
 
     // ----- value checks: each reports its own problem and returns None -----
 
-    fn error(&mut self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) {
+    pub(super) fn error(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: &str,
+        message: impl Into<String>,
+    ) {
         let diagnostic = Diagnostic::at(self.text, self.origin, span, field, message);
         self.diagnostics.push(diagnostic);
     }
 
-    fn error_at<T>(&mut self, value: &Spanned<T>, field: &str, message: impl Into<String>) {
+    pub(super) fn error_at<T>(
+        &mut self,
+        value: &Spanned<T>,
+        field: &str,
+        message: impl Into<String>,
+    ) {
         self.error(Some(value.span()), field, message);
     }
 
@@ -569,7 +634,7 @@ impl Checker<'_> {
     }
 
     /// `table.key`, reported at the table when missing.
-    fn required<'v, T>(
+    pub(super) fn required<'v, T>(
         &mut self,
         value: &'v Option<Spanned<T>>,
         table_span: Range<usize>,
@@ -586,7 +651,7 @@ impl Checker<'_> {
         value.as_ref()
     }
 
-    fn integer<T: TryFrom<i64>>(
+    pub(super) fn integer<T: TryFrom<i64>>(
         &mut self,
         value: &Spanned<i64>,
         field: &str,
@@ -611,7 +676,7 @@ impl Checker<'_> {
         converted
     }
 
-    fn keyword<T: Copy>(
+    pub(super) fn keyword<T: Copy>(
         &mut self,
         value: &Spanned<String>,
         field: &str,

@@ -8,6 +8,7 @@ pub mod decap;
 mod dump;
 pub mod hc_encap;
 pub mod objects;
+mod policy;
 mod slots;
 pub mod stats;
 
@@ -29,6 +30,8 @@ use crate::{
     state::{DesiredState, DesiredVip, VipKeyOrd, addr_words, merge_by_key},
 };
 use alloc::{IdAllocator, RegionAllocator};
+use policy::PolicyMaps;
+pub use policy::datapath_settings;
 use slots::SlotArray;
 
 pub use dump::{DatapathDump, Inconsistency, VipDump};
@@ -179,6 +182,9 @@ pub struct Dataplane {
     vip_ids: IdAllocator,
     backend_ids: IdAllocator,
     regions: RegionAllocator,
+    policy: PolicyMaps,
+    policy_prefixes: u32,
+    events: Option<aya::maps::RingBuf<MapData>>,
     applied: BTreeMap<VipKeyOrd, AppliedVip>,
     if_mac: MacAddr,
     encap_source: Option<crate::config::Ipv4Net>,
@@ -223,6 +229,13 @@ impl Dataplane {
             .map_max_entries(map_names::FLOWS, limits.flow_table_size)
             .map_max_entries(map_names::STATS_VIPS, limits.max_vips)
             .map_max_entries(map_names::STATS_BACKENDS, limits.max_backends)
+            .map_max_entries(map_names::POLICY_V4, limits.policy_prefixes)
+            .map_max_entries(map_names::POLICY_V6, limits.policy_prefixes)
+            .map_max_entries(
+                map_names::POLICY_VIP,
+                limits.policy_prefixes.saturating_add(limits.max_vips),
+            )
+            .map_max_entries(map_names::RATE, limits.rate_limit_sources)
             .load(objects::LB)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         lb_program(&mut ebpf)?
@@ -250,7 +263,18 @@ impl Dataplane {
                 lb: typed(&mut ebpf, map_names::STATS_LB)?,
                 vips: typed(&mut ebpf, map_names::STATS_VIPS)?,
                 backends: typed(&mut ebpf, map_names::STATS_BACKENDS)?,
+                policy: typed(&mut ebpf, map_names::STATS_POLICY)?,
             },
+            policy: PolicyMaps::new(
+                typed(&mut ebpf, map_names::POLICY)?,
+                typed(&mut ebpf, map_names::POLICY_V4)?,
+                typed(&mut ebpf, map_names::POLICY_V6)?,
+                typed(&mut ebpf, map_names::POLICY_VIP)?,
+                typed(&mut ebpf, map_names::POLICY_V4_B16)?,
+                typed(&mut ebpf, map_names::POLICY_V4_BITS)?,
+            ),
+            policy_prefixes: limits.policy_prefixes,
+            events: Some(typed(&mut ebpf, map_names::EVENTS)?),
             ebpf,
             vip_ids: IdAllocator::new(limits.max_vips),
             backend_ids: IdAllocator::new(limits.max_backends),
@@ -318,6 +342,24 @@ impl Dataplane {
     /// Where the program is attached.
     pub fn attachment(&self) -> Option<&Attachment> {
         self.attachment.as_ref()
+    }
+
+    /// The ring buffer of datapath events, for the one reader that takes it.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Names of a VIP id and a backend id as applied now: (VIP name, backend address).
+    pub fn names_of(&self, vip_id: u32, backend_id: u32) -> (Option<String>, Option<String>) {
+        let Some(applied) = self.applied.values().find(|a| a.vip_id == vip_id) else {
+            return (None, None);
+        };
+        let backend = applied
+            .backend_ids
+            .iter()
+            .position(|&id| id == backend_id)
+            .map(|i| applied.desired.backends[i].address.to_string());
+        (Some(applied.desired.name.clone()), backend)
     }
 
     /// Runs the program once on `input` with BPF_PROG_TEST_RUN; the output frame is written to
@@ -411,11 +453,12 @@ impl Dataplane {
         self.backend_ids.end_change();
         self.regions.end_change();
         let diff = self.diff(desired);
-        self.check_capacity(&diff)?;
+        self.check_capacity(desired, &diff)?;
 
         if self.encap_source != Some(desired.encap_source) {
             self.write_globals(Some(desired.encap_source))?;
         }
+        self.policy.add_global(&desired.policy)?;
 
         let mut report = ApplyReport {
             unchanged: diff.unchanged,
@@ -434,6 +477,12 @@ impl Dataplane {
                 report.changed += 1;
             }
         }
+        let vip_ranges = desired
+            .vips
+            .values()
+            .any(|v| v.config.source_ranges.is_some());
+        let settings = datapath_settings(&desired.policy, &desired.events, vip_ranges);
+        self.policy.finish(&desired.policy, settings)?;
         Ok(report)
     }
 
@@ -454,7 +503,11 @@ impl Dataplane {
     }
 
     /// Refuses a change that cannot fit before writing anything.
-    fn check_capacity(&self, diff: &VipDiff<'_>) -> Result<(), DataplaneError> {
+    fn check_capacity(
+        &self,
+        desired: &DesiredState,
+        diff: &VipDiff<'_>,
+    ) -> Result<(), DataplaneError> {
         let mut new_vips = 0u64;
         let mut new_backends = 0u64;
         // Tables need contiguous regions: try them on a copy of the allocator.
@@ -487,7 +540,31 @@ impl Dataplane {
                 })
                 .count() as u64;
         }
+        let family_count = |v4: bool| {
+            let lists = desired.policy.deny.iter().chain(&desired.policy.allow);
+            lists.filter(|c| c.addr.is_ipv4() == v4).count() as u64
+        };
+        let ranges: u64 = desired
+            .vips
+            .values()
+            .filter_map(|v| v.config.source_ranges.as_ref())
+            .map(|r| r.len() as u64)
+            .sum();
+        let prefixes = u64::from(self.policy_prefixes);
         let checks = [
+            (
+                "IPv4 policy prefixes",
+                family_count(true),
+                prefixes,
+                "policy_prefixes",
+            ),
+            (
+                "IPv6 policy prefixes",
+                family_count(false),
+                prefixes,
+                "policy_prefixes",
+            ),
+            ("VIP source ranges", ranges, prefixes, "policy_prefixes"),
             (
                 "VIP ids",
                 new_vips,
@@ -594,6 +671,9 @@ impl Dataplane {
             table_offset: region.map_or(0, |(offset, _)| offset),
             backend_count: vip.backends.iter().filter(|b| b.weight > 0).count() as u32,
         };
+        // The VIP's source ranges are in place before its entry points traffic at them.
+        self.policy
+            .set_vip_ranges(vip_id, vip.config.source_ranges.as_deref())?;
         // A new VIP's address is known to the filter before the VIP can be found.
         if old.is_none() {
             self.add_vip_addr(&key)?;
@@ -638,6 +718,7 @@ impl Dataplane {
             .remove(&key.to_key())
             .map_err(map_err("delete", map_names::VIPS))?;
         self.release_vip_addr(&key)?;
+        self.policy.clear_vip_ranges(old.vip_id)?;
         if let Some((offset, len)) = old.region {
             self.regions.free(offset, len);
         }

@@ -2,7 +2,7 @@
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use serde::Serialize;
-use xlb_common::{Counter, DropReason, LbCounter, XDP_ACTION_COUNT, map_names};
+use xlb_common::{Counter, DropReason, LbCounter, PolicyCounter, XDP_ACTION_COUNT, map_names};
 
 use super::{DataplaneError, map_err};
 use crate::state::DesiredVip;
@@ -19,6 +19,8 @@ pub struct StatsMaps {
     pub vips: PerCpuArray<MapData, Counter>,
     /// Per backend id.
     pub backends: PerCpuArray<MapData, Counter>,
+    /// Per policy/event counter.
+    pub policy: PerCpuArray<MapData, u64>,
 }
 
 /// Names of XDP actions by code.
@@ -44,6 +46,8 @@ pub struct Snapshot {
     pub drops: Vec<(String, u64)>,
     /// (event name, count) for every load-balancing event.
     pub lb: Vec<(String, u64)>,
+    /// (counter name, count) for every policy and event counter.
+    pub policy: Vec<(String, u64)>,
     /// Every VIP with its backends.
     pub vips: Vec<VipStats>,
 }
@@ -92,6 +96,14 @@ impl Snapshot {
         self.drops
             .iter()
             .find(|(n, _)| n == reason.name())
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Count of a policy or event counter.
+    pub fn policy_count(&self, counter: PolicyCounter) -> u64 {
+        self.policy
+            .iter()
+            .find(|(n, _)| n == counter.name())
             .map_or(0, |(_, c)| *c)
     }
 
@@ -166,6 +178,10 @@ impl StatsMaps {
         for event in LbCounter::ALL {
             let count = sum_u64(&self.lb, event as u32, map_names::STATS_LB)?;
             snapshot.lb.push((event.name().to_owned(), count));
+        }
+        for counter in PolicyCounter::ALL {
+            let count = sum_u64(&self.policy, counter as u32, map_names::STATS_POLICY)?;
+            snapshot.policy.push((counter.name().to_owned(), count));
         }
         for labels in vips {
             let vip = labels.vip;

@@ -104,6 +104,7 @@ fn vip(i: usize) -> VipConfig {
                 }
             })
             .collect(),
+        source_ranges: None,
     }
 }
 
@@ -120,9 +121,12 @@ fn config(vips: usize) -> Config {
             max_vips: (vips as u32).max(10_240),
             max_backends: (2 * vips * BACKENDS).max(200_000) as u32,
             maglev_slots: 2 * TABLE_SIZE * vips as u32,
+            ..Limits::default()
         },
         encap: EncapConfig::default(),
         vips: (0..vips).map(vip).collect(),
+        policy: Default::default(),
+        events: Default::default(),
     }
 }
 
@@ -227,6 +231,8 @@ fn run(plan: &Plan) -> (String, Vec<Row>) {
                 limits: config.limits,
                 encap: config.encap,
                 vips: indices.iter().map(|&i| config.vips[i].clone()).collect(),
+                policy: Default::default(),
+                events: Default::default(),
             };
             let (_, t) = timed(|| build(&subset));
             build_touched.push(t);

@@ -45,7 +45,7 @@ use xlb::{
     state::DesiredState,
 };
 use xlb_common::{FlowKey, LbCounter, VipAddrKey, VipKey, program_names};
-use xlb_tests::bench_env::{command_output, cpu_model};
+use xlb_tests::bench_env::{command_output, cpu_model, pin_to_last_cpu};
 use xlb_tests::packet::{self, Flow, L2, TCP_ACK, TCP_SYN};
 
 const XDP_DROP: u32 = 1;
@@ -410,6 +410,7 @@ fn vip_config(
         mode,
         table_size: scale.table_size,
         backends: (0..scale.backends).map(backend).collect(),
+        source_ranges: None,
     }
 }
 
@@ -467,12 +468,15 @@ fn config(scale: Scale) -> Config {
             max_vips: (scale.vips as u32).max(16),
             max_backends: (scale.vips * scale.backends + 16) as u32,
             maglev_slots: 2 * scale.table_size * scale.vips as u32,
+            ..Limits::default()
         },
         encap: EncapConfig {
             next_hop_mac: Some(MacAddr([0x02, 0, 0, 0, 0xfe, 0x01])),
             ..EncapConfig::default()
         },
         vips,
+        policy: Default::default(),
+        events: Default::default(),
     }
 }
 
@@ -828,20 +832,6 @@ fn check_semantics(scene: &mut Scene) -> Semantics {
         ipip_in: ipip.len(),
         new_hits: delta(LbCounter::FlowHit),
         new_inserts: delta(LbCounter::FlowNew),
-    }
-}
-
-/// Pins the calling thread to the last CPU: one per-CPU LRU list, one cache, fewer migrations.
-fn pin_to_last_cpu() -> Option<usize> {
-    let cpus = std::thread::available_parallelism().ok()?.get();
-    let cpu = cpus - 1;
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it (cpu is below
-    // the number of CPUs, far below CPU_SETSIZE); sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        (libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0)
-            .then_some(cpu)
     }
 }
 

@@ -24,11 +24,29 @@ pub enum DropReason {
     TableMiss = 7,
     /// Growing the packet for encapsulation failed, or the result would exceed 64 KiB.
     EncapFailed = 8,
+    /// The source is in the global deny list (its most specific match is a deny prefix).
+    Denied = 9,
+    /// The global allow list of the source's family is not empty and the source matches none.
+    NotAllowed = 10,
+    /// The source is outside the `source_ranges` of the VIP it is addressed to.
+    VipSourceDenied = 11,
+    /// TCP/UDP to a VIP address on a port no VIP serves, or another protocol (not ICMP) to a
+    /// VIP address, with `policy.unserved = "drop"`.
+    Unserved = 12,
+    /// IPv4 with options addressed to a VIP, with `policy.ipv4_options = "drop"`.
+    Ipv4Options = 13,
+    /// TCP to a VIP with an impossible flag combination (none, SYN with FIN or RST, FIN
+    /// without ACK) or a data offset below 5.
+    TcpBadFlags = 14,
+    /// A new TCP connection over the source's rate limit (`policy.rate_limit`).
+    RateLimited = 15,
+    /// IPv6 ethertype but fewer bytes than the fixed IPv6 header, with IPv6 lists in use.
+    Ipv6Truncated = 16,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::EthTruncated,
         DropReason::Ipv4Truncated,
         DropReason::Ipv4BadHeader,
@@ -38,6 +56,14 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::TableMiss,
         DropReason::EncapFailed,
+        DropReason::Denied,
+        DropReason::NotAllowed,
+        DropReason::VipSourceDenied,
+        DropReason::Unserved,
+        DropReason::Ipv4Options,
+        DropReason::TcpBadFlags,
+        DropReason::RateLimited,
+        DropReason::Ipv6Truncated,
     ];
     /// Number of reasons: the size of the per-CPU drop counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -54,6 +80,14 @@ impl DropReason {
             DropReason::NoBackend => "no_backend",
             DropReason::TableMiss => "table_miss",
             DropReason::EncapFailed => "encap_failed",
+            DropReason::Denied => "denied",
+            DropReason::NotAllowed => "not_allowed",
+            DropReason::VipSourceDenied => "vip_source_denied",
+            DropReason::Unserved => "unserved",
+            DropReason::Ipv4Options => "ipv4_options",
+            DropReason::TcpBadFlags => "tcp_bad_flags",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Ipv6Truncated => "ipv6_truncated",
         }
     }
 
@@ -71,6 +105,16 @@ impl DropReason {
             DropReason::EncapFailed => {
                 "could not grow the packet for encapsulation (or it would exceed 64 KiB)"
             }
+            DropReason::Denied => "source is in the global deny list",
+            DropReason::NotAllowed => "source matches no prefix of the non-empty global allow list",
+            DropReason::VipSourceDenied => "source is outside the VIP's source_ranges",
+            DropReason::Unserved => "VIP address, but no VIP serves this port or protocol",
+            DropReason::Ipv4Options => "IPv4 options on a packet to a VIP (policy drops them)",
+            DropReason::TcpBadFlags => {
+                "TCP flag combination no real stack sends, or bad data offset"
+            }
+            DropReason::RateLimited => "new TCP connection over the per-source rate limit",
+            DropReason::Ipv6Truncated => "IPv6 packet shorter than the fixed IPv6 header",
         }
     }
 
@@ -81,5 +125,10 @@ impl DropReason {
         } else {
             None
         }
+    }
+
+    /// The reason with this name, if any (for `--reason` filters).
+    pub fn from_name(name: &str) -> Option<DropReason> {
+        Self::ALL.into_iter().find(|reason| reason.name() == name)
     }
 }

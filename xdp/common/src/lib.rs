@@ -7,14 +7,20 @@
 
 pub mod counters;
 pub mod drop;
+pub mod event;
 pub mod hash;
 pub mod health;
 pub mod maps;
 pub mod pktgen;
+pub mod policy;
 
 pub use counters::{Counter, DecapCounter, LbCounter};
 pub use drop::DropReason;
+pub use event::{EVENT_NO_ID, Event, event_verdict};
 pub use maps::*;
+pub use policy::{
+    PolicyConfig, PolicyCounter, RateWindow, TokenBucket, VipSourceKey, policy_flags, verdict,
+};
 
 /// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
 /// daemon that finds maps pinned by another build can refuse them instead of misreading them.
@@ -79,6 +85,26 @@ pub mod map_names {
     pub const STATS_BACKENDS: &str = "XLB_ST_BACKENDS";
     /// Decap program: local VIP addresses whose encapsulated packets it strips.
     pub const DECAP_VIPS: &str = "XLBD_VIPS";
+    /// One [`crate::PolicyConfig`]: which lists are in use, rates, unserved/options/fragments.
+    pub const POLICY: &str = "XLB_POLICY";
+    /// Global IPv4 CIDR trie: prefix -> [`crate::verdict`].
+    pub const POLICY_V4: &str = "XLB_POL_V4";
+    /// Global IPv6 CIDR trie: prefix -> [`crate::verdict`].
+    pub const POLICY_V6: &str = "XLB_POL_V6";
+    /// One bit per IPv4 /24 that some global prefix touches ([`crate::policy::v4_bit`]).
+    pub const POLICY_V4_BITS: &str = "XLB_POL_V4_BITS";
+    /// One bit per IPv4 /16 that some global prefix touches: the first, cache-sized filter.
+    pub const POLICY_V4_B16: &str = "XLB_POL_V4_B16";
+    /// Per-VIP source ranges: ([`crate::VipSourceKey`]) prefix -> [`crate::verdict::ALLOW`].
+    pub const POLICY_VIP: &str = "XLB_POL_VIP";
+    /// Per-source token buckets (LRU, fixed size): IPv4 source -> [`crate::TokenBucket`].
+    pub const RATE: &str = "XLB_RATE";
+    /// Per-CPU [`crate::RateWindow`]s, indexed by [`crate::policy::window`].
+    pub const WINDOWS: &str = "XLB_WINDOWS";
+    /// Ring buffer of [`crate::Event`]s.
+    pub const EVENTS: &str = "XLB_EVENTS";
+    /// Per-CPU count per [`crate::PolicyCounter`].
+    pub const STATS_POLICY: &str = "XLB_ST_POLICY";
     /// Decap program: per-CPU packet count per [`crate::DecapCounter`].
     pub const DECAP_STATS: &str = "XLBD_STATS";
 }

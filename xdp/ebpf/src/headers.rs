@@ -101,3 +101,33 @@ pub const UDP_HLEN: usize = 8;
 pub const IPV4_FRAG_MASK: u16 = 0x3fff;
 /// IPv4 "don't fragment" flag, host byte order.
 pub const IPV4_DF: u16 = 0x4000;
+
+/// The part of the fixed IPv6 header before the addresses, and the source address: what the
+/// policy stage reads (IPv6 is not balanced yet).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Src {
+    /// Version, traffic class, flow label, payload length, next header, hop limit.
+    pub head: [u8; 8],
+    /// Source address, network byte order words.
+    pub saddr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<Ipv6Src>() == 24);
+
+/// Ethertype of IPv6, network byte order.
+pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
+/// Length of the fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
+/// Offset of the TCP data offset byte (high nibble) in the TCP header; the flags byte follows.
+pub const TCP_DOFF_OFF: usize = 12;
+/// TCP flag bits.
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}

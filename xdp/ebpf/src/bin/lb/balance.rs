@@ -91,7 +91,7 @@ pub fn choose(
     if backend.flags & backend_flags::ACTIVE == 0 || backend.vip_id != vip.vip_id {
         return Err(DropReason::TableMiss);
     }
-    if FLOWS.insert(flow, FlowValue { backend_id }, 0).is_err() {
+    if crate::policy::may_remember() && FLOWS.insert(flow, FlowValue { backend_id }, 0).is_err() {
         stats::lb(LbCounter::FlowInsertFailed);
     }
     stats::lb(LbCounter::FlowNew);

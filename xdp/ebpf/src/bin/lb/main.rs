@@ -9,13 +9,15 @@
 #![no_main]
 
 mod balance;
+mod events;
 mod forward;
 mod maps;
+mod policy;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use xlb_common::{
-    DropReason, FlowKey, VipAddrKey, family, forward_mode,
+    DropReason, FlowKey, PolicyConfig, VipAddrKey, family, forward_mode,
     hash::{flow_hash, vip_filter_slot},
     proto,
 };
@@ -38,6 +40,7 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             stats::drop(reason);
+            events::dropped(&ctx, reason);
             xdp_action::XDP_DROP
         }
     };
@@ -50,11 +53,12 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     let bytes = frame_len(ctx);
     let l2 = parse::l2(ctx)?;
     if l2.ether_type != ETH_P_IP_BE {
-        return Ok(xdp_action::XDP_PASS);
+        return policy::not_ipv4(ctx, &l2);
     }
     let ip = parse::ipv4(ctx, l2.l3_off)?;
     // SAFETY: parse::ipv4 returned a header that lies inside the frame.
     let hdr = unsafe { *ip.hdr };
+    let policy = policy::global_v4(hdr.saddr)?;
 
     let dst = [hdr.daddr, 0, 0, 0];
     if !may_be_vip_address(dst) {
@@ -62,7 +66,10 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     }
     let frag_off = u16::from_be(hdr.frag_off);
     if frag_off & IPV4_FRAG_MASK != 0 {
-        return drop_if_vip_address(dst, DropReason::Fragment);
+        if !is_vip_address(dst) {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        return policy::fragment(&policy);
     }
     let l4_off = l2.l3_off + ip.header_len;
     // The ports, and whether the packet opens a TCP connection (SYN without ACK).
@@ -80,10 +87,13 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
             ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, false))
         }
         proto::TCP | proto::UDP => None,
-        _ => return Ok(xdp_action::XDP_PASS),
+        other => return unserved(&policy, dst, other),
     };
     let Some((ports, opens_connection)) = l4 else {
-        return drop_if_vip_address(dst, DropReason::L4Truncated);
+        if !is_vip_address(dst) {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        return Err(DropReason::L4Truncated);
     };
 
     let flow = FlowKey {
@@ -96,8 +106,10 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         _pad2: 0,
     };
     let Some(vip) = balance::find_vip(&flow) else {
-        return Ok(xdp_action::XDP_PASS);
+        return unserved(&policy, dst, hdr.protocol);
     };
+    policy::options(&policy, ip.header_len)?;
+    policy::vip(ctx, &policy, &vip, &flow, l4_off)?;
     let mut hash = None;
     let choice = balance::choose(&flow, &vip, opens_connection, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
@@ -117,6 +129,7 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         _ => return Err(DropReason::TableMiss),
     };
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
+    events::forwarded(&policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
 }
 
@@ -128,19 +141,26 @@ fn may_be_vip_address(addr: [u32; 4]) -> bool {
         .is_some_and(|&count| count != 0)
 }
 
-/// A packet that cannot be balanced: dropped with `reason` when it is addressed to a VIP
-/// address (the filter may let other addresses through), passed to the kernel otherwise.
+/// Whether `addr` carries a VIP, exactly: asked only where the filter let a packet through
+/// that cannot be balanced, and a wrong answer would drop someone else's packet.
 #[inline(always)]
-fn drop_if_vip_address(addr: [u32; 4], reason: DropReason) -> Result<u32, DropReason> {
+fn is_vip_address(addr: [u32; 4]) -> bool {
     let key = VipAddrKey {
         addr,
         family: family::V4,
         _pad: [0; 3],
     };
     // SAFETY: only presence is tested; the value is not read.
-    match unsafe { VIP_ADDRS.get(key) } {
-        Some(_) => Err(reason),
-        None => Ok(xdp_action::XDP_PASS),
+    unsafe { VIP_ADDRS.get(key) }.is_some()
+}
+
+/// A packet that no VIP serves: the policy's verdict for unserved traffic if it is addressed
+/// to a VIP address (the exact set is asked only when that verdict is a drop), passed otherwise.
+#[inline(always)]
+fn unserved(policy: &PolicyConfig, addr: [u32; 4], protocol: u8) -> Result<u32, DropReason> {
+    match policy::unserved(policy, protocol) {
+        Err(reason) if is_vip_address(addr) => Err(reason),
+        _ => Ok(xdp_action::XDP_PASS),
     }
 }
 

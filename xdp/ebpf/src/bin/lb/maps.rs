@@ -4,11 +4,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use xlb_common::{
-    Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, VipAddrKey, VipAddrValue,
-    VipKey, VipMeta, XDP_ACTION_COUNT, hash::VIP_FILTER_SLOTS,
+    Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, PolicyConfig,
+    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipMeta,
+    VipSourceKey, XDP_ACTION_COUNT,
+    hash::VIP_FILTER_SLOTS,
+    policy::{POLICY_V4_B16_WORDS, POLICY_V4_BITS_WORDS, window},
 };
 
 /// VIP (address, port, protocol) -> how to balance it. An update replaces the whole value in one
@@ -71,3 +74,50 @@ pub static STATS_VIPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1024
 /// Packets and bytes per backend id.
 #[map(name = "XLB_ST_BACKENDS")]
 pub static STATS_BACKENDS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(65536, 0);
+
+// ----- Policy and events (docs/policy.md). Sizes are defaults; the daemon sets the real ones.
+
+/// The policy settings, one entry ([`PolicyConfig`]).
+#[map(name = "XLB_POLICY")]
+pub static POLICY: Array<PolicyConfig> = Array::with_max_entries(1, 0);
+
+/// Global IPv4 allow and deny prefixes -> [`xlb_common::verdict`]; most specific wins.
+#[map(name = "XLB_POL_V4")]
+pub static POLICY_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// One bit per IPv4 /16 that some global prefix touches (8 KiB: stays in cache). A source
+/// whose /16 bit is clear matches no prefix: nothing more is read.
+#[map(name = "XLB_POL_V4_B16")]
+pub static POLICY_V4_B16: Array<u64> = Array::with_max_entries(POLICY_V4_B16_WORDS, 0);
+
+/// One bit per IPv4 /24 that some global prefix touches (2 MiB), read when the /16 bit is set;
+/// the trie is walked only when this bit is set too.
+#[map(name = "XLB_POL_V4_BITS")]
+pub static POLICY_V4_BITS: Array<u64> = Array::with_max_entries(POLICY_V4_BITS_WORDS, 0);
+
+/// Global IPv6 allow and deny prefixes -> [`xlb_common::verdict`].
+#[map(name = "XLB_POL_V6")]
+pub static POLICY_V6: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// Per-VIP source ranges; every VIP has at least one entry (its ranges, or 0.0.0.0/0).
+#[map(name = "XLB_POL_VIP")]
+pub static POLICY_VIP: LpmTrie<VipSourceKey, u32> =
+    LpmTrie::with_max_entries(66_560, BPF_F_NO_PREALLOC);
+
+/// Per-source token buckets for new TCP connections. LRU of fixed size: a flood of sources
+/// recycles buckets instead of growing memory.
+#[map(name = "XLB_RATE")]
+pub static RATE: LruHashMap<u32, TokenBucket> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU one-second windows ([`xlb_common::policy::window`]).
+#[map(name = "XLB_WINDOWS")]
+pub static WINDOWS: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(window::COUNT, 0);
+
+/// Sampled drop and forward events for the daemon. Writers never wait: a full buffer loses
+/// the event and counts it.
+#[map(name = "XLB_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Policy and event counters ([`PolicyCounter`]).
+#[map(name = "XLB_ST_POLICY")]
+pub static STATS_POLICY: PerCpuArray<u64> = PerCpuArray::with_max_entries(PolicyCounter::COUNT, 0);

@@ -1,0 +1,126 @@
+//! Sampled events to the `XLB_EVENTS` ring buffer: drops up to a per-CPU rate, one forwarded
+//! packet in N. Writing never waits: when the buffer is full the event is lost and counted.
+
+use aya_ebpf::{helpers::bpf_get_prandom_u32, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use xlb_common::{
+    DropReason, EVENT_NO_ID, Event, FlowKey, PolicyConfig, PolicyCounter, event_verdict, family,
+    policy::window, proto,
+};
+use xlb_ebpf::{
+    headers::{ETH_P_IP_BE, ETH_P_IPV6_BE, IPV6_HLEN, Ipv4Hdr, Ipv6Src, PortsHdr},
+    packet::ptr_at,
+    parse,
+};
+
+use crate::{
+    maps::EVENTS,
+    policy::{count, settings, within_rate},
+};
+
+/// Sends a drop event for the frame in `ctx`, if the per-CPU drop-event rate allows. The
+/// headers are read again here so the drop paths carry nothing extra.
+#[inline(always)]
+pub fn dropped(ctx: &XdpContext, reason: DropReason) {
+    let limit = settings().drop_events_rate;
+    if limit == 0 {
+        return;
+    }
+    if !within_rate(window::DROP_EVENTS, limit) {
+        count(PolicyCounter::EventSuppressed);
+        return;
+    }
+    let mut event = Event {
+        verdict: event_verdict::DROP,
+        reason: reason as u32,
+        vip_id: EVENT_NO_ID,
+        backend_id: EVENT_NO_ID,
+        ..Event::default()
+    };
+    read_tuple(ctx, &mut event);
+    send(&mut event);
+}
+
+/// Sends a forward event for one forwarded packet in `policy.forward_sample`.
+#[inline(always)]
+pub fn forwarded(policy: &PolicyConfig, flow: &FlowKey, vip_id: u32, backend_id: u32) {
+    let sample = policy.forward_sample;
+    // SAFETY: the helper has no preconditions.
+    if sample == 0 || unsafe { bpf_get_prandom_u32() } % sample != 0 {
+        return;
+    }
+    let mut event = Event {
+        src: [flow.src, 0, 0, 0],
+        dst: [flow.dst, 0, 0, 0],
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        family: family::V4,
+        verdict: event_verdict::FORWARD,
+        vip_id,
+        backend_id,
+        ..Event::default()
+    };
+    send(&mut event);
+}
+
+#[inline(always)]
+fn send(event: &mut Event) {
+    // SAFETY: the helper has no preconditions.
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    match EVENTS.output::<Event>(&*event, 0) {
+        Ok(()) => count(PolicyCounter::EventSent),
+        Err(_) => count(PolicyCounter::EventLost),
+    }
+}
+
+/// Fills addresses, protocol and ports from whatever headers the frame has intact.
+#[inline(always)]
+fn read_tuple(ctx: &XdpContext, event: &mut Event) {
+    let Ok(l2) = parse::l2(ctx) else {
+        return;
+    };
+    if l2.ether_type == ETH_P_IPV6_BE {
+        if ptr_at::<[u8; IPV6_HLEN]>(ctx, l2.l3_off).is_none() {
+            return;
+        }
+        let Some(hdr) = ptr_at::<Ipv6Src>(ctx, l2.l3_off) else {
+            return;
+        };
+        // SAFETY: ptr_at checked that the fixed header lies inside the frame.
+        let hdr = unsafe { *hdr };
+        event.src = hdr.saddr;
+        event.proto = hdr.head[6];
+        event.family = family::V6;
+        // Destination: the 16 bytes after the source.
+        if let Some(dst) = ptr_at::<[u32; 4]>(ctx, l2.l3_off + 24) {
+            // SAFETY: ptr_at checked the bounds.
+            event.dst = unsafe { *dst };
+        }
+        return;
+    }
+    if l2.ether_type != ETH_P_IP_BE {
+        return;
+    }
+    let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, l2.l3_off) else {
+        return;
+    };
+    // SAFETY: ptr_at checked that the 20-byte header lies inside the frame.
+    let hdr = unsafe { *hdr };
+    event.src[0] = hdr.saddr;
+    event.dst[0] = hdr.daddr;
+    event.proto = hdr.protocol;
+    event.family = family::V4;
+    let ihl = (hdr.version_ihl & 0x0f) as usize;
+    // Only the first fragment (offset 0) carries the ports.
+    let first_fragment = u16::from_be(hdr.frag_off) & 0x1fff == 0;
+    if (hdr.protocol == proto::TCP || hdr.protocol == proto::UDP) && ihl >= 5 && first_fragment {
+        // The header length is at most 60: the mask keeps the offset provably bounded.
+        let l4_off = l2.l3_off + ((ihl * 4) & 0x3f);
+        if let Some(ports) = ptr_at::<PortsHdr>(ctx, l4_off) {
+            // SAFETY: ptr_at checked that the ports lie inside the frame.
+            let ports = unsafe { *ports };
+            event.sport = ports.sport;
+            event.dport = ports.dport;
+        }
+    }
+}

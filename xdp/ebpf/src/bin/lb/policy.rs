@@ -1,0 +1,248 @@
+//! Policy stage: what is dropped before (and instead of) balancing. Every check is guarded by
+//! a flag or a rate in [`PolicyConfig`], so a policy left empty costs one array read.
+//! Precedence and reasons are documented in docs/policy.md.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    maps::{Array, lpm_trie::Key},
+    programs::XdpContext,
+};
+use xlb_common::{
+    DropReason, FlowKey, PolicyConfig, PolicyCounter, TokenBucket, VipMeta, VipSourceKey,
+    policy::{v4_bit, window},
+    policy_flags, proto, verdict,
+};
+use xlb_ebpf::{
+    headers::{ETH_P_IPV6_BE, IPV4_HLEN, IPV6_HLEN, Ipv6Src, TCP_DOFF_OFF, tcp_flags},
+    packet::ptr_at,
+    parse::L2,
+};
+
+use crate::maps::{
+    POLICY, POLICY_V4, POLICY_V4_B16, POLICY_V4_BITS, POLICY_V6, POLICY_VIP, RATE, STATS_POLICY,
+    WINDOWS,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+/// A bucket idle this long is full again (also bounds the refill arithmetic).
+const BUCKET_IDLE_NS: u64 = 10 * NS_PER_SEC;
+
+/// The policy settings (all zero, i.e. nothing to check, if the entry cannot be read).
+#[inline(always)]
+pub fn settings() -> PolicyConfig {
+    POLICY.get(0).copied().unwrap_or_default()
+}
+
+/// The verdict of the global lists for a source found (or not) in a family's trie.
+#[inline(always)]
+fn global_verdict(found: Option<&u32>, allow_list: bool) -> Result<(), DropReason> {
+    match found {
+        Some(&verdict::DENY) => Err(DropReason::Denied),
+        Some(_) => Ok(()),
+        None if allow_list => Err(DropReason::NotAllowed),
+        None => Ok(()),
+    }
+}
+
+/// Global lists for an IPv4 source; returns the settings for the later checks.
+#[inline(always)]
+pub fn global_v4(saddr: u32) -> Result<PolicyConfig, DropReason> {
+    let policy = settings();
+    if policy.flags & policy_flags::LISTS_V4 != 0 {
+        // Most sources share no /16 (or at least no /24) with any prefix: a read of a small
+        // bitmap, maybe of a larger one, instead of a trie walk.
+        let host = u32::from_be(saddr);
+        let touched = |map: &Array<u64>, len| {
+            let (word, bit) = v4_bit(host, len);
+            map.get(word).is_some_and(|w| w & bit != 0)
+        };
+        let found = if touched(&POLICY_V4_B16, 16) && touched(&POLICY_V4_BITS, 24) {
+            POLICY_V4.get(Key::new(32, saddr))
+        } else {
+            None
+        };
+        global_verdict(found, policy.flags & policy_flags::ALLOW_V4 != 0)?;
+    }
+    Ok(policy)
+}
+
+/// Frames that are not IPv4: IPv6 sources go through the global lists (IPv6 is not balanced
+/// yet, so what survives passes to the kernel); anything else passes.
+#[inline(always)]
+pub fn not_ipv4(ctx: &XdpContext, l2: &L2) -> Result<u32, DropReason> {
+    if l2.ether_type == ETH_P_IPV6_BE {
+        let policy = settings();
+        if policy.flags & policy_flags::LISTS_V6 != 0 {
+            if ptr_at::<[u8; IPV6_HLEN]>(ctx, l2.l3_off).is_none() {
+                return Err(DropReason::Ipv6Truncated);
+            }
+            let hdr: *const Ipv6Src = ptr_at(ctx, l2.l3_off).ok_or(DropReason::Ipv6Truncated)?;
+            // SAFETY: ptr_at checked that the fixed header lies inside the frame.
+            let saddr = unsafe { (*hdr).saddr };
+            let found = POLICY_V6.get(Key::new(128, saddr));
+            global_verdict(found, policy.flags & policy_flags::ALLOW_V6 != 0)?;
+        }
+    }
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// An IPv4 fragment addressed to a VIP: dropped, or passed when the policy says so.
+#[inline(always)]
+pub fn fragment(policy: &PolicyConfig) -> Result<u32, DropReason> {
+    if policy.flags & policy_flags::PASS_FRAGMENTS != 0 {
+        Ok(xdp_action::XDP_PASS)
+    } else {
+        Err(DropReason::Fragment)
+    }
+}
+
+/// IPv4 options on a packet to a VIP: dropped when the policy says so.
+#[inline(always)]
+pub fn options(policy: &PolicyConfig, header_len: usize) -> Result<(), DropReason> {
+    if header_len > IPV4_HLEN && policy.flags & policy_flags::DROP_OPTIONS != 0 {
+        return Err(DropReason::Ipv4Options);
+    }
+    Ok(())
+}
+
+/// A packet to a VIP address that no VIP serves (port, or a protocol other than TCP/UDP).
+/// ICMP always passes: its errors (fragmentation needed, unreachable) keep connections working.
+#[inline(always)]
+pub fn unserved(policy: &PolicyConfig, protocol: u8) -> Result<u32, DropReason> {
+    if protocol == proto::ICMP || policy.flags & policy_flags::DROP_UNSERVED == 0 {
+        Ok(xdp_action::XDP_PASS)
+    } else {
+        Err(DropReason::Unserved)
+    }
+}
+
+/// Checks on a packet for a VIP: TCP sanity, the VIP's source ranges, the per-source rate of
+/// new connections. `l4_off` is the TCP/UDP header's offset; the caller checked that a minimal
+/// header lies inside the frame.
+#[inline(always)]
+pub fn vip(
+    ctx: &XdpContext,
+    policy: &PolicyConfig,
+    vip: &VipMeta,
+    flow: &FlowKey,
+    l4_off: usize,
+) -> Result<(), DropReason> {
+    let mut syn = false;
+    if flow.proto == proto::TCP {
+        // The data offset byte and the flags byte that follows it.
+        let bytes: *const [u8; 2] =
+            ptr_at(ctx, l4_off + TCP_DOFF_OFF).ok_or(DropReason::L4Truncated)?;
+        // SAFETY: ptr_at checked that both bytes lie inside the frame.
+        let [doff, flags] = unsafe { *bytes };
+        if doff >> 4 < 5 || bad_tcp_flags(flags) {
+            return Err(DropReason::TcpBadFlags);
+        }
+        syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+    }
+    if policy.flags & policy_flags::VIP_RANGES != 0 {
+        let key = Key::new(
+            64,
+            VipSourceKey {
+                vip_id: vip.vip_id,
+                addr: flow.src,
+            },
+        );
+        if POLICY_VIP.get(key).is_none() {
+            return Err(DropReason::VipSourceDenied);
+        }
+    }
+    if syn && policy.source_rate != 0 && !take_token(policy, flow.src) {
+        return Err(DropReason::RateLimited);
+    }
+    Ok(())
+}
+
+/// Flag combinations no TCP stack sends: none at all (null scan), SYN with FIN or RST, FIN
+/// without ACK (FIN and Xmas scans).
+#[inline(always)]
+fn bad_tcp_flags(flags: u8) -> bool {
+    let syn = flags & tcp_flags::SYN != 0;
+    flags & 0x3f == 0
+        || (syn && flags & (tcp_flags::FIN | tcp_flags::RST) != 0)
+        || (flags & tcp_flags::FIN != 0 && flags & tcp_flags::ACK == 0)
+}
+
+/// Takes a token from the source's bucket; false when it is empty. Buckets live in an LRU map
+/// of fixed size. Two CPUs updating one bucket at once may each take the same token: the limit
+/// is approximate by at most one token per CPU, and never blocks.
+#[inline(always)]
+fn take_token(policy: &PolicyConfig, source: u32) -> bool {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(bucket) = RATE.get_ptr_mut(source) else {
+        let fresh = TokenBucket {
+            last_ns: now,
+            tokens: policy.source_burst.saturating_sub(1),
+            _pad: 0,
+        };
+        // A failed insert only forgets this source's state: let the packet through.
+        let _ = RATE.insert(source, fresh, 0);
+        return true;
+    };
+    // SAFETY: the pointer comes from a successful lookup; the LRU may recycle the element
+    // under us, which at worst gives another source's bucket one more or one fewer token.
+    let bucket = unsafe { &mut *bucket };
+    let elapsed = now.saturating_sub(bucket.last_ns);
+    if elapsed >= BUCKET_IDLE_NS {
+        bucket.tokens = policy.source_burst;
+        bucket.last_ns = now;
+    } else {
+        let refill = elapsed * u64::from(policy.source_rate) / NS_PER_SEC;
+        if refill > 0 {
+            let tokens = u64::from(bucket.tokens) + refill;
+            bucket.tokens = tokens.min(u64::from(policy.source_burst)) as u32;
+            bucket.last_ns = now;
+        }
+    }
+    if bucket.tokens == 0 {
+        return false;
+    }
+    bucket.tokens -= 1;
+    true
+}
+
+/// Counts one event of a one-second per-CPU window; false once `limit` is passed in the
+/// current second.
+#[inline(always)]
+pub fn within_rate(index: u32, limit: u32) -> bool {
+    let Some(w) = WINDOWS.get_ptr_mut(index) else {
+        return false;
+    };
+    // SAFETY: this CPU's own slot, written only by this program on this CPU.
+    let w = unsafe { &mut *w };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(w.start_ns) >= NS_PER_SEC {
+        w.start_ns = now;
+        w.count = 0;
+    }
+    w.count += 1;
+    w.count <= u64::from(limit)
+}
+
+/// Whether a new flow may be added to the flow table: not while this CPU is above the
+/// flow-insert ceiling (the packet is still balanced; the flow just is not remembered).
+#[inline(always)]
+pub fn may_remember() -> bool {
+    let limit = settings().flow_insert_rate;
+    if limit == 0 || within_rate(window::FLOW_INSERT, limit) {
+        return true;
+    }
+    count(PolicyCounter::FlowNotRemembered);
+    false
+}
+
+/// Counts a policy event.
+#[inline(always)]
+pub fn count(counter: PolicyCounter) {
+    if let Some(value) = STATS_POLICY.get_ptr_mut(counter as u32) {
+        // SAFETY: this CPU's own slot.
+        unsafe { *value += 1 };
+    }
+}
