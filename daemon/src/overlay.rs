@@ -91,6 +91,8 @@ struct TomlVip<'a> {
     mode: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     table_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'a crate::api::types::HealthSpec>,
     backend: Vec<&'a BackendSpec>,
 }
 
@@ -151,6 +153,7 @@ impl Overlay {
                     protocol: &v.protocol,
                     mode: &v.mode,
                     table_size: v.table_size,
+                    health: v.health.as_ref(),
                     backend: v.backends.iter().collect(),
                 })
                 .collect(),
@@ -216,6 +219,25 @@ mod tests {
         assert_eq!(config.vips.len(), 1);
         assert_eq!(config.vips[0].backends[0].weight, 7);
         assert_eq!(config.vips[0].backends[0].name, "web-1.a_b");
+    }
+
+    #[test]
+    fn health_settings_of_api_vips_reach_the_config() {
+        let mut spec = spec();
+        spec.mode = "ipip".into();
+        spec.health =
+            serde_json::from_str(r#"{"check":"http","path":"/h","on_all_down":"drop"}"#).unwrap();
+        spec.backends[0].health = serde_json::from_str(r#"{"rise":5}"#).unwrap();
+        let mut overlay = Overlay::default();
+        overlay.vips.insert("api-web".into(), spec);
+        let text = format!("[interface]\nname = \"eth0\"\n{}", overlay.vips_toml());
+        let config =
+            crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let vip = &config.vips[0];
+        assert_eq!(vip.on_all_down, crate::config::AllDown::Drop);
+        assert_eq!(vip.health.check.name(), "http");
+        assert_eq!(vip.health.via, crate::config::ProbeVia::Encap);
+        assert_eq!(vip.health_of(&vip.backends[0]).rise, 5);
     }
 
     #[test]

@@ -93,7 +93,15 @@ pub struct VipSpec {
     pub table_size: Option<u32>,
     /// The backends.
     pub backends: Vec<BackendSpec>,
+    /// Health-check settings: the keys of a config file's `[vip.health]`, checked by the same
+    /// validator; defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
+
+/// The keys of a `[vip.health]` (or `[vip.backend.health]`) table, as JSON values; the
+/// config validator checks them (an unknown key or a wrong type is a 400 naming it).
+pub type HealthSpec = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// A backend as the API sets it: the same fields as a `[[vip.backend]]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +118,9 @@ pub struct BackendSpec {
     /// A name for humans; the address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Health-check settings of this backend over the VIP's (`[vip.backend.health]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
 
 /// Body of `PUT /v1/vips/{name}/backends`.

@@ -410,6 +410,7 @@ fn parse_backend(text: &str) -> Result<BackendSpec, String> {
         mac: None,
         weight: None,
         name: None,
+        health: None,
     };
     for part in parts {
         let (key, value) = part

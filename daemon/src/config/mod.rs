@@ -6,6 +6,7 @@
 //! rule, collecting all errors before it builds the [`Config`]. A `Config` value is always valid.
 
 mod diagnostic;
+mod health;
 mod net;
 mod raw;
 mod validate;
@@ -20,6 +21,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use health::{AllDown, HealthCheck, HealthConfig, ProbeVia, defaults as health_defaults};
 pub use net::{Ipv4Net, MacAddr, NetParseError};
 
 /// The validated configuration of one xlbd instance.
@@ -121,6 +123,10 @@ pub struct VipConfig {
     pub table_size: u32,
     /// The backends, in file order.
     pub backends: Vec<BackendConfig>,
+    /// How its backends are checked (`[vip.health]`, defaults when absent).
+    pub health: HealthConfig,
+    /// What happens when every backend is down.
+    pub on_all_down: AllDown,
 }
 
 /// Transport protocol of a VIP.
@@ -192,6 +198,15 @@ pub struct BackendConfig {
     pub mac: MacAddr,
     /// Share of new flows; 0 drains the backend (kept for existing flows, no new ones).
     pub weight: u32,
+    /// Its own health settings (`[vip.backend.health]` over the VIP's), when it has any.
+    pub health: Option<HealthConfig>,
+}
+
+impl VipConfig {
+    /// The health settings of one of its backends: the backend's own, else the VIP's.
+    pub fn health_of<'a>(&'a self, backend: &'a BackendConfig) -> &'a HealthConfig {
+        backend.health.as_ref().unwrap_or(&self.health)
+    }
 }
 
 impl Config {

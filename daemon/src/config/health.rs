@@ -1,0 +1,168 @@
+//! `[vip.health]` and `[vip.backend.health]`: how backends are checked, validated into
+//! [`HealthConfig`] (see `docs/config.md`, "Health checks").
+
+use std::{fmt, ops::RangeInclusive, time::Duration};
+
+use serde::Serialize;
+
+use super::{ForwardMode, Protocol};
+
+/// What a health probe does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "check")]
+pub enum HealthCheck {
+    /// No probe: the backend is always taken as up.
+    None,
+    /// A TCP connect.
+    Tcp,
+    /// An HTTP/1.1 GET; success when the status is one of `expect`.
+    Http {
+        /// Request target, starting with `/`.
+        path: String,
+        /// `Host` header; the probed `address:port` when absent.
+        host: Option<String>,
+        /// Accepted status codes (never empty after validation).
+        expect: Vec<RangeInclusive<u16>>,
+    },
+    /// A UDP datagram; success when a reply comes back (beginning with `expect` if given).
+    Udp {
+        /// The datagram sent.
+        payload: Vec<u8>,
+        /// The bytes a reply must begin with.
+        expect: Option<Vec<u8>>,
+    },
+}
+
+impl HealthCheck {
+    /// The name used in the config file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HealthCheck::None => "none",
+            HealthCheck::Tcp => "tcp",
+            HealthCheck::Http { .. } => "http",
+            HealthCheck::Udp { .. } => "udp",
+        }
+    }
+}
+
+/// Which way probes reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeVia {
+    /// To the VIP's address, IPv4-in-IPv4 encapsulated towards the backend like data traffic
+    /// (`ipip` VIPs only): a backend that does not serve the VIP fails.
+    Encap,
+    /// To the backend's own address.
+    Direct,
+}
+
+impl fmt::Display for ProbeVia {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeVia::Encap => "encap",
+            ProbeVia::Direct => "direct",
+        })
+    }
+}
+
+/// What a VIP does when every backend with weight is down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllDown {
+    /// Keep the backends that were serving when the last one went down ("fail static"): a
+    /// probe path that breaks for every backend at once does not take the service down.
+    #[default]
+    Keep,
+    /// Take every backend out: new flows to the VIP are dropped (counted as `no_backend`).
+    Drop,
+}
+
+impl fmt::Display for AllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AllDown::Keep => "keep",
+            AllDown::Drop => "drop",
+        })
+    }
+}
+
+/// The resolved health settings of a VIP, or of one backend that overrides them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthConfig {
+    /// The probe.
+    #[serde(flatten)]
+    pub check: HealthCheck,
+    /// Destination port of probes.
+    pub port: u16,
+    /// Time between two probes of a backend.
+    pub interval_ms: u32,
+    /// How long a probe may take before it counts as failed.
+    pub timeout_ms: u32,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
+    /// Which way probes go.
+    pub via: ProbeVia,
+}
+
+/// Defaults of the fields left out (HAProxy's: `inter 2s`, `rise 2`, `fall 3`).
+pub mod defaults {
+    /// `interval_ms`.
+    pub const INTERVAL_MS: u32 = 2000;
+    /// `timeout_ms`.
+    pub const TIMEOUT_MS: u32 = 1000;
+    /// `rise`.
+    pub const RISE: u32 = 2;
+    /// `fall`.
+    pub const FALL: u32 = 3;
+    /// `path` of an HTTP check.
+    pub const HTTP_PATH: &str = "/";
+}
+
+impl HealthConfig {
+    /// The settings of a VIP without a `[vip.health]` table: a TCP connect to the VIP's port
+    /// for a TCP VIP, no check for a UDP VIP (a UDP service answers only requests it
+    /// understands: no generic probe fits), through the encapsulation in mode `ipip`.
+    pub fn defaults_for(protocol: Protocol, port: u16, mode: ForwardMode) -> HealthConfig {
+        HealthConfig {
+            check: match protocol {
+                Protocol::Tcp => HealthCheck::Tcp,
+                Protocol::Udp => HealthCheck::None,
+            },
+            port,
+            interval_ms: defaults::INTERVAL_MS,
+            timeout_ms: defaults::TIMEOUT_MS,
+            rise: defaults::RISE,
+            fall: defaults::FALL,
+            via: match mode {
+                ForwardMode::Ipip => ProbeVia::Encap,
+                ForwardMode::L2 => ProbeVia::Direct,
+            },
+        }
+    }
+
+    /// The settings the health checker runs with, for a check other than `none`.
+    pub fn settings(&self) -> Option<crate::health::Settings> {
+        let check = match &self.check {
+            HealthCheck::None => return None,
+            HealthCheck::Tcp => crate::health::Check::Tcp,
+            HealthCheck::Http { path, host, expect } => crate::health::Check::Http {
+                path: path.clone(),
+                host: host.clone(),
+                expect: expect.clone(),
+            },
+            HealthCheck::Udp { payload, expect } => crate::health::Check::Udp {
+                payload: payload.clone(),
+                expect: expect.clone(),
+            },
+        };
+        Some(crate::health::Settings {
+            check,
+            interval: Duration::from_millis(u64::from(self.interval_ms)),
+            timeout: Duration::from_millis(u64::from(self.timeout_ms)),
+            rise: self.rise,
+            fall: self.fall,
+        })
+    }
+}
