@@ -26,6 +26,7 @@ use crate::{
     },
     config::{Config, ConfigError},
     dataplane::{ApplyReport, Dataplane, DataplaneError},
+    monitor::{self, Monitor},
     notify::Notifier,
     overlay::{Overlay, OverlayError},
     signals::{Signal, Signals},
@@ -48,6 +49,8 @@ pub enum Source {
     Signal,
     /// An API request.
     Api,
+    /// A backend's health changed.
+    Health,
 }
 
 impl Source {
@@ -57,6 +60,7 @@ impl Source {
             Source::File => "file",
             Source::Signal => "signal",
             Source::Api => "api",
+            Source::Health => "health",
         }
     }
 }
@@ -187,6 +191,8 @@ pub struct Controller {
     counters: Counters,
     started: Instant,
     notifier: Notifier,
+    /// Health checks of the backends, and what they take out of the desired state.
+    health: Monitor,
 }
 
 fn change_view(report: &ApplyReport, started: Instant) -> ChangeView {
@@ -254,11 +260,16 @@ impl Controller {
             )));
         }
         let interface = layered.config.interface.name.clone();
+        let mut health = Monitor::start(&interface).map_err(|source| StartError::Setup {
+            what: "health checker",
+            source,
+        })?;
         let if_mac = crate::dataplane::interface_mac(&interface)?;
         let mut dataplane = Dataplane::load(&layered.config.limits, if_mac)?;
         let started = Instant::now();
         let report = dataplane.apply(&desired)?;
         dataplane.attach(&interface, layered.config.interface.attach_mode)?;
+        health.update(&layered.config);
         let mut controller = Controller {
             options,
             dataplane,
@@ -272,6 +283,7 @@ impl Controller {
             counters: Counters::default(),
             started: Instant::now(),
             notifier: Notifier::from_env(),
+            health,
         };
         controller.record(Source::Startup, Ok(change_view(&report, started)));
         Ok(controller)
@@ -366,10 +378,9 @@ impl Controller {
                 backend, "forgetting the override of a backend that no longer exists"
             );
         }
-        let desired = DesiredState::from_config_reusing(
-            &effective(&layered.config, &overlay),
-            Some(&self.desired),
-        )?;
+        let mut serving = effective(&layered.config, &overlay);
+        self.health.apply(&mut serving, &self.desired);
+        let desired = DesiredState::from_config_reusing(&serving, Some(&self.desired))?;
         let report = self.dataplane.apply(&desired)?;
         if (overlay_changed || !pruned.is_empty())
             && overlay != self.overlay
@@ -384,6 +395,7 @@ impl Controller {
         self.overlay = overlay;
         self.config = layered.config;
         self.api_vips = layered.api_vips;
+        self.health.update(&self.config);
         Ok(change_view(&report, started))
     }
 
@@ -486,9 +498,21 @@ impl Controller {
         self.notifier.ready(&self.summary());
 
         let stats_tick = tick(self.options.stats_interval);
+        let transitions = self.health.transitions().clone();
         self.write_stats();
         loop {
             select! {
+                recv(transitions) -> transition => {
+                    // Take every transition already waiting: one change for a burst (a rack
+                    // going dark), not one per backend.
+                    let mut changed = false;
+                    for transition in transition.into_iter().chain(transitions.try_iter()) {
+                        changed |= self.health.record(transition);
+                    }
+                    if changed {
+                        let _ = self.change(Source::Health, None, None);
+                    }
+                }
                 recv(events) -> event => match event {
                     Ok(Event::Signal(Signal::Terminate)) | Err(_) => break,
                     Ok(Event::Signal(Signal::Reload)) => {
@@ -725,6 +749,7 @@ impl Controller {
             api_requests_failed: self.counters.api_failed,
             vips: self.config.vips.len(),
             backends: self.config.vips.iter().map(|v| v.backends.len()).sum(),
+            health: self.health.summary(),
             actions: snapshot
                 .as_ref()
                 .map(|s| {
@@ -745,7 +770,7 @@ impl Controller {
             .iter()
             .map(|vip| {
                 let stats = snapshot.vips.iter().find(|s| s.name == vip.name);
-                VipView {
+                let mut view = VipView {
                     name: vip.name.clone(),
                     address: vip.address.to_string(),
                     port: vip.port,
@@ -760,6 +785,7 @@ impl Controller {
                     table_size: vip.table_size,
                     packets: stats.map_or(0, |s| s.counter.packets),
                     bytes: stats.map_or(0, |s| s.counter.bytes),
+                    health: String::new(),
                     backends: vip
                         .backends
                         .iter()
@@ -782,10 +808,19 @@ impl Controller {
                                 slots: bstats.map_or(0, |s| s.slots),
                                 packets: bstats.map_or(0, |s| s.counter.packets),
                                 bytes: bstats.map_or(0, |s| s.counter.bytes),
+                                health: self.health.backend(&vip.name, b.address),
                             }
                         })
                         .collect(),
-                }
+                };
+                let weighted: Vec<Option<bool>> = view
+                    .backends
+                    .iter()
+                    .filter(|b| b.weight > 0)
+                    .map(|b| b.health.as_ref().map(|h| h.health == "up"))
+                    .collect();
+                view.health = monitor::vip_state(vip, &weighted);
+                view
             })
             .collect()
     }

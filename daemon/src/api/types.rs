@@ -168,6 +168,9 @@ pub struct StatusView {
     pub vips: usize,
     /// Number of backends over all VIPs.
     pub backends: usize,
+    /// Health checks: backends checked, up and down, transitions, probes.
+    #[serde(default)]
+    pub health: HealthStatusView,
     /// Packets per final XDP action, by action name.
     pub actions: Vec<(String, u64)>,
     /// Packets per drop reason, by reason name.
@@ -225,6 +228,10 @@ pub struct VipView {
     pub packets: u64,
     /// Bytes forwarded for it.
     pub bytes: u64,
+    /// Health of its backends that have weight: `"unchecked"`, `"up"`, `"degraded"` (some
+    /// down), `"all down (keep)"` or `"all down (drop)"` (its `on_all_down` policy at work).
+    #[serde(default)]
+    pub health: String,
     /// Its backends.
     pub backends: Vec<BackendView>,
 }
@@ -250,6 +257,51 @@ pub struct BackendView {
     pub packets: u64,
     /// Bytes forwarded to it.
     pub bytes: u64,
+    /// Its health; absent when it is not checked (check `"none"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<BackendHealthView>,
+}
+
+/// What is known of one checked backend's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHealthView {
+    /// `"up"` or `"down"`.
+    pub health: String,
+    /// The last transition's reason (`"starting"` before any), e.g. `"connection refused (3
+    /// failures in a row)"`.
+    pub reason: String,
+    /// When the health last changed (Unix seconds), 0 if it never did.
+    pub since_unix: u64,
+    /// Transitions to down since the backend was first checked.
+    pub went_down: u64,
+    /// Transitions to up since then.
+    pub came_up: u64,
+}
+
+/// Health checks of the whole daemon, for `xlb status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatusView {
+    /// Backends being checked.
+    pub checked: u64,
+    /// Of those, up.
+    pub up: u64,
+    /// Of those, down.
+    pub down: u64,
+    /// Transitions to down since start.
+    pub went_down: u64,
+    /// Transitions to up since start.
+    pub came_up: u64,
+    /// Probes started.
+    pub probes_started: u64,
+    /// Probes that succeeded.
+    pub probes_succeeded: u64,
+    /// Probes that failed (timeouts included).
+    pub probes_failed: u64,
+    /// Probes not run for a reason on the balancer's side (file descriptors, ports, memory).
+    pub local_errors: u64,
+    /// Why encapsulated probes cannot be sent, if they cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap_error: Option<String>,
 }
 
 /// Answer of `GET /v1/vips`.
