@@ -349,15 +349,15 @@ impl Monitor {
             probes_failed: stats.probes_failed,
             local_errors: stats.local_errors,
             encap_error: self.encap_error.clone(),
+            encap_packets: self
+                .encap
+                .as_ref()
+                .and_then(|e| e.counters().ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, n)| (name.to_owned(), n))
+                .collect(),
         }
-    }
-
-    /// Packets the probe encapsulator handled, by outcome; empty when it is not attached.
-    pub fn encap_counters(&self) -> Vec<(&'static str, u64)> {
-        self.encap
-            .as_ref()
-            .and_then(|e| e.counters().ok())
-            .unwrap_or_default()
     }
 }
 

@@ -302,6 +302,10 @@ pub struct HealthStatusView {
     /// Why encapsulated probes cannot be sent, if they cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encap_error: Option<String>,
+    /// Probe packets the tc encapsulator handled, by outcome (`encapsulated`, `passed`,
+    /// `errors`); empty while no probe is encapsulated.
+    #[serde(default)]
+    pub encap_packets: Vec<(String, u64)>,
 }
 
 /// Answer of `GET /v1/vips`.

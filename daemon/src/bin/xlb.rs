@@ -580,7 +580,7 @@ fn render_status(status: &StatusView) -> String {
             )
         }
     };
-    let mut out = table(&[
+    let mut rows = vec![
         row!["version", &status.version],
         row!["uptime", &duration(status.uptime_seconds)],
         row![
@@ -614,10 +614,20 @@ fn render_status(status: &StatusView) -> String {
                 status.health.local_errors
             ),
         ],
-    ]);
-    if let Some(error) = &status.health.encap_error {
-        out.push_str(&format!("probe encapsulation failed: {error}\n"));
+    ];
+    if !status.health.encap_packets.is_empty() {
+        let counts: Vec<String> = status
+            .health
+            .encap_packets
+            .iter()
+            .map(|(name, n)| format!("{n} {name}"))
+            .collect();
+        rows.push(row!["probe packets", &counts.join(", ")]);
     }
+    if let Some(error) = &status.health.encap_error {
+        rows.push(row!["probe encap", &format!("failed: {error}")]);
+    }
+    let mut out = table(&rows);
     let counters = |title: &str, counts: &[(String, u64)]| {
         let mut rows = vec![row![&title, &"PACKETS"]];
         rows.extend(counts.iter().map(|(name, n)| row![name, n]));
@@ -933,6 +943,7 @@ be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  -       0    
                 probes_failed: 5,
                 local_errors: 0,
                 encap_error: None,
+                encap_packets: vec![("encapsulated".into(), 80), ("passed".into(), 3)],
             },
             actions: vec![("pass".into(), 10), ("tx".into(), 300)],
             drops: vec![("fragment".into(), 0), ("no_backend".into(), 4)],
@@ -940,18 +951,19 @@ be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  -       0    
         assert_eq!(
             render_status(&status),
             "\
-version       0.1.0
-uptime        1h 2m 3s
-interface     eth0 (native)
-config        /etc/xlb/xlb.toml
-generation    7
-vips          2
-backends      3
-last reload   ok (api) at 2023-11-14 22:13:20 UTC: 1 added, 0 changed, 0 removed, 1 unchanged in 153 µs
-reloads       12 ok, 1 failed
-api requests  30 ok, 2 failed
-health        2 checked: 1 up, 1 down; 2 went down, 1 came up since start
-probes        40 started, 35 ok, 5 failed, 0 local errors
+version        0.1.0
+uptime         1h 2m 3s
+interface      eth0 (native)
+config         /etc/xlb/xlb.toml
+generation     7
+vips           2
+backends       3
+last reload    ok (api) at 2023-11-14 22:13:20 UTC: 1 added, 0 changed, 0 removed, 1 unchanged in 153 µs
+reloads        12 ok, 1 failed
+api requests   30 ok, 2 failed
+health         2 checked: 1 up, 1 down; 2 went down, 1 came up since start
+probes         40 started, 35 ok, 5 failed, 0 local errors
+probe packets  80 encapsulated, 3 passed
 
 ACTION  PACKETS
 pass    10
