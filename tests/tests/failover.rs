@@ -134,15 +134,27 @@ fn stop_server(lab: &Lab, host: &str) {
     }
 }
 
-/// Starts `host`'s HTTP server again; the lab's teardown stops it.
-fn start_server(lab: &Lab, host: &str) {
-    lab.command(host, "python3")
-        .arg(repo_root().join("scripts/lab-backend.py"))
-        .args(["--name", host])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting the lab backend");
+/// A lab HTTP server this test started; stopped on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `host`'s HTTP server again.
+fn start_server(lab: &Lab, host: &str) -> Server {
+    Server(
+        lab.command(host, "python3")
+            .arg(repo_root().join("scripts/lab-backend.py"))
+            .args(["--name", host])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the lab backend"),
+    )
 }
 
 /// Long-lived connections to the VIP, each streaming [`SLOW_LINES`] lines.
@@ -231,7 +243,7 @@ fn failover(prefix: &str, mode: &str) {
     assert_untouched(&finish_long(long), &["be1", "be3"]);
 
     // Back: up after `rise` successes, and new flows reach it again.
-    start_server(&lab, "be2");
+    let _server = start_server(&lab, "be2");
     wait_health(&lab, "web", "be2", "up", Duration::from_secs(20));
     let be2 = backend(&lab, "web", "be2");
     assert_eq!(be2["health"]["came_up"], 1, "{be2}");
