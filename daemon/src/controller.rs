@@ -898,6 +898,11 @@ mod tests {
         assert_eq!(api_field("vip[3].backend"), "backends");
         assert_eq!(api_field("vip[0].address"), "address");
         assert_eq!(api_field("vip[0].backends_x"), "backends_x");
+        assert_eq!(api_field("vip[2].health.path"), "health.path");
+        assert_eq!(
+            api_field("vip[2].backend[0].health.rise"),
+            "backends[0].health.rise"
+        );
     }
 
     #[test]
