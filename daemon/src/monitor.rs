@@ -494,7 +494,7 @@ mod tests {
         monitor.update(&config);
         assert!(!monitor.is_down("web", IpAddr::from([127, 0, 0, 12])));
         assert_eq!(monitor.summary().checked, 1);
-        config.vips[0].health.check = crate::config::HealthCheck::None;
+        config.vips[0].health.check = None;
         monitor.update(&config);
         assert_eq!(monitor.summary().checked, 0);
         assert_eq!(vip_state(&config.vips[0], &[None]), "unchecked");

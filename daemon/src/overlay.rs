@@ -235,7 +235,7 @@ mod tests {
             crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}\n{text}"));
         let vip = &config.vips[0];
         assert_eq!(vip.on_all_down, crate::config::AllDown::Drop);
-        assert_eq!(vip.health.check.name(), "http");
+        assert_eq!(vip.health.check_name(), "http");
         assert_eq!(vip.health.via, crate::config::ProbeVia::Encap);
         assert_eq!(vip.health_of(&vip.backends[0]).rise, 5);
     }

@@ -1,49 +1,12 @@
 //! `[vip.health]` and `[vip.backend.health]`: how backends are checked, validated into
 //! [`HealthConfig`] (see `docs/config.md`, "Health checks").
 
-use std::{fmt, ops::RangeInclusive, time::Duration};
+use std::{fmt, time::Duration};
 
 use serde::Serialize;
 
 use super::{ForwardMode, Protocol};
-
-/// What a health probe does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "check")]
-pub enum HealthCheck {
-    /// No probe: the backend is always taken as up.
-    None,
-    /// A TCP connect.
-    Tcp,
-    /// An HTTP/1.1 GET; success when the status is one of `expect`.
-    Http {
-        /// Request target, starting with `/`.
-        path: String,
-        /// `Host` header; the probed `address:port` when absent.
-        host: Option<String>,
-        /// Accepted status codes (never empty after validation).
-        expect: Vec<RangeInclusive<u16>>,
-    },
-    /// A UDP datagram; success when a reply comes back (beginning with `expect` if given).
-    Udp {
-        /// The datagram sent.
-        payload: Vec<u8>,
-        /// The bytes a reply must begin with.
-        expect: Option<Vec<u8>>,
-    },
-}
-
-impl HealthCheck {
-    /// The name used in the config file.
-    pub fn name(&self) -> &'static str {
-        match self {
-            HealthCheck::None => "none",
-            HealthCheck::Tcp => "tcp",
-            HealthCheck::Http { .. } => "http",
-            HealthCheck::Udp { .. } => "udp",
-        }
-    }
-}
+use crate::health::{Check, Settings};
 
 /// Which way probes reach a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -89,9 +52,9 @@ impl fmt::Display for AllDown {
 /// The resolved health settings of a VIP, or of one backend that overrides them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HealthConfig {
-    /// The probe.
+    /// The probe; `None` for `check = "none"`: never probed, always taken as up.
     #[serde(flatten)]
-    pub check: HealthCheck,
+    pub check: Option<Check>,
     /// Destination port of probes.
     pub port: u16,
     /// Time between two probes of a backend.
@@ -127,8 +90,8 @@ impl HealthConfig {
     pub fn defaults_for(protocol: Protocol, port: u16, mode: ForwardMode) -> HealthConfig {
         HealthConfig {
             check: match protocol {
-                Protocol::Tcp => HealthCheck::Tcp,
-                Protocol::Udp => HealthCheck::None,
+                Protocol::Tcp => Some(Check::Tcp),
+                Protocol::Udp => None,
             },
             port,
             interval_ms: defaults::INTERVAL_MS,
@@ -142,23 +105,20 @@ impl HealthConfig {
         }
     }
 
+    /// The name of the check in the config file: `tcp`, `http`, `udp` or `none`.
+    pub fn check_name(&self) -> &'static str {
+        match &self.check {
+            None => "none",
+            Some(Check::Tcp) => "tcp",
+            Some(Check::Http { .. }) => "http",
+            Some(Check::Udp { .. }) => "udp",
+        }
+    }
+
     /// The settings the health checker runs with, for a check other than `none`.
-    pub fn settings(&self) -> Option<crate::health::Settings> {
-        let check = match &self.check {
-            HealthCheck::None => return None,
-            HealthCheck::Tcp => crate::health::Check::Tcp,
-            HealthCheck::Http { path, host, expect } => crate::health::Check::Http {
-                path: path.clone(),
-                host: host.clone(),
-                expect: expect.clone(),
-            },
-            HealthCheck::Udp { payload, expect } => crate::health::Check::Udp {
-                payload: payload.clone(),
-                expect: expect.clone(),
-            },
-        };
-        Some(crate::health::Settings {
-            check,
+    pub fn settings(&self) -> Option<Settings> {
+        Some(Settings {
+            check: self.check.clone()?,
             interval: Duration::from_millis(u64::from(self.interval_ms)),
             timeout: Duration::from_millis(u64::from(self.timeout_ms)),
             rise: self.rise,

@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
-pub use health::{AllDown, HealthCheck, HealthConfig, ProbeVia, defaults as health_defaults};
+pub use health::{AllDown, HealthConfig, ProbeVia, defaults as health_defaults};
 pub use net::{Ipv4Net, MacAddr, NetParseError};
 
 /// The validated configuration of one xlbd instance.

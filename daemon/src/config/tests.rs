@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use super::*;
+use crate::health::Check;
 
 const ORIGIN: &str = "test.toml";
 
@@ -124,7 +125,7 @@ mode = "ipip"
 "#;
 
 /// Default health settings but for the check, port and path.
-fn health(check: HealthCheck, port: u16, via: ProbeVia) -> HealthConfig {
+fn health(check: Option<Check>, port: u16, via: ProbeVia) -> HealthConfig {
     HealthConfig {
         check,
         port,
@@ -168,7 +169,7 @@ fn full_config_reads_into_the_exact_struct() {
                 protocol: Protocol::Tcp,
                 mode: ForwardMode::L2,
                 table_size: 251,
-                health: health(HealthCheck::Tcp, 443, ProbeVia::Direct),
+                health: health(Some(Check::Tcp), 443, ProbeVia::Direct),
                 on_all_down: AllDown::Keep,
                 backends: vec![
                     BackendConfig {
@@ -195,7 +196,7 @@ fn full_config_reads_into_the_exact_struct() {
                 mode: ForwardMode::Ipip,
                 table_size: 65537,
                 // UDP: no probe unless one is configured.
-                health: health(HealthCheck::None, 0, ProbeVia::Encap),
+                health: health(None, 0, ProbeVia::Encap),
                 on_all_down: AllDown::Keep,
                 backends: vec![
                     BackendConfig {
@@ -1004,10 +1005,12 @@ mac = "02:00:00:00:01:03"
     );
     let config = parse(&text);
     let vip = &config.vips[0];
-    let http = |path: &str| HealthCheck::Http {
-        path: path.to_owned(),
-        host: Some("web.example".to_owned()),
-        expect: vec![200..=200, 300..=302],
+    let http = |path: &str| {
+        Some(Check::Http {
+            path: path.to_owned(),
+            host: Some("web.example".to_owned()),
+            expect: vec![200..=200, 300..=302],
+        })
     };
     let expected = HealthConfig {
         check: http("/healthz"),
@@ -1029,12 +1032,24 @@ mac = "02:00:00:00:01:03"
     let be3 = vip.backends[2].health.clone().unwrap();
     assert_eq!(
         be3.check,
-        HealthCheck::Udp {
+        Some(Check::Udp {
             payload: b"ping".to_vec(),
             expect: Some(b"pong".to_vec()),
-        }
+        })
     );
     assert_eq!((be3.interval_ms, be3.rise, be3.port), (500, 1, 80));
+    let json = serde_json::to_value(&config).unwrap();
+    let health = &json["vips"][0]["health"];
+    assert_eq!(
+        (&health["check"], &health["path"]),
+        (&"http".into(), &"/healthz".into())
+    );
+    let unchecked = serde_json::to_value(HealthConfig {
+        check: None,
+        ..vip.health.clone()
+    })
+    .unwrap();
+    assert!(unchecked.get("check").is_none(), "{unchecked}");
 }
 
 #[test]
@@ -1045,15 +1060,15 @@ fn ipip_vips_probe_through_encap_by_default_and_http_accepts_2xx_3xx() {
     assert_eq!(config.vips[0].health.via, ProbeVia::Direct);
     assert_eq!(
         config.vips[0].health.check,
-        HealthCheck::Http {
+        Some(Check::Http {
             path: "/".to_owned(),
             host: None,
             expect: vec![200..=399],
-        }
+        })
     );
     let config = parse(&base_with("mode = \"l2\"", "mode = \"ipip\""));
     assert_eq!(config.vips[0].health.via, ProbeVia::Encap);
-    assert_eq!(config.vips[0].health.check, HealthCheck::Tcp);
+    assert_eq!(config.vips[0].health.check, Some(Check::Tcp));
 }
 
 #[test]

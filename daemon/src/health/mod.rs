@@ -58,8 +58,10 @@ pub const MAX_OPEN_PROBES: usize = 4096;
 /// The status codes an HTTP check accepts when its `expect` list is empty.
 pub const DEFAULT_HTTP_EXPECT: RangeInclusive<u16> = 200..=399;
 
-/// What a probe does and what counts as a success.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a probe does and what counts as a success. (Serialized for the config's `Serialize`,
+/// as `check = "tcp"` and the like.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "check")]
 pub enum Check {
     /// A TCP connect that completes (the socket is closed right after): success when the
     /// socket becomes writable with no error.

@@ -8,7 +8,8 @@ use toml::Spanned;
 use super::Checker;
 use crate::config::health::defaults;
 use crate::config::raw::{RawHealth, RawStatus};
-use crate::config::{AllDown, ForwardMode, HealthCheck, HealthConfig, ProbeVia, Protocol};
+use crate::config::{AllDown, ForwardMode, HealthConfig, ProbeVia, Protocol};
+use crate::health::Check;
 
 /// Accepted `interval_ms`: 100 ms to one hour.
 const INTERVAL_RANGE: RangeInclusive<i64> = 100..=3_600_000;
@@ -39,12 +40,12 @@ const KINDS: &[(&str, Kind)] = &[
 const VIAS: &[(&str, ProbeVia)] = &[("encap", ProbeVia::Encap), ("direct", ProbeVia::Direct)];
 const ALL_DOWN: &[(&str, AllDown)] = &[("keep", AllDown::Keep), ("drop", AllDown::Drop)];
 
-fn kind_of(check: &HealthCheck) -> Kind {
+fn kind_of(check: Option<&Check>) -> Kind {
     match check {
-        HealthCheck::None => Kind::None,
-        HealthCheck::Tcp => Kind::Tcp,
-        HealthCheck::Http { .. } => Kind::Http,
-        HealthCheck::Udp { .. } => Kind::Udp,
+        None => Kind::None,
+        Some(Check::Tcp) => Kind::Tcp,
+        Some(Check::Http { .. }) => Kind::Http,
+        Some(Check::Udp { .. }) => Kind::Udp,
     }
 }
 
@@ -121,20 +122,20 @@ impl Checker<'_> {
     ) -> HealthConfig {
         let field = |key: &str| format!("{path}.{key}");
         let kind = match &table.check {
-            None => Some(kind_of(&base.check)),
+            None => Some(kind_of(base.check.as_ref())),
             Some(value) => self.keyword(value, &field("check"), "check", KINDS),
         };
         let inherited = kind
-            .filter(|&k| k == kind_of(&base.check))
-            .map(|_| &base.check);
+            .filter(|&k| k == kind_of(base.check.as_ref()))
+            .and_then(|_| base.check.as_ref());
 
         let check = match kind {
             None => base.check.clone(),
-            Some(Kind::None) => HealthCheck::None,
-            Some(Kind::Tcp) => HealthCheck::Tcp,
+            Some(Kind::None) => None,
+            Some(Kind::Tcp) => Some(Check::Tcp),
             Some(Kind::Http) => {
                 let (base_path, base_host, base_expect) = match inherited {
-                    Some(HealthCheck::Http { path, host, expect }) => {
+                    Some(Check::Http { path, host, expect }) => {
                         (path.clone(), host.clone(), expect.clone())
                     }
                     _ => (defaults::HTTP_PATH.to_owned(), None, Vec::new()),
@@ -151,7 +152,7 @@ impl Checker<'_> {
                     None => base_expect,
                     Some(value) => self.http_expect(value, &field("expect")),
                 };
-                HealthCheck::Http {
+                Some(Check::Http {
                     path: http_path,
                     host,
                     expect: if expect.is_empty() {
@@ -159,11 +160,11 @@ impl Checker<'_> {
                     } else {
                         expect
                     },
-                }
+                })
             }
             Some(Kind::Udp) => {
                 let (base_payload, base_reply) = match inherited {
-                    Some(HealthCheck::Udp { payload, expect }) => (payload.clone(), expect.clone()),
+                    Some(Check::Udp { payload, expect }) => (payload.clone(), expect.clone()),
                     _ => (Vec::new(), None),
                 };
                 let payload = match &table.payload {
@@ -186,10 +187,10 @@ impl Checker<'_> {
                     None => base_reply,
                     Some(value) => Some(value.get_ref().as_bytes().to_vec()),
                 };
-                HealthCheck::Udp {
+                Some(Check::Udp {
                     payload,
                     expect: reply,
-                }
+                })
             }
         };
         if let Some(kind) = kind {
@@ -270,13 +271,13 @@ impl Checker<'_> {
         path: &str,
         vip: &VipContext,
     ) {
-        if vip.port == Some(0) && port.is_none() && health.check != HealthCheck::None {
+        if vip.port == Some(0) && port.is_none() && health.check.is_some() {
             self.error(
                 Some(span),
                 &format!("{path}.port"),
                 format!(
                     "the VIP serves every port (port = 0), so its {} check needs a `port`",
-                    health.check.name()
+                    health.check_name()
                 ),
             );
         }
