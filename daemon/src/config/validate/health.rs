@@ -127,7 +127,7 @@ impl Checker<'_> {
         };
         let inherited = kind
             .filter(|&k| k == kind_of(base.check.as_ref()))
-            .and_then(|_| base.check.as_ref());
+            .and(base.check.as_ref());
 
         let check = match kind {
             None => base.check.clone(),
