@@ -38,7 +38,7 @@ use crate::{
     state::DesiredState,
 };
 
-/// Socket marks of encapsulated probes are this plus the target id (below 2^24): marks
+/// Socket marks of encapsulated probes are this plus the target's slot (below 2^24): marks
 /// 0x7800_0001 to 0x78ff_ffff must be free on the balancer host.
 pub const PROBE_MARK_BASE: NonZeroU32 = NonZeroU32::new(0x7800_0000).expect("not zero");
 
@@ -66,8 +66,13 @@ pub struct Monitor {
     encap_targets: HashMap<NonZeroU32, EncapTarget>,
     ids: HashMap<BackendKey, TargetId>,
     by_id: HashMap<TargetId, BackendKey>,
-    free_ids: Vec<TargetId>,
-    next_id: TargetId,
+    /// Slots (the low 24 bits of an id, which the probe mark carries) of forgotten backends.
+    free_slots: Vec<u64>,
+    next_slot: u64,
+    /// Ids handed out so far: the high bits of the next id, so that a recycled slot never
+    /// makes an id seen before, and a transition the checker sent about a forgotten backend
+    /// (still in the channel when its slot was given to another) matches nothing.
+    allocations: u64,
     known: HashMap<BackendKey, Known>,
     went_down: u64,
     came_up: u64,
@@ -92,8 +97,9 @@ impl Monitor {
             encap_targets: HashMap::new(),
             ids: HashMap::new(),
             by_id: HashMap::new(),
-            free_ids: Vec::new(),
-            next_id: 1,
+            free_slots: Vec::new(),
+            next_slot: 1,
+            allocations: 0,
             known: HashMap::new(),
             went_down: 0,
             came_up: 0,
@@ -226,10 +232,14 @@ impl Monitor {
                 let key = (vip.name.clone(), backend.address);
                 let id = match self.ids.get(&key) {
                     Some(&id) => id,
-                    None => self.free_ids.pop().unwrap_or_else(|| {
-                        self.next_id += 1;
-                        self.next_id - 1
-                    }),
+                    None => {
+                        let slot = self.free_slots.pop().unwrap_or_else(|| {
+                            self.next_slot += 1;
+                            self.next_slot - 1
+                        });
+                        self.allocations += 1;
+                        (self.allocations << SLOT_BITS) | slot
+                    }
                 };
                 self.ids.insert(key.clone(), id);
                 wanted.insert(key, id);
@@ -253,7 +263,7 @@ impl Monitor {
                 targets.push(target);
             }
         }
-        // Forget backends no longer checked, and recycle their ids.
+        // Forget backends no longer checked, and recycle their slots.
         let gone: Vec<BackendKey> = self
             .ids
             .keys()
@@ -262,7 +272,7 @@ impl Monitor {
             .collect();
         for key in gone {
             if let Some(id) = self.ids.remove(&key) {
-                self.free_ids.push(id);
+                self.free_slots.push(id & SLOT_MASK);
             }
             self.known.remove(&key);
         }
@@ -379,8 +389,12 @@ pub fn vip_state(vip: &VipConfig, weighted_health: &[Option<bool>]) -> String {
     }
 }
 
+/// Bits of a target id that name its slot (and its probe mark).
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+
 fn probe_mark(id: TargetId) -> NonZeroU32 {
-    PROBE_MARK_BASE.saturating_add(id as u32 & 0x00ff_ffff)
+    PROBE_MARK_BASE.saturating_add((id & SLOT_MASK) as u32)
 }
 
 #[cfg(test)]
@@ -472,6 +486,30 @@ mod tests {
                 ("up", 1, 1)
             );
         }
+    }
+
+    #[test]
+    fn a_late_transition_of_a_forgotten_backend_does_not_hit_the_one_reusing_its_slot() {
+        let mut config = config("drop");
+        let mut monitor = Monitor::start("lo").unwrap();
+        monitor.update(&config);
+        let key = |host: u8| ("web".to_owned(), IpAddr::from([127, 0, 0, host]));
+        let old = monitor.ids[&key(11)];
+        config.vips[0].backends[0].address = IpAddr::from([127, 0, 0, 14]);
+        monitor.update(&config);
+        // A slot is free for the update after the one that forgot its backend.
+        config.vips[0].backends[0].address = IpAddr::from([127, 0, 0, 15]);
+        monitor.update(&config);
+        let new = monitor.ids[&key(15)];
+        assert_eq!(probe_mark(new), probe_mark(old), "the slot is reused");
+        assert_ne!(new, old);
+        let stale = Transition {
+            id: old,
+            health: Health::Down,
+            reason: "sent before the change".into(),
+        };
+        assert!(!monitor.record(stale));
+        assert!(!monitor.is_down("web", IpAddr::from([127, 0, 0, 15])));
     }
 
     #[test]
