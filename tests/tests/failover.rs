@@ -214,6 +214,52 @@ fn assert_untouched(ends: &[(String, bool)], healthy: &[&str]) {
     }
 }
 
+/// One batch of new connections sent while a backend fails and comes back.
+struct Batch {
+    started: Instant,
+    /// The backends that answered, one per request that succeeded.
+    answers: Vec<String>,
+    /// curl's errors.
+    errors: String,
+}
+
+/// Requests per batch of [`new_traffic`].
+const BATCH: usize = 5;
+
+/// New connections all along: a batch of [`BATCH`] requests every 100 ms until `stop` (at most
+/// 600 batches), each on a new connection.
+fn new_traffic(
+    lab: &Lab,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Batch>> {
+    let client = lab.ns("client");
+    std::thread::spawn(move || {
+        let mut batches = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && batches.len() < 600 {
+            let started = Instant::now();
+            let mut curl = Command::new("ip");
+            curl.args(["netns", "exec", &client, "curl", "-sS", "--max-time", "3"]);
+            curl.args(["-H", "Connection: close"]);
+            for _ in 0..BATCH {
+                curl.arg(format!("http://{VIP}/"));
+            }
+            let out = curl.output().unwrap();
+            let answers = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+                .collect();
+            let errors = String::from_utf8_lossy(&out.stderr).into_owned();
+            batches.push(Batch {
+                started,
+                answers,
+                errors,
+            });
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        batches
+    })
+}
+
 fn failover(prefix: &str, mode: &str) {
     let lab = start(prefix, mode);
     assert_eq!(
@@ -222,12 +268,15 @@ fn failover(prefix: &str, mode: &str) {
         "all three serve at start"
     );
     let long = open_long(&lab);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = new_traffic(&lab, stop.clone());
 
     stop_server(&lab, "be2");
     // Down within interval x fall, plus one interval for where in its interval the first
     // failing probe fell; a second more for a loaded machine and the polling.
     let bound = Duration::from_millis(INTERVAL_MS * (FALL + 1) + 1000);
     let took = wait_health(&lab, "web", "be2", "down", Duration::from_secs(20));
+    let down_seen = Instant::now();
     eprintln!("{mode}: be2 marked down {took:?} after its server stopped (bound {bound:?})");
     assert!(took <= bound, "down after {took:?}, above {bound:?}");
     let be2 = backend(&lab, "web", "be2");
@@ -243,8 +292,44 @@ fn failover(prefix: &str, mode: &str) {
     assert_untouched(&finish_long(long), &["be1", "be3"]);
 
     // Back: up after `rise` successes, and new flows reach it again.
+    let restarted = Instant::now();
     let _server = start_server(&lab, "be2");
     wait_health(&lab, "web", "be2", "up", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = traffic.join().unwrap();
+    // Between the failure seen and the restart: every new connection answered, none by be2.
+    let between: Vec<&Batch> = batches
+        .iter()
+        .filter(|b| b.started > down_seen && b.started < restarted)
+        .collect();
+    assert!(between.len() >= 3, "too few batches while be2 was down");
+    for batch in &between {
+        assert_eq!(
+            batch.answers.len(),
+            BATCH,
+            "a new connection failed {:?} after be2 was seen down: {:?} {}\n{}",
+            batch.started - down_seen,
+            batch.answers,
+            batch.errors,
+            lab.log()
+        );
+        assert!(
+            !batch.answers.iter().any(|a| a == "be2"),
+            "{:?}",
+            batch.answers
+        );
+    }
+    let lost_before: usize = batches
+        .iter()
+        .filter(|b| b.started <= down_seen)
+        .map(|b| BATCH - b.answers.len())
+        .sum();
+    eprintln!(
+        "{mode}: {} batches of {BATCH} new connections; {lost_before} failed before be2 was \
+         marked down (sent to the dead backend), none after",
+        batches.len()
+    );
     let be2 = backend(&lab, "web", "be2");
     assert_eq!(be2["health"]["came_up"], 1, "{be2}");
     assert!(

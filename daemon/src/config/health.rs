@@ -85,13 +85,14 @@ pub mod defaults {
 
 impl HealthConfig {
     /// The settings of a VIP without a `[vip.health]` table: a TCP connect to the VIP's port
-    /// for a TCP VIP, no check for a UDP VIP (a UDP service answers only requests it
-    /// understands: no generic probe fits), through the encapsulation in mode `ipip`.
+    /// for a TCP VIP, through the encapsulation in mode `ipip`. No check for a UDP VIP (a UDP
+    /// service answers only requests it understands: no generic probe fits), nor for a VIP on
+    /// every port (which port would be probed is the operator's to say).
     pub fn defaults_for(protocol: Protocol, port: u16, mode: ForwardMode) -> HealthConfig {
         HealthConfig {
             check: match protocol {
-                Protocol::Tcp => Some(Check::Tcp),
-                Protocol::Udp => None,
+                Protocol::Tcp if port != 0 => Some(Check::Tcp),
+                Protocol::Tcp | Protocol::Udp => None,
             },
             port,
             interval_ms: defaults::INTERVAL_MS,

@@ -1121,14 +1121,28 @@ fn health_cross_field_rules() {
         "17:14: vip[0].health.timeout_ms: timeout_ms (1500) is longer than interval_ms (1000); \
          a probe must end before the next one starts"
     );
-    let every_port = base_with("port = 80", "port = 0");
+    // A shorter interval alone brings the default timeout down with it.
+    let short = parse(&with("interval_ms = 500"));
     assert_eq!(
-        only_error(&every_port),
-        "4:1: vip[0].health.port: the VIP serves every port (port = 0), so its tcp check needs \
+        (
+            short.vips[0].health.interval_ms,
+            short.vips[0].health.timeout_ms
+        ),
+        (500, 500)
+    );
+    // A VIP on every port is not checked unless told which port to probe.
+    let every_port = base_with("port = 80", "port = 0");
+    assert_eq!(parse(&every_port).vips[0].health.check, None);
+    parse(&format!("{every_port}[vip.health]\ninterval_ms = 500\n"));
+    assert_eq!(
+        only_error(&format!("{every_port}[vip.health]\ncheck = \"tcp\"\n")),
+        "14:1: vip[0].health.port: the VIP serves every port (port = 0), so its tcp check needs \
          a `port`"
     );
-    parse(&format!("{every_port}[vip.health]\nport = 8080\n"));
-    parse(&format!("{every_port}[vip.health]\ncheck = \"none\"\n"));
+    let probed = parse(&format!(
+        "{every_port}[vip.health]\ncheck = \"tcp\"\nport = 8080\n"
+    ));
+    assert_eq!(probed.vips[0].health.port, 8080);
     assert_eq!(
         only_error(&with("check = \"tcp\"\nreply = \"x\"")),
         "17:9: vip[0].health.reply: `reply` is a setting of check = \"udp\" only"

@@ -74,6 +74,12 @@ pub const ETH_VLAN_HLEN: usize = 18;
 pub const IPV4_HLEN: usize = 20;
 /// Minimal TCP header length.
 pub const TCP_MIN_HLEN: usize = 20;
+/// Offset of the flags byte in a TCP header.
+pub const TCP_FLAGS_OFF: usize = 13;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
 /// UDP header length.
 pub const UDP_HLEN: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset bits, host byte order.

@@ -84,7 +84,7 @@ impl Checker<'_> {
                 .keyword(value, &format!("{path}.on_all_down"), "policy", ALL_DOWN)
                 .unwrap_or_default(),
         };
-        let health = self.health_table(table, raw.span(), &path, &base, vip);
+        let health = self.health_table(table, &path, &base, vip);
         self.health_port_needed(&health, table.port.as_ref(), raw.span(), &path, vip);
         (health, on_all_down)
     }
@@ -107,7 +107,7 @@ impl Checker<'_> {
                 "on_all_down is a policy of the whole VIP: set it in [vip.health]",
             );
         }
-        Some(self.health_table(table, raw.span(), &path, vip_health, vip))
+        Some(self.health_table(table, &path, vip_health, vip))
     }
 
     /// Lays `table` over `base`. Parameters of a check (`path`, `host`, `expect`, `payload`,
@@ -115,7 +115,6 @@ impl Checker<'_> {
     fn health_table(
         &mut self,
         table: &RawHealth,
-        span: Range<usize>,
         path: &str,
         base: &HealthConfig,
         vip: &VipContext,
@@ -207,29 +206,22 @@ impl Checker<'_> {
             INTERVAL_RANGE,
             base.interval_ms,
         );
-        let timeout_ms = number(
-            &table.timeout_ms,
-            "timeout_ms",
-            TIMEOUT_RANGE,
-            base.timeout_ms,
-        );
+        // A timeout not given here never runs past this table's interval.
+        let base_timeout = base.timeout_ms.min(interval_ms.unwrap_or(base.timeout_ms));
+        let timeout_ms = number(&table.timeout_ms, "timeout_ms", TIMEOUT_RANGE, base_timeout);
         let rise = number(&table.rise, "rise", THRESHOLD_RANGE, base.rise);
         let fall = number(&table.fall, "fall", THRESHOLD_RANGE, base.fall);
         let port = match &table.port {
             None => Some(base.port),
             Some(value) => self.integer::<u16>(value, &field("port"), PORT_RANGE),
         };
-        if let (Some(interval), Some(timeout)) = (interval_ms, timeout_ms)
+        if let (Some(interval), Some(timeout), Some(given)) =
+            (interval_ms, timeout_ms, &table.timeout_ms)
             && timeout > interval
         {
-            let (at, key) = match (&table.timeout_ms, &table.interval_ms) {
-                (Some(value), _) => (Some(value.span()), "timeout_ms"),
-                (None, Some(value)) => (Some(value.span()), "interval_ms"),
-                (None, None) => (Some(span.clone()), "timeout_ms"),
-            };
             self.error(
-                at,
-                &field(key),
+                Some(given.span()),
+                &field("timeout_ms"),
                 format!(
                     "timeout_ms ({timeout}) is longer than interval_ms ({interval}); a probe \
                      must end before the next one starts"

@@ -41,12 +41,20 @@ pub struct Choice {
 }
 
 /// Keeps an established flow on its backend while that backend exists for this VIP; otherwise
-/// asks the VIP's Maglev table and remembers the answer.
+/// asks the VIP's Maglev table and remembers the answer. A packet that opens a connection (a
+/// TCP SYN without ACK) always asks the table, as Katran does: a client that reuses the
+/// addresses and ports of a finished connection must not follow it to a backend that has since
+/// been drained or gone down (such backends keep their entries, and their established flows).
 #[inline(always)]
-pub fn choose(flow: &FlowKey, vip: &VipMeta, hash: &mut Option<u32>) -> Result<Choice, DropReason> {
+pub fn choose(
+    flow: &FlowKey,
+    vip: &VipMeta,
+    opens_connection: bool,
+    hash: &mut Option<u32>,
+) -> Result<Choice, DropReason> {
     // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst give a
     // backend id that is checked below like any other.
-    if let Some(entry) = unsafe { FLOWS.get(flow) } {
+    if !opens_connection && let Some(entry) = unsafe { FLOWS.get(flow) } {
         let backend_id = entry.backend_id;
         // Copy first, then check the copy: the checks and the use see the same entry.
         if let Some(backend) = BACKENDS.get(backend_id).copied()

@@ -13,7 +13,10 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use xlb_common::{DropReason, FlowKey, VipAddrKey, family, forward_mode, hash::flow_hash, proto};
 use xlb_ebpf::{
-    headers::{ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, UDP_HLEN},
+    headers::{
+        ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_ACK, TCP_FLAGS_OFF, TCP_MIN_HLEN,
+        TCP_SYN, UDP_HLEN,
+    },
     packet::{frame_len, ptr_at},
     parse,
 };
@@ -71,6 +74,14 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         ptr_at(ctx, l2.l3_off + ip.header_len).ok_or(DropReason::L4Truncated)?;
     // SAFETY: ptr_at checked that the ports lie inside the frame.
     let ports = unsafe { *ports };
+    // A SYN without ACK opens a connection; everything else belongs to one.
+    let opens_connection = hdr.protocol == proto::TCP && {
+        let flags: *const u8 = ptr_at(ctx, l2.l3_off + ip.header_len + TCP_FLAGS_OFF)
+            .ok_or(DropReason::L4Truncated)?;
+        // SAFETY: ptr_at checked that the byte lies inside the frame.
+        let flags = unsafe { *flags };
+        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    };
 
     let flow = FlowKey {
         src: [hdr.saddr, 0, 0, 0],
@@ -85,7 +96,7 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(xdp_action::XDP_PASS);
     };
     let mut hash = None;
-    let choice = balance::choose(&flow, &vip, &mut hash)?;
+    let choice = balance::choose(&flow, &vip, opens_connection, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
     let action = match vip.mode {
