@@ -28,9 +28,11 @@ const SLOW_LINES: usize = 100;
 /// (Maglev spreads them; three backends miss one with probability 3 x (2/3)^24 < 2e-4).
 const LONG_CONNECTIONS: usize = 24;
 
-/// The lab's web VIP (port 80), its backends, and a second VIP on port 8080 over the same
-/// backends that probes them on their own address (`via = "direct"`) in IPIP mode.
-fn config(mode: &str) -> String {
+const INTERFACE: &str = "[interface]\nname = \"xlbdemo-lb\"\nattach_mode = \"native\"\n";
+
+/// A VIP over the lab's three backends, checked with HTTP GETs at the test's timing, with
+/// `extra` lines in its `[vip.health]`.
+fn vip_text(name: &str, port: u16, mode: &str, table_size: u32, extra: &str) -> String {
     let backends: String = (1..=3)
         .map(|i| {
             format!(
@@ -39,29 +41,38 @@ fn config(mode: &str) -> String {
             )
         })
         .collect();
-    let health = format!(
-        "[vip.health]\ncheck = \"http\"\npath = \"/\"\ninterval_ms = {INTERVAL_MS}\n\
-         timeout_ms = 300\nrise = {RISE}\nfall = {FALL}\n"
-    );
-    let mut text = format!(
-        "[interface]\nname = \"xlbdemo-lb\"\nattach_mode = \"native\"\n\n\
-         [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
-         mode = \"{mode}\"\ntable_size = 65537\n{health}{backends}"
-    );
+    format!(
+        "\n[[vip]]\nname = \"{name}\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"tcp\"\n\
+         mode = \"{mode}\"\ntable_size = {table_size}\n\
+         [vip.health]\ncheck = \"http\"\npath = \"/\"\ninterval_ms = {INTERVAL_MS}\n\
+         timeout_ms = 300\nrise = {RISE}\nfall = {FALL}\n{extra}{backends}"
+    )
+}
+
+/// The lab's web VIP (port 80) and, in IPIP mode, a second VIP on port 8080 over the same
+/// backends that probes them on their own address (`via = "direct"`).
+fn config(mode: &str) -> String {
+    let mut text = format!("{INTERFACE}{}", vip_text("web", 80, mode, 65537, ""));
     if mode == "ipip" {
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"web-direct\"\naddress = \"{VIP}\"\nport = 8080\n\
-             protocol = \"tcp\"\nmode = \"ipip\"\ntable_size = 251\n{health}via = \"direct\"\n\
-             {backends}"
+        text.push_str(&vip_text(
+            "web-direct",
+            8080,
+            "ipip",
+            251,
+            "via = \"direct\"\n",
         ));
     }
     text
 }
 
 fn start(prefix: &str, mode: &str) -> Lab {
+    start_with(prefix, mode, &config(mode))
+}
+
+fn start_with(prefix: &str, mode: &str, config: &str) -> Lab {
     let mut lab = Lab::up(prefix, mode);
     let path = lab.workdir.join("xlb.toml");
-    std::fs::write(&path, config(mode)).unwrap();
+    std::fs::write(&path, config).unwrap();
     lab.start_xlbd(&path);
     lab
 }
@@ -440,4 +451,76 @@ fn a_backend_not_serving_the_vip_is_caught_through_the_encapsulation() {
         .find(|c| c[0] == "encapsulated")
         .map_or(0, |c| c[1].as_u64().unwrap());
     assert!(encapsulated > 0, "{status}");
+}
+
+#[test]
+fn every_backend_down_drops_or_keeps_as_configured() {
+    if !have_root() {
+        return;
+    }
+    let config = format!(
+        "{INTERFACE}{}{}",
+        vip_text("web", 80, "l2", 65537, "on_all_down = \"drop\"\n"),
+        vip_text("web-keep", 8080, "l2", 251, "on_all_down = \"keep\"\n")
+    );
+    let lab = start_with("xhcad-", "l2", &config);
+    for host in ["be1", "be2", "be3"] {
+        stop_server(&lab, host);
+    }
+    for vip in ["web", "web-keep"] {
+        for host in ["be1", "be2", "be3"] {
+            wait_health(&lab, vip, host, "down", Duration::from_secs(20));
+        }
+    }
+    let slots = |view: &Value| -> Vec<u64> {
+        view["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["slots"].as_u64().unwrap())
+            .collect()
+    };
+    let web = api(&lab, "GET", "/v1/vips/web");
+    assert_eq!(web["health"], "all down (drop)", "{web}");
+    assert_eq!(slots(&web), [0, 0, 0], "{web}");
+    let keep = api(&lab, "GET", "/v1/vips/web-keep");
+    assert_eq!(keep["health"], "all down (keep)", "{keep}");
+    assert_eq!(
+        slots(&keep).iter().sum::<u64>(),
+        251,
+        "the table stays full: {keep}"
+    );
+
+    // `drop`: a new connection to the VIP is dropped by the balancer, and counted.
+    let no_backend = |lab: &Lab| {
+        let status = api(lab, "GET", "/v1/status");
+        status["drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d[0] == "no_backend")
+            .map_or(0, |d| d[1].as_u64().unwrap())
+    };
+    let before = no_backend(&lab);
+    let out = lab
+        .command("client", "curl")
+        .args(["-s", "--max-time", "2", &format!("http://{VIP}/")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while no_backend(&lab) == before {
+        assert!(Instant::now() < deadline, "no no_backend drop counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // One backend back: both VIPs serve with it alone.
+    let _server = start_server(&lab, "be1");
+    wait_health(&lab, "web", "be1", "up", Duration::from_secs(20));
+    wait_health(&lab, "web-keep", "be1", "up", Duration::from_secs(20));
+    let web = api(&lab, "GET", "/v1/vips/web");
+    assert_eq!(web["health"], "degraded", "{web}");
+    assert_eq!(slots(&web), [65537, 0, 0], "{web}");
+    let answers = per_backend(&lab.curl_vip(10));
+    assert_eq!(answers.get("be1"), Some(&10), "{answers:?}");
 }
