@@ -9,7 +9,7 @@ use super::Checker;
 use crate::config::health::defaults;
 use crate::config::raw::{RawHealth, RawStatus};
 use crate::config::{AllDown, ForwardMode, HealthConfig, ProbeVia, Protocol};
-use crate::health::Check;
+use crate::health::{Check, HTTP_STATUS_CODES, MAX_UDP_PAYLOAD};
 
 /// Accepted `interval_ms`: 100 ms to one hour.
 const INTERVAL_RANGE: RangeInclusive<i64> = 100..=3_600_000;
@@ -19,8 +19,6 @@ const TIMEOUT_RANGE: RangeInclusive<i64> = 10..=3_600_000;
 const THRESHOLD_RANGE: RangeInclusive<i64> = 1..=100;
 /// Accepted health `port`.
 const PORT_RANGE: RangeInclusive<i64> = 1..=65_535;
-/// Largest UDP `payload` (one IPv4 datagram).
-const MAX_PAYLOAD: usize = 65_507;
 
 /// The kind of check a table asks for, before its parameters are known.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -141,11 +139,13 @@ impl Checker<'_> {
                 };
                 let http_path = match &table.path {
                     None => base_path,
-                    Some(value) => self.http_path(value, &field("path")).unwrap_or_default(),
+                    Some(value) => self
+                        .request_text(value, &field("path"), true)
+                        .unwrap_or_default(),
                 };
                 let host = match &table.host {
                     None => base_host,
-                    Some(value) => self.http_host(value, &field("host")),
+                    Some(value) => self.request_text(value, &field("host"), false),
                 };
                 let expect = match &table.expect {
                     None => base_expect,
@@ -168,13 +168,13 @@ impl Checker<'_> {
                 };
                 let payload = match &table.payload {
                     None => base_payload,
-                    Some(value) if value.get_ref().len() > MAX_PAYLOAD => {
+                    Some(value) if value.get_ref().len() > MAX_UDP_PAYLOAD => {
                         self.error_at(
                             value,
                             &field("payload"),
                             format!(
                                 "payload of {} bytes does not fit in one datagram \
-                                 ({MAX_PAYLOAD} bytes at most)",
+                                 ({MAX_UDP_PAYLOAD} bytes at most)",
                                 value.get_ref().len()
                             ),
                         );
@@ -305,28 +305,26 @@ impl Checker<'_> {
         }
     }
 
-    /// What goes between `GET ` and ` HTTP/1.1`.
-    fn http_path(&mut self, value: &Spanned<String>, field: &str) -> Option<String> {
+    /// Text that goes into the request line or a header (the checker's own rule,
+    /// [`crate::health::is_request_text`]); a path also starts with `/`.
+    fn request_text(
+        &mut self,
+        value: &Spanned<String>,
+        field: &str,
+        is_path: bool,
+    ) -> Option<String> {
         let text = value.get_ref();
-        let valid = text.starts_with('/') && printable(text);
+        let valid = (!is_path || text.starts_with('/')) && crate::health::is_request_text(text);
         if !valid {
+            let start = if is_path {
+                "start with `/`"
+            } else {
+                "be non-empty"
+            };
             self.error_at(
                 value,
                 field,
-                format!("{text:?} must start with `/` and hold no spaces or control characters"),
-            );
-        }
-        valid.then(|| text.clone())
-    }
-
-    fn http_host(&mut self, value: &Spanned<String>, field: &str) -> Option<String> {
-        let text = value.get_ref();
-        let valid = !text.is_empty() && printable(text);
-        if !valid {
-            self.error_at(
-                value,
-                field,
-                format!("{text:?} must be non-empty and hold no spaces or control characters"),
+                format!("{text:?} must {start} and hold no spaces or control characters"),
             );
         }
         valid.then(|| text.clone())
@@ -355,7 +353,9 @@ impl Checker<'_> {
             };
             match range {
                 Some(range)
-                    if !range.is_empty() && *range.start() >= 100 && *range.end() <= 599 =>
+                    if !range.is_empty()
+                        && HTTP_STATUS_CODES.contains(range.start())
+                        && HTTP_STATUS_CODES.contains(range.end()) =>
                 {
                     ranges.push(range);
                 }
@@ -368,9 +368,4 @@ impl Checker<'_> {
         }
         ranges
     }
-}
-
-/// Non-empty, without whitespace or control characters (which would break the request line).
-fn printable(text: &str) -> bool {
-    !text.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
 }
