@@ -451,6 +451,27 @@ fn a_backend_not_serving_the_vip_is_caught_through_the_encapsulation() {
         .find(|c| c[0] == "encapsulated")
         .map_or(0, |c| c[1].as_u64().unwrap());
     assert!(encapsulated > 0, "{status}");
+
+    // The neighbour entry xlbd added for the probes goes away when it stops. (The tc program
+    // is a tcx link on this kernel, which the kernel drops with the process; bpftool cannot
+    // show tcx links per device here, and program names are global, shared with tests that
+    // run beside this one.)
+    let neighbour = |lab: &Lab| {
+        let out = lab
+            .command("lb", "ip")
+            .args(["neigh", "show", VIP, "dev", "xlbdemo-lb"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = neighbour(&lab);
+    assert!(
+        before.contains("02:78:6c:62:00:00") && before.contains("PERMANENT"),
+        "{before}"
+    );
+    let mut lab = lab;
+    lab.stop_xlbd();
+    assert_eq!(neighbour(&lab).trim(), "", "neighbour entry left behind");
 }
 
 #[test]
