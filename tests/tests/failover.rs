@@ -383,12 +383,13 @@ fn a_stopped_backend_leaves_and_comes_back_ipip() {
 }
 
 #[test]
-fn a_drained_backend_finishes_its_connections_and_gets_no_new_one() {
+fn drained_backends_finish_their_connections_and_get_no_new_one() {
     if !have_root() {
         return;
     }
     let lab = start("xhcdr-", "ipip");
     let long = open_long(&lab);
+    // be1 drained through the API, be2 through the file (weight 0).
     api(&lab, "POST", "/v1/vips/web/backends/be1/drain");
     let be1 = backend(&lab, "web", "be1");
     assert_eq!(
@@ -396,11 +397,25 @@ fn a_drained_backend_finishes_its_connections_and_gets_no_new_one() {
         (Some("drained"), Some(0))
     );
     assert_eq!(be1["health"]["health"], "up", "drained is not down: {be1}");
+    let path = lab.workdir.join("xlb.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let be2 = "name = \"be2\"\n";
+    assert!(text.contains(be2));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replacen(be2, &format!("{be2}weight = 0\n"), 1)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend(&lab, "web", "be2")["slots"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the file's drain was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
-    let answers = per_backend(&lab.curl_vip(90));
-    assert_eq!(answers.values().sum::<usize>(), 90, "{answers:?}");
-    assert!(!answers.contains_key("be1"), "{answers:?}");
-    // Every connection, be1's included, runs to its end.
+    let answers = per_backend(&lab.curl_vip(60));
+    assert_eq!(answers.get("be3"), Some(&60), "{answers:?}");
+    // Every connection, the drained backends' included, runs to its end.
     assert_untouched(&finish_long(long), &["be1", "be2", "be3"]);
 }
 
