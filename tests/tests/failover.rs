@@ -2,7 +2,8 @@
 //! whose server stops leaves the table within `interval x fall` (+ one interval) while
 //! connections open to the other two go on untouched, and comes back after `rise` successes;
 //! a drained backend finishes its open connections and gets no new one; in IPIP mode a
-//! backend that answers on its own address but does not serve the VIP is caught.
+//! backend that answers on its own address but does not serve the VIP is caught; with every
+//! backend down a VIP drops new flows or keeps its last set, as configured.
 //! Namespaces are prefixed `xhc`; the lab removes everything on drop, also on failure.
 
 use std::{
