@@ -21,8 +21,8 @@ use std::{
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use xlb::{
     config::{
-        AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, InterfaceConfig, Limits,
-        MacAddr, Protocol, VipConfig,
+        AllDown, AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig,
+        InterfaceConfig, Limits, MacAddr, Protocol, VipConfig,
     },
     dataplane::Dataplane,
     state::DesiredState,
@@ -42,6 +42,8 @@ fn vip(i: usize) -> VipConfig {
         protocol: Protocol::Tcp,
         mode: ForwardMode::L2,
         table_size: TABLE_SIZE,
+        health: HealthConfig::defaults_for(Protocol::Tcp, 80, ForwardMode::L2),
+        on_all_down: AllDown::default(),
         backends: (0..BACKENDS)
             .map(|k| {
                 let address = Ipv4Addr::new(10, k as u8 + 1, b, c);
@@ -50,6 +52,7 @@ fn vip(i: usize) -> VipConfig {
                     address: IpAddr::V4(address),
                     mac: MacAddr([0x02, a, k as u8, b, c, 1]),
                     weight: 100,
+                    health: None,
                 }
             })
             .collect(),

@@ -27,6 +27,7 @@ use crate::{
     config::{Action, Config, ConfigError, Diagnostic},
     dataplane::{ApplyReport, Dataplane, DataplaneError},
     events::{self, EventLog, EventQuery, EventsView},
+    monitor::{self, Monitor},
     notify::Notifier,
     overlay::{Overlay, OverlayError},
     signals::{Signal, Signals},
@@ -49,6 +50,8 @@ pub enum Source {
     Signal,
     /// An API request.
     Api,
+    /// A backend's health changed.
+    Health,
 }
 
 impl Source {
@@ -58,6 +61,7 @@ impl Source {
             Source::File => "file",
             Source::Signal => "signal",
             Source::Api => "api",
+            Source::Health => "health",
         }
     }
 }
@@ -210,6 +214,8 @@ pub struct Controller {
     /// Recent datapath events, filled by `_event_reader`.
     event_log: Arc<EventLog>,
     _event_reader: Option<events::Reader>,
+    /// Health checks of the backends, and what they take out of the desired state.
+    health: Monitor,
 }
 
 fn change_view(report: &ApplyReport, started: Instant) -> ChangeView {
@@ -277,6 +283,10 @@ impl Controller {
             )));
         }
         let interface = layered.config.interface.name.clone();
+        let mut health = Monitor::start(&interface).map_err(|source| StartError::Setup {
+            what: "health checker",
+            source,
+        })?;
         let if_mac = crate::dataplane::interface_mac(&interface)?;
         let mut dataplane = Dataplane::load(&layered.config.limits, if_mac)?;
         let started = Instant::now();
@@ -292,6 +302,7 @@ impl Controller {
             None => None,
         };
         dataplane.attach(&interface, layered.config.interface.attach_mode)?;
+        health.update(&layered.config);
         let mut controller = Controller {
             options,
             dataplane,
@@ -307,6 +318,7 @@ impl Controller {
             notifier: Notifier::from_env(),
             event_log,
             _event_reader: event_reader,
+            health,
         };
         controller.record(Source::Startup, Ok(change_view(&report, started)));
         Ok(controller)
@@ -401,10 +413,9 @@ impl Controller {
                 backend, "forgetting the override of a backend that no longer exists"
             );
         }
-        let desired = DesiredState::from_config_reusing(
-            &effective(&layered.config, &overlay),
-            Some(&self.desired),
-        )?;
+        let mut serving = effective(&layered.config, &overlay);
+        self.health.apply(&mut serving, &self.desired);
+        let desired = DesiredState::from_config_reusing(&serving, Some(&self.desired))?;
         let report = self.dataplane.apply(&desired)?;
         if (overlay_changed || !pruned.is_empty())
             && overlay != self.overlay
@@ -421,6 +432,7 @@ impl Controller {
         self.overlay = overlay;
         self.config = layered.config;
         self.api_vips = layered.api_vips;
+        self.health.update(&self.config);
         Ok(change_view(&report, started))
     }
 
@@ -523,9 +535,21 @@ impl Controller {
         self.notifier.ready(&self.summary());
 
         let stats_tick = tick(self.options.stats_interval);
+        let transitions = self.health.transitions().clone();
         self.write_stats();
         loop {
             select! {
+                recv(transitions) -> transition => {
+                    // Take every transition already waiting: one change for a burst (a rack
+                    // going dark), not one per backend.
+                    let mut changed = false;
+                    for transition in transition.into_iter().chain(transitions.try_iter()) {
+                        changed |= self.health.record(transition);
+                    }
+                    if changed {
+                        let _ = self.change(Source::Health, None, None);
+                    }
+                }
                 recv(events) -> event => match event {
                     Ok(Event::Signal(Signal::Terminate)) | Err(_) => break,
                     Ok(Event::Signal(Signal::Reload)) => {
@@ -838,6 +862,7 @@ impl Controller {
             api_requests_failed: self.counters.api_failed,
             vips: self.config.vips.len(),
             backends: self.config.vips.iter().map(|v| v.backends.len()).sum(),
+            health: self.health.summary(),
             actions: snapshot
                 .as_ref()
                 .map(|s| {
@@ -858,7 +883,7 @@ impl Controller {
             .iter()
             .map(|vip| {
                 let stats = snapshot.vips.iter().find(|s| s.name == vip.name);
-                VipView {
+                let mut view = VipView {
                     name: vip.name.clone(),
                     address: vip.address.to_string(),
                     port: vip.port,
@@ -873,6 +898,7 @@ impl Controller {
                     table_size: vip.table_size,
                     packets: stats.map_or(0, |s| s.counter.packets),
                     bytes: stats.map_or(0, |s| s.counter.bytes),
+                    health: String::new(),
                     backends: vip
                         .backends
                         .iter()
@@ -895,10 +921,19 @@ impl Controller {
                                 slots: bstats.map_or(0, |s| s.slots),
                                 packets: bstats.map_or(0, |s| s.counter.packets),
                                 bytes: bstats.map_or(0, |s| s.counter.bytes),
+                                health: self.health.backend(&vip.name, b.address),
                             }
                         })
                         .collect(),
-                }
+                };
+                let weighted: Vec<Option<bool>> = view
+                    .backends
+                    .iter()
+                    .filter(|b| b.weight > 0)
+                    .map(|b| b.health.as_ref().map(|h| h.health == "up"))
+                    .collect();
+                view.health = monitor::vip_state(vip, &weighted);
+                view
             })
             .collect()
     }
@@ -981,6 +1016,11 @@ mod tests {
         assert_eq!(api_field("vip[0].backends_x"), "backends_x");
         assert_eq!(api_field("vip[2].source_ranges[1]"), "source_ranges[1]");
         assert_eq!(api_field("policy.deny[2]"), "deny[2]");
+        assert_eq!(api_field("vip[2].health.path"), "health.path");
+        assert_eq!(
+            api_field("vip[2].backend[0].health.rise"),
+            "backends[0].health.rise"
+        );
     }
 
     #[test]

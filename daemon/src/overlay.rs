@@ -96,6 +96,7 @@ struct TomlVip<'a> {
     table_size: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source_ranges: Option<&'a [String]>,
+    health: Option<&'a crate::api::types::HealthSpec>,
     backend: Vec<&'a BackendSpec>,
 }
 
@@ -157,6 +158,7 @@ impl Overlay {
                     mode: &v.mode,
                     table_size: v.table_size,
                     source_ranges: v.source_ranges.as_deref(),
+                    health: v.health.as_ref(),
                     backend: v.backends.iter().collect(),
                 })
                 .collect(),
@@ -226,6 +228,25 @@ mod tests {
         assert_eq!(ranges[0].to_string(), "192.0.2.0/24");
         assert_eq!(config.vips[0].backends[0].weight, 7);
         assert_eq!(config.vips[0].backends[0].name, "web-1.a_b");
+    }
+
+    #[test]
+    fn health_settings_of_api_vips_reach_the_config() {
+        let mut spec = spec();
+        spec.mode = "ipip".into();
+        spec.health =
+            serde_json::from_str(r#"{"check":"http","path":"/h","on_all_down":"drop"}"#).unwrap();
+        spec.backends[0].health = serde_json::from_str(r#"{"rise":5}"#).unwrap();
+        let mut overlay = Overlay::default();
+        overlay.vips.insert("api-web".into(), spec);
+        let text = format!("[interface]\nname = \"eth0\"\n{}", overlay.vips_toml());
+        let config =
+            crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let vip = &config.vips[0];
+        assert_eq!(vip.on_all_down, crate::config::AllDown::Drop);
+        assert_eq!(vip.health.check_name(), "http");
+        assert_eq!(vip.health.via, crate::config::ProbeVia::Encap);
+        assert_eq!(vip.health_of(&vip.backends[0]).rise, 5);
     }
 
     #[test]

@@ -340,7 +340,7 @@ fn build_vip(vip: &VipConfig) -> Result<(VipKeyOrd, DesiredVip), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendConfig, Protocol};
+    use crate::config::{AllDown, BackendConfig, HealthConfig, Protocol};
 
     fn vip(i: usize, table_size: u32) -> VipConfig {
         let address = |host: u8| IpAddr::from([10, (i / 256) as u8, (i % 256) as u8, host]);
@@ -351,12 +351,15 @@ mod tests {
             protocol: Protocol::Tcp,
             mode: ForwardMode::L2,
             table_size,
+            health: HealthConfig::defaults_for(Protocol::Tcp, 80, ForwardMode::L2),
+            on_all_down: AllDown::default(),
             backends: (2..5)
                 .map(|host| BackendConfig {
                     name: format!("be{host}"),
                     address: address(host),
                     mac: MacAddr([2, 0, 0, 0, 0, host]),
                     weight: u32::from(host),
+                    health: None,
                 })
                 .collect(),
             source_ranges: None,

@@ -848,6 +848,44 @@ fn established_flows_stay_on_their_backend_when_the_set_changes() {
     assert_eq!(gone_after - gone_before, 1);
 }
 
+#[test]
+fn a_syn_asks_the_table_and_leaves_a_drained_backend_while_its_flow_stays() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let web = vip_key("10.0.0.10", 80, 6);
+    let f = flow("198.51.100.9", "10.0.0.10", 42000, 80);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+    assert_eq!(action, XDP_TX);
+    let first = sent_to(&out);
+    let index = (0..)
+        .find(|&i| lab.backend_mac("web-l2", i) == first)
+        .unwrap();
+
+    // Drain that backend, as a drain or a failed health check does (weight 0).
+    let mut drained = lab.config.clone();
+    drained.vips[0].backends[index].weight = 0;
+    lab.dataplane
+        .apply(&DesiredState::from_config(&drained).unwrap())
+        .unwrap();
+    lab.config = drained;
+
+    // The established flow stays; a SYN of the same addresses and ports (a client reusing
+    // them for a new connection) goes where the table sends new flows, and the flow follows.
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(sent_to(&out), first, "the established flow must stay");
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+    let now = lab.predicted_backend(&web, &f, 6);
+    assert_ne!(now, index, "the drained backend has no slot");
+    assert_eq!(sent_to(&out), lab.backend_mac("web-l2", now));
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(sent_to(&out), lab.backend_mac("web-l2", now));
+    // A SYN-ACK is not an opening: it follows the flow table like any other segment.
+    let (_, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN | TCP_ACK, b""));
+    assert_eq!(sent_to(&out), lab.backend_mac("web-l2", now));
+}
+
 fn remove_backend(config: &str, address: &str) -> String {
     let needle = format!("  [[vip.backend]]\n  address = \"{address}\"\n");
     let start = config.find(&needle).expect("backend in config");

@@ -20,6 +20,6 @@ pub use http::{Request, Response, Transport};
 pub use routes::route;
 pub use server::{Handler, ServerConfig, ServerError, ServerHandle, TcpListenConfig, start};
 pub use types::{
-    ApiError, BackendSpec, BackendView, ChangeResult, ChangeView, Command, ReloadView, StatusView,
-    VipListView, VipSpec, VipView,
+    ApiError, BackendHealthView, BackendSpec, BackendView, ChangeResult, ChangeView, Command,
+    HealthStatusView, ReloadView, StatusView, VipListView, VipSpec, VipView,
 };

@@ -373,7 +373,9 @@ mod tests {
                     mac: Some("02:00:00:00:00:11".into()),
                     weight: Some(100),
                     name: Some("be1".into()),
+                    health: None,
                 }],
+                health: None,
             })
         );
         assert_eq!(
@@ -393,6 +395,7 @@ mod tests {
                     mac: None,
                     weight: None,
                     name: None,
+                    health: None,
                 }],
             }
         );

@@ -105,7 +105,15 @@ pub struct VipSpec {
     pub source_ranges: Option<Vec<String>>,
     /// The backends.
     pub backends: Vec<BackendSpec>,
+    /// Health-check settings: the keys of a config file's `[vip.health]`, checked by the same
+    /// validator; defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
+
+/// The keys of a `[vip.health]` (or `[vip.backend.health]`) table, as JSON values; the
+/// config validator checks them (an unknown key or a wrong type is a 400 naming it).
+pub type HealthSpec = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// A backend as the API sets it: the same fields as a `[[vip.backend]]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +130,9 @@ pub struct BackendSpec {
     /// A name for humans; the address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Health-check settings of this backend over the VIP's (`[vip.backend.health]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
 }
 
 /// Body of `PUT /v1/vips/{name}/backends`.
@@ -169,6 +180,9 @@ pub struct StatusView {
     pub vips: usize,
     /// Number of backends over all VIPs.
     pub backends: usize,
+    /// Health checks: backends checked, up and down, transitions, probes.
+    #[serde(default)]
+    pub health: HealthStatusView,
     /// Packets per final XDP action, by action name.
     pub actions: Vec<(String, u64)>,
     /// Packets per drop reason, by reason name.
@@ -226,6 +240,10 @@ pub struct VipView {
     pub packets: u64,
     /// Bytes forwarded for it.
     pub bytes: u64,
+    /// Health of its backends that have weight: `"unchecked"`, `"up"`, `"degraded"` (some
+    /// down), `"all down (keep)"` or `"all down (drop)"` (its `on_all_down` policy at work).
+    #[serde(default)]
+    pub health: String,
     /// Its backends.
     pub backends: Vec<BackendView>,
 }
@@ -251,6 +269,55 @@ pub struct BackendView {
     pub packets: u64,
     /// Bytes forwarded to it.
     pub bytes: u64,
+    /// Its health; absent when it is not checked (check `"none"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<BackendHealthView>,
+}
+
+/// What is known of one checked backend's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHealthView {
+    /// `"up"` or `"down"`.
+    pub health: String,
+    /// The last transition's reason (`"starting"` before any), e.g. `"connection refused (3
+    /// failures in a row)"`.
+    pub reason: String,
+    /// When the health last changed (Unix seconds), 0 if it never did.
+    pub since_unix: u64,
+    /// Transitions to down since the backend was first checked.
+    pub went_down: u64,
+    /// Transitions to up since then.
+    pub came_up: u64,
+}
+
+/// Health checks of the whole daemon, for `xlb status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatusView {
+    /// Backends being checked.
+    pub checked: u64,
+    /// Of those, up.
+    pub up: u64,
+    /// Of those, down.
+    pub down: u64,
+    /// Transitions to down since start.
+    pub went_down: u64,
+    /// Transitions to up since start.
+    pub came_up: u64,
+    /// Probes started.
+    pub probes_started: u64,
+    /// Probes that succeeded.
+    pub probes_succeeded: u64,
+    /// Probes that failed (timeouts included).
+    pub probes_failed: u64,
+    /// Probes not run for a reason on the balancer's side (file descriptors, ports, memory).
+    pub local_errors: u64,
+    /// Why encapsulated probes cannot be sent, if they cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap_error: Option<String>,
+    /// Probe packets the tc encapsulator handled, by outcome (`encapsulated`, `passed`,
+    /// `errors`); empty while no probe is encapsulated.
+    #[serde(default)]
+    pub encap_packets: Vec<(String, u64)>,
 }
 
 /// Answer of `GET /v1/vips`.

@@ -16,7 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use xlb::api::{
-    ApiError, BackendSpec, ChangeResult, StatusView, VipListView, VipSpec, VipView,
+    ApiError, BackendSpec, BackendView, ChangeResult, HealthStatusView, StatusView, VipListView,
+    VipSpec, VipView,
     client::{self, ClientError, DEFAULT_SOCKET, encode_segment},
     routes::parse_json,
     types::{MAX_WEIGHT, PolicyLists, PolicyView, SetBackendsRequest, SetWeightRequest},
@@ -581,6 +582,7 @@ fn parse_backend(text: &str) -> Result<BackendSpec, String> {
         mac: None,
         weight: None,
         name: None,
+        health: None,
     };
     for part in parts {
         let (key, value) = part
@@ -741,7 +743,7 @@ fn render_status(status: &StatusView) -> String {
             )
         }
     };
-    let mut out = table(&[
+    let mut rows = vec![
         row!["version", &status.version],
         row!["uptime", &duration(status.uptime_seconds)],
         row![
@@ -764,7 +766,31 @@ fn render_status(status: &StatusView) -> String {
                 status.api_requests_ok, status.api_requests_failed
             ),
         ],
-    ]);
+        row!["health", &health_text(&status.health)],
+        row![
+            "probes",
+            &format!(
+                "{} started, {} ok, {} failed, {} local errors",
+                status.health.probes_started,
+                status.health.probes_succeeded,
+                status.health.probes_failed,
+                status.health.local_errors
+            ),
+        ],
+    ];
+    if !status.health.encap_packets.is_empty() {
+        let counts: Vec<String> = status
+            .health
+            .encap_packets
+            .iter()
+            .map(|(name, n)| format!("{n} {name}"))
+            .collect();
+        rows.push(row!["probe packets", &counts.join(", ")]);
+    }
+    if let Some(error) = &status.health.encap_error {
+        rows.push(row!["probe encap", &format!("failed: {error}")]);
+    }
+    let mut out = table(&rows);
     let counters = |title: &str, counts: &[(String, u64)]| {
         let mut rows = vec![row![&title, &"PACKETS"]];
         rows.extend(counts.iter().map(|(name, n)| row![name, n]));
@@ -775,6 +801,18 @@ fn render_status(status: &StatusView) -> String {
     out.push('\n');
     out.push_str(&counters("DROP REASON", &status.drops));
     out
+}
+
+fn health_text(health: &HealthStatusView) -> String {
+    format!(
+        "{} checked: {} up, {} down; {} went down, {} came up since start",
+        health.checked, health.up, health.down, health.went_down, health.came_up
+    )
+}
+
+/// A backend's health in one word: `up`, `down`, or `-` when it is not checked.
+fn backend_health(b: &BackendView) -> &str {
+    b.health.as_ref().map_or("-", |h| h.health.as_str())
 }
 
 fn render_vip_list(list: &VipListView) -> String {
@@ -788,6 +826,7 @@ fn render_vip_list(list: &VipListView) -> String {
         &"SOURCE",
         &"BACKENDS",
         &"ACTIVE",
+        &"HEALTH",
         &"TABLE",
         &"PACKETS",
         &"BYTES",
@@ -796,7 +835,7 @@ fn render_vip_list(list: &VipListView) -> String {
         let active = vip
             .backends
             .iter()
-            .filter(|b| b.state == "active" && b.weight > 0)
+            .filter(|b| b.state == "active" && b.weight > 0 && backend_health(b) != "down")
             .count();
         rows.push(row![
             &vip.name,
@@ -805,6 +844,7 @@ fn render_vip_list(list: &VipListView) -> String {
             &vip.source,
             &vip.backends.len(),
             &active,
+            &vip.health,
             &vip.table_size,
             &vip.packets,
             &vip.bytes,
@@ -820,6 +860,7 @@ fn render_vip(vip: &VipView) -> String {
         row!["mode", &vip.mode],
         row!["source", &vip.source],
         row!["table size", &vip.table_size],
+        row!["health", &vip.health],
         row!["packets", &vip.packets],
         row!["bytes", &vip.bytes],
     ]);
@@ -835,12 +876,19 @@ fn render_vip(vip: &VipView) -> String {
         &"WEIGHT",
         &"CONFIGURED",
         &"STATE",
+        &"HEALTH",
         &"SLOTS",
         &"SHARE",
         &"PACKETS",
         &"BYTES",
+        &"DOWN/UP",
+        &"LAST CHECK CHANGE",
     ]];
     for b in &vip.backends {
+        let (changes, reason) = b.health.as_ref().map_or_else(
+            || ("-".to_owned(), "-".to_owned()),
+            |h| (format!("{}/{}", h.went_down, h.came_up), h.reason.clone()),
+        );
         rows.push(row![
             &b.name,
             &b.address,
@@ -848,10 +896,13 @@ fn render_vip(vip: &VipView) -> String {
             &b.weight,
             &b.configured_weight,
             &b.state,
+            &backend_health(b),
             &b.slots,
             &share(b.slots, vip.table_size),
             &b.packets,
             &b.bytes,
+            &changes,
+            &reason,
         ]);
     }
     out.push_str(&table(&rows));
@@ -863,8 +914,8 @@ fn render_lb(list: &VipListView) -> String {
         return "no VIPs\n".into();
     }
     let mut rows = vec![row![
-        &"SERVICE", &"MODE", &"SOURCE", &"BACKEND", &"STATE", &"WEIGHT", &"SLOTS", &"SHARE",
-        &"PACKETS",
+        &"SERVICE", &"MODE", &"SOURCE", &"BACKEND", &"STATE", &"HEALTH", &"WEIGHT", &"SLOTS",
+        &"SHARE", &"PACKETS",
     ]];
     for vip in &list.vips {
         let service = service(&vip.address, vip.port, &vip.protocol);
@@ -884,6 +935,7 @@ fn render_lb(list: &VipListView) -> String {
                 &source,
                 &b.address,
                 &b.state,
+                &backend_health(b),
                 &b.weight,
                 &b.slots,
                 &share(b.slots, vip.table_size),
@@ -945,7 +997,7 @@ fn render_policy(policy: &PolicyView) -> String {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use xlb::api::{BackendView, ChangeView, ReloadView};
+    use xlb::api::{BackendHealthView, ChangeView, ReloadView};
 
     use super::*;
 
@@ -960,6 +1012,7 @@ mod tests {
             slots,
             packets,
             bytes: packets * 100,
+            health: None,
         }
     }
 
@@ -976,9 +1029,19 @@ mod tests {
                     table_size: 65537,
                     packets: 300,
                     bytes: 30000,
+                    health: "degraded".into(),
                     backends: vec![
                         backend("10.99.0.11", 100, "active", 32769, 160),
-                        backend("10.99.0.12", 100, "active", 32768, 140),
+                        BackendView {
+                            health: Some(BackendHealthView {
+                                health: "down".into(),
+                                reason: "connection refused (3 failures in a row)".into(),
+                                since_unix: 1_700_000_000,
+                                went_down: 2,
+                                came_up: 1,
+                            }),
+                            ..backend("10.99.0.12", 0, "active", 0, 140)
+                        },
                         backend("10.99.0.13", 0, "drained", 0, 0),
                     ],
                 },
@@ -992,6 +1055,7 @@ mod tests {
                     table_size: 251,
                     packets: 0,
                     bytes: 0,
+                    health: "unchecked".into(),
                     backends: vec![],
                 },
             ],
@@ -1003,10 +1067,10 @@ mod tests {
         assert_eq!(
             render_lb(&sample()),
             "\
-SERVICE             MODE  SOURCE  BACKEND     STATE    WEIGHT  SLOTS  SHARE   PACKETS
-10.99.0.100:80/tcp  l2    file    10.99.0.11  active   100     32769  50.00%  160
-                                  10.99.0.12  active   100     32768  50.00%  140
-                                  10.99.0.13  drained  0       0      0.00%   0
+SERVICE             MODE  SOURCE  BACKEND     STATE    HEALTH  WEIGHT  SLOTS  SHARE   PACKETS
+10.99.0.100:80/tcp  l2    file    10.99.0.11  active   -       100     32769  50.00%  160
+                                  10.99.0.12  active   down    0       0      0.00%   140
+                                  10.99.0.13  drained  -       0       0      0.00%   0
 10.99.0.100:*/udp   ipip  api     (none)
 "
         );
@@ -1017,9 +1081,9 @@ SERVICE             MODE  SOURCE  BACKEND     STATE    WEIGHT  SLOTS  SHARE   PA
         assert_eq!(
             render_vip_list(&sample()),
             "\
-NAME  SERVICE             MODE  SOURCE  BACKENDS  ACTIVE  TABLE  PACKETS  BYTES
-web   10.99.0.100:80/tcp  l2    file    3         2       65537  300      30000
-dns   10.99.0.100:*/udp   ipip  api     0         0       251    0        0
+NAME  SERVICE             MODE  SOURCE  BACKENDS  ACTIVE  HEALTH     TABLE  PACKETS  BYTES
+web   10.99.0.100:80/tcp  l2    file    3         1       degraded   65537  300      30000
+dns   10.99.0.100:*/udp   ipip  api     0         0       unchecked  251    0        0
 "
         );
         assert_eq!(render_vip_list(&VipListView { vips: vec![] }), "no VIPs\n");
@@ -1031,13 +1095,14 @@ service     10.99.0.100:80/tcp
 mode        l2
 source      file
 table size  65537
+health      degraded
 packets     300
 bytes       30000
 
-NAME   ADDRESS     MAC                WEIGHT  CONFIGURED  STATE    SLOTS  SHARE   PACKETS  BYTES
-be-11  10.99.0.11  02:99:00:00:00:11  100     100         active   32769  50.00%  160      16000
-be-12  10.99.0.12  02:99:00:00:00:11  100     100         active   32768  50.00%  140      14000
-be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  0      0.00%   0        0
+NAME   ADDRESS     MAC                WEIGHT  CONFIGURED  STATE    HEALTH  SLOTS  SHARE   PACKETS  BYTES  DOWN/UP  LAST CHECK CHANGE
+be-11  10.99.0.11  02:99:00:00:00:11  100     100         active   -       32769  50.00%  160      16000  -        -
+be-12  10.99.0.12  02:99:00:00:00:11  0       100         active   down    0      0.00%   140      14000  2/1      connection refused (3 failures in a row)
+be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  -       0      0.00%   0        0      -        -
 "
         );
     }
@@ -1070,22 +1135,38 @@ be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  0      0.00% 
             api_requests_failed: 2,
             vips: 2,
             backends: 3,
+            health: HealthStatusView {
+                checked: 2,
+                up: 1,
+                down: 1,
+                went_down: 2,
+                came_up: 1,
+                probes_started: 40,
+                probes_succeeded: 35,
+                probes_failed: 5,
+                local_errors: 0,
+                encap_error: None,
+                encap_packets: vec![("encapsulated".into(), 80), ("passed".into(), 3)],
+            },
             actions: vec![("pass".into(), 10), ("tx".into(), 300)],
             drops: vec![("fragment".into(), 0), ("no_backend".into(), 4)],
         };
         assert_eq!(
             render_status(&status),
             "\
-version       0.1.0
-uptime        1h 2m 3s
-interface     eth0 (native)
-config        /etc/xlb/xlb.toml
-generation    7
-vips          2
-backends      3
-last reload   ok (api) at 2023-11-14 22:13:20 UTC: 1 added, 0 changed, 0 removed, 1 unchanged in 153 µs
-reloads       12 ok, 1 failed
-api requests  30 ok, 2 failed
+version        0.1.0
+uptime         1h 2m 3s
+interface      eth0 (native)
+config         /etc/xlb/xlb.toml
+generation     7
+vips           2
+backends       3
+last reload    ok (api) at 2023-11-14 22:13:20 UTC: 1 added, 0 changed, 0 removed, 1 unchanged in 153 µs
+reloads        12 ok, 1 failed
+api requests   30 ok, 2 failed
+health         2 checked: 1 up, 1 down; 2 went down, 1 came up since start
+probes         40 started, 35 ok, 5 failed, 0 local errors
+probe packets  80 encapsulated, 3 passed
 
 ACTION  PACKETS
 pass    10

@@ -6,6 +6,7 @@
 //! rule, collecting all errors before it builds the [`Config`]. A `Config` value is always valid.
 
 mod diagnostic;
+mod health;
 mod net;
 mod policy;
 mod raw;
@@ -21,6 +22,7 @@ use std::path::Path;
 use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use health::{AllDown, HealthConfig, ProbeVia, defaults as health_defaults};
 pub use net::{Ipv4Net, MacAddr, NetParseError};
 pub use policy::{Action, Cidr, CidrError, EventsConfig, PolicyConfig, RateLimit, check_lists};
 
@@ -135,6 +137,10 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
     /// Sources allowed to reach this VIP (`source_ranges`); `None` allows every source.
     pub source_ranges: Option<Vec<Cidr>>,
+    /// How its backends are checked (`[vip.health]`, defaults when absent).
+    pub health: HealthConfig,
+    /// What happens when every backend is down.
+    pub on_all_down: AllDown,
 }
 
 /// Transport protocol of a VIP.
@@ -206,6 +212,15 @@ pub struct BackendConfig {
     pub mac: MacAddr,
     /// Share of new flows; 0 drains the backend (kept for existing flows, no new ones).
     pub weight: u32,
+    /// Its own health settings (`[vip.backend.health]` over the VIP's), when it has any.
+    pub health: Option<HealthConfig>,
+}
+
+impl VipConfig {
+    /// The health settings of one of its backends: the backend's own, else the VIP's.
+    pub fn health_of<'a>(&'a self, backend: &'a BackendConfig) -> &'a HealthConfig {
+        backend.health.as_ref().unwrap_or(&self.health)
+    }
 }
 
 impl Config {

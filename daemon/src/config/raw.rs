@@ -58,6 +58,7 @@ pub(super) struct RawVip {
     pub mode: Option<Spanned<String>>,
     pub table_size: Option<Spanned<i64>>,
     pub source_ranges: Option<Spanned<Vec<Spanned<String>>>>,
+    pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub backend: Vec<Spanned<RawBackend>>,
 }
@@ -70,4 +71,32 @@ pub(super) struct RawBackend {
     pub mac: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
     pub name: Option<Spanned<String>>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+/// `[vip.health]`, or a backend's `[vip.backend.health]` overriding some of it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub check: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub interval_ms: Option<Spanned<i64>>,
+    pub timeout_ms: Option<Spanned<i64>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub via: Option<Spanned<String>>,
+    pub on_all_down: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect: Option<Spanned<Vec<Spanned<RawStatus>>>>,
+    pub payload: Option<Spanned<String>>,
+    pub reply: Option<Spanned<String>>,
+}
+
+/// One entry of an HTTP check's `expect`: a code (`200`) or a range (`"200-299"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawStatus {
+    Code(i64),
+    Range(String),
 }

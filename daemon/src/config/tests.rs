@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use super::*;
+use crate::health::Check;
 
 const ORIGIN: &str = "test.toml";
 
@@ -123,6 +124,19 @@ mode = "ipip"
   mac = "02:00:00:00:02:02"
 "#;
 
+/// Default health settings but for the check, port and path.
+fn health(check: Option<Check>, port: u16, via: ProbeVia) -> HealthConfig {
+    HealthConfig {
+        check,
+        port,
+        interval_ms: 2000,
+        timeout_ms: 1000,
+        rise: 2,
+        fall: 3,
+        via,
+    }
+}
+
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
@@ -156,18 +170,22 @@ fn full_config_reads_into_the_exact_struct() {
                 protocol: Protocol::Tcp,
                 mode: ForwardMode::L2,
                 table_size: 251,
+                health: health(Some(Check::Tcp), 443, ProbeVia::Direct),
+                on_all_down: AllDown::Keep,
                 backends: vec![
                     BackendConfig {
                         name: "web-1".to_owned(),
                         address: v4(10, 100, 0, 21),
                         mac: MacAddr([2, 0, 0, 0, 1, 1]),
                         weight: 50,
+                        health: None,
                     },
                     BackendConfig {
                         name: "10.100.0.22".to_owned(),
                         address: v4(10, 100, 0, 22),
                         mac: MacAddr([2, 0, 0, 0, 1, 2]),
                         weight: 0,
+                        health: None,
                     },
                 ],
                 source_ranges: None,
@@ -179,6 +197,9 @@ fn full_config_reads_into_the_exact_struct() {
                 protocol: Protocol::Udp,
                 mode: ForwardMode::Ipip,
                 table_size: 65537,
+                // UDP: no probe unless one is configured.
+                health: health(None, 0, ProbeVia::Encap),
+                on_all_down: AllDown::Keep,
                 backends: vec![
                     BackendConfig {
                         name: "192.168.7.1".to_owned(),
@@ -186,12 +207,14 @@ fn full_config_reads_into_the_exact_struct() {
                         // No `mac`: falls back on encap.next_hop_mac.
                         mac: MacAddr([2, 0, 0, 0, 0, 0xfe]),
                         weight: 100,
+                        health: None,
                     },
                     BackendConfig {
                         name: "192.168.7.2".to_owned(),
                         address: v4(192, 168, 7, 2),
                         mac: MacAddr([2, 0, 0, 0, 2, 2]),
                         weight: 100,
+                        health: None,
                     },
                 ],
                 source_ranges: None,
@@ -1026,5 +1049,189 @@ fn vip_source_ranges_are_ipv4_and_count_against_the_limit() {
             "10:51: vip[0].source_ranges[2]: duplicate prefix 192.0.2.0/24 \
              (vip[0].source_ranges[0])",
         ]
+    );
+}
+// ----- [vip.health] -----
+
+#[test]
+fn health_tables_resolve_with_backend_overrides() {
+    let text = format!(
+        "{BASE}{}",
+        r#"
+[vip.health]
+check = "http"
+path = "/healthz"
+host = "web.example"
+expect = [200, "300-302"]
+interval_ms = 500
+timeout_ms = 200
+rise = 1
+fall = 2
+on_all_down = "drop"
+
+[[vip.backend]]
+address = "10.0.0.22"
+mac = "02:00:00:00:01:02"
+  [vip.backend.health]
+  path = "/other"
+  port = 8080
+
+[[vip.backend]]
+address = "10.0.0.23"
+mac = "02:00:00:00:01:03"
+  [vip.backend.health]
+  check = "udp"
+  payload = "ping"
+  reply = "pong"
+"#
+    );
+    let config = parse(&text);
+    let vip = &config.vips[0];
+    let http = |path: &str| {
+        Some(Check::Http {
+            path: path.to_owned(),
+            host: Some("web.example".to_owned()),
+            expect: vec![200..=200, 300..=302],
+        })
+    };
+    let expected = HealthConfig {
+        check: http("/healthz"),
+        port: 80,
+        interval_ms: 500,
+        timeout_ms: 200,
+        rise: 1,
+        fall: 2,
+        via: ProbeVia::Direct,
+    };
+    assert_eq!(vip.health, expected);
+    assert_eq!(vip.on_all_down, AllDown::Drop);
+    assert_eq!(vip.backends[0].health, None);
+    assert_eq!(vip.health_of(&vip.backends[0]), &expected);
+    // Same kind of check: the VIP's host and expect are kept, path and port overridden.
+    let be2 = vip.backends[1].health.clone().unwrap();
+    assert_eq!((be2.check, be2.port), (http("/other"), 8080));
+    // Another kind: only the timing is inherited.
+    let be3 = vip.backends[2].health.clone().unwrap();
+    assert_eq!(
+        be3.check,
+        Some(Check::Udp {
+            payload: b"ping".to_vec(),
+            expect: Some(b"pong".to_vec()),
+        })
+    );
+    assert_eq!((be3.interval_ms, be3.rise, be3.port), (500, 1, 80));
+    let json = serde_json::to_value(&config).unwrap();
+    let health = &json["vips"][0]["health"];
+    assert_eq!(
+        (&health["check"], &health["path"]),
+        (&"http".into(), &"/healthz".into())
+    );
+    let unchecked = serde_json::to_value(HealthConfig {
+        check: None,
+        ..vip.health.clone()
+    })
+    .unwrap();
+    assert!(unchecked.get("check").is_none(), "{unchecked}");
+}
+
+#[test]
+fn ipip_vips_probe_through_encap_by_default_and_http_accepts_2xx_3xx() {
+    let text = base_with("mode = \"l2\"", "mode = \"ipip\"")
+        + "[vip.health]\ncheck = \"http\"\nvia = \"direct\"\n";
+    let config = parse(&text);
+    assert_eq!(config.vips[0].health.via, ProbeVia::Direct);
+    assert_eq!(
+        config.vips[0].health.check,
+        Some(Check::Http {
+            path: "/".to_owned(),
+            host: None,
+            expect: vec![200..=399],
+        })
+    );
+    let config = parse(&base_with("mode = \"l2\"", "mode = \"ipip\""));
+    assert_eq!(config.vips[0].health.via, ProbeVia::Encap);
+    assert_eq!(config.vips[0].health.check, Some(Check::Tcp));
+}
+
+#[test]
+fn every_bad_health_value_is_reported_at_its_place() {
+    // Lines: 15 [vip.health], 16 check, 17 interval, 18 timeout, 19 rise, 20 fall, 21 via,
+    // 22 on_all_down, 23 payload, 24 expect, 25 path; 27 backend health, 28 on_all_down.
+    let text = format!(
+        "{BASE}{}",
+        r#"
+[vip.health]
+check = "http"
+interval_ms = 50
+timeout_ms = 0
+rise = 0
+fall = 101
+via = "encap"
+on_all_down = "panic"
+payload = "x"
+expect = [99, "300-200", "abc"]
+path = "no-slash"
+
+  [vip.backend.health]
+  on_all_down = "drop"
+"#
+    );
+    assert_eq!(
+        locations(&text),
+        [
+            "17:15: vip[0].health.interval_ms",
+            "18:14: vip[0].health.timeout_ms",
+            "19:8: vip[0].health.rise",
+            "20:8: vip[0].health.fall",
+            "21:7: vip[0].health.via",
+            "22:15: vip[0].health.on_all_down",
+            "23:11: vip[0].health.payload",
+            "24:11: vip[0].health.expect[0]",
+            "24:15: vip[0].health.expect[1]",
+            "24:26: vip[0].health.expect[2]",
+            "25:8: vip[0].health.path",
+            "28:17: vip[0].backend[0].health.on_all_down",
+        ]
+    );
+}
+
+#[test]
+fn health_cross_field_rules() {
+    let with = |extra: &str| format!("{BASE}\n[vip.health]\n{extra}\n");
+    assert_eq!(
+        only_error(&with("interval_ms = 1000\ntimeout_ms = 1500")),
+        "17:14: vip[0].health.timeout_ms: timeout_ms (1500) is longer than interval_ms (1000); \
+         a probe must end before the next one starts"
+    );
+    // A shorter interval alone brings the default timeout down with it.
+    let short = parse(&with("interval_ms = 500"));
+    assert_eq!(
+        (
+            short.vips[0].health.interval_ms,
+            short.vips[0].health.timeout_ms
+        ),
+        (500, 500)
+    );
+    // A VIP on every port is not checked unless told which port to probe.
+    let every_port = base_with("port = 80", "port = 0");
+    assert_eq!(parse(&every_port).vips[0].health.check, None);
+    parse(&format!("{every_port}[vip.health]\ninterval_ms = 500\n"));
+    assert_eq!(
+        only_error(&format!("{every_port}[vip.health]\ncheck = \"tcp\"\n")),
+        "14:1: vip[0].health.port: the VIP serves every port (port = 0), so its tcp check needs \
+         a `port`"
+    );
+    let probed = parse(&format!(
+        "{every_port}[vip.health]\ncheck = \"tcp\"\nport = 8080\n"
+    ));
+    assert_eq!(probed.vips[0].health.port, 8080);
+    assert_eq!(
+        only_error(&with("check = \"tcp\"\nreply = \"x\"")),
+        "17:9: vip[0].health.reply: `reply` is a setting of check = \"udp\" only"
+    );
+    assert_eq!(
+        only_error(&with("check = \"ping\"")),
+        "16:9: vip[0].health.check: unknown check \"ping\"; accepted values: \"tcp\", \"http\", \
+         \"udp\", \"none\""
     );
 }

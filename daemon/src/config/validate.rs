@@ -10,10 +10,12 @@ use toml::Spanned;
 use super::diagnostic::{Diagnostic, line_column};
 use super::raw::{RawBackend, RawConfig, RawEncap, RawInterface, RawLimits, RawVip};
 use super::{
-    AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, InterfaceConfig, Ipv4Net, Limits,
-    MacAddr, NetParseError, Protocol, VipConfig,
+    AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig, InterfaceConfig,
+    Ipv4Net, Limits, MacAddr, NetParseError, Protocol, VipConfig,
 };
 use crate::maglev::is_prime;
+
+mod health;
 
 /// Accepted `limits.flow_table_size`.
 const FLOW_TABLE_SIZE_RANGE: RangeInclusive<i64> = 1024..=67_108_864;
@@ -329,12 +331,19 @@ impl Checker<'_> {
 
         if vip.backend.is_empty() {
             self.error(
-                Some(span),
+                Some(span.clone()),
                 &format!("{path}.backend"),
                 "VIP has no backends",
             );
         }
-        let backends = self.backends(&vip.backend, path, mode, next_hop);
+        let context = health::VipContext {
+            port,
+            protocol,
+            mode,
+        };
+        let (health, on_all_down) =
+            self.vip_health(vip.health.as_ref(), span.clone(), path, &context);
+        let backends = self.backends(&vip.backend, path, next_hop, &health, &context);
 
         let service = match (address, port, protocol) {
             (Some(address), Some(port), Some(protocol)) => Some((address, port, protocol)),
@@ -349,6 +358,8 @@ impl Checker<'_> {
             table_size: table_size.unwrap_or_default(),
             backends,
             source_ranges,
+            health,
+            on_all_down,
         };
         (config, name, service)
     }
@@ -403,9 +414,11 @@ impl Checker<'_> {
         &mut self,
         raw: &[Spanned<RawBackend>],
         vip_path: &str,
-        mode: Option<ForwardMode>,
         next_hop: NextHop,
+        vip_health: &HealthConfig,
+        context: &health::VipContext,
     ) -> Vec<BackendConfig> {
+        let mode = context.mode;
         // First occurrence of each address and each name within this VIP, for duplicates.
         let mut addresses: HashMap<Ipv4Addr, usize> = HashMap::new();
         let mut names: HashMap<String, usize> = HashMap::new();
@@ -474,11 +487,13 @@ impl Checker<'_> {
                 None => Some(DEFAULT_WEIGHT),
                 Some(weight) => self.integer(weight, &format!("{path}.weight"), WEIGHT_RANGE),
             };
+            let health = self.backend_health(be.health.as_ref(), &path, vip_health, context);
             backends.push(BackendConfig {
                 name: name.unwrap_or_default(),
                 address: IpAddr::V4(address.unwrap_or(Ipv4Addr::UNSPECIFIED)),
                 mac: mac.unwrap_or(MacAddr([0; 6])),
                 weight: weight.unwrap_or_default(),
+                health,
             });
         }
         backends

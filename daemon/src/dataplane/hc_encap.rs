@@ -12,13 +12,7 @@
 //! that nothing else on the host uses. Unmarked packets, and marks without a target, are left
 //! alone.
 
-use std::{
-    io,
-    mem::size_of,
-    net::Ipv4Addr,
-    num::NonZeroU32,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{collections::BTreeSet, io, net::Ipv4Addr, num::NonZeroU32};
 
 use aya::{
     Ebpf,
@@ -33,7 +27,7 @@ use aya::{
 use tracing::warn;
 use xlb_common::health::{self, HcCounter, HcTarget};
 
-use super::{DataplaneError, map_err, objects};
+use super::{DataplaneError, map_err, netlink, objects};
 use crate::config::MacAddr;
 
 /// How the classifier is hooked into the interface's egress path.
@@ -66,7 +60,14 @@ pub struct HealthEncap {
     interface: String,
     link: Option<SchedClassifierLinkId>,
     added_qdisc: bool,
+    /// VIPs given a neighbour entry by [`HealthEncap::set_neighbours`], removed on drop.
+    neighbours: BTreeSet<Ipv4Addr>,
 }
+
+/// The MAC of the neighbour entries [`HealthEncap::set_neighbours`] adds: locally
+/// administered, owned by nobody. Probes leave with their backend's MAC instead; any other
+/// packet the host itself sends to the VIP goes nowhere, as it would without the entry.
+pub const VIP_NEIGHBOUR_MAC: MacAddr = MacAddr([0x02, 0x78, 0x6c, 0x62, 0x00, 0x00]);
 
 fn tc_err(action: &'static str) -> impl FnOnce(TcError) -> DataplaneError {
     move |source| DataplaneError::Program {
@@ -114,6 +115,7 @@ impl HealthEncap {
             interface: interface.to_owned(),
             link: None,
             added_qdisc: false,
+            neighbours: BTreeSet::new(),
         };
         classifier(&mut encap.ebpf)?
             .load()
@@ -174,6 +176,38 @@ impl HealthEncap {
         }
     }
 
+    /// Makes the neighbour entries of the interface for `vips` exactly this set (of those this
+    /// value added). A probe to a VIP inside the interface's own subnet needs one: the kernel
+    /// resolves the next hop before tc egress runs, and nothing answers ARP for a VIP (backends
+    /// hold it on their loopback and ignore ARP for it). Probes routed through a gateway do not
+    /// use it. Entries point at [`VIP_NEIGHBOUR_MAC`]; the classifier rewrites the MAC of
+    /// probes.
+    pub fn set_neighbours(&mut self, vips: &BTreeSet<Ipv4Addr>) -> Result<(), DataplaneError> {
+        let stale: Vec<Ipv4Addr> = self.neighbours.difference(vips).copied().collect();
+        for vip in stale {
+            netlink::delete_neighbour(&self.interface, vip).map_err(|source| {
+                DataplaneError::Netlink {
+                    what: format!(
+                        "deleting the neighbour entry of {vip} on {}",
+                        self.interface
+                    ),
+                    source,
+                }
+            })?;
+            self.neighbours.remove(&vip);
+        }
+        for &vip in vips.difference(&self.neighbours.clone()) {
+            netlink::set_neighbour(&self.interface, vip, VIP_NEIGHBOUR_MAC).map_err(|source| {
+                DataplaneError::Netlink {
+                    what: format!("adding the neighbour entry of {vip} on {}", self.interface),
+                    source,
+                }
+            })?;
+            self.neighbours.insert(vip);
+        }
+        Ok(())
+    }
+
     /// Packets per outcome (`encapsulated`, `passed`, `errors`), summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
         HcCounter::ALL
@@ -191,6 +225,11 @@ impl HealthEncap {
 
 impl Drop for HealthEncap {
     fn drop(&mut self) {
+        for vip in std::mem::take(&mut self.neighbours) {
+            if let Err(error) = netlink::delete_neighbour(&self.interface, vip) {
+                warn!(interface = %self.interface, %vip, %error, "removing a probe neighbour entry");
+            }
+        }
         if let Some(link) = self.link.take()
             && let Ok(program) = classifier(&mut self.ebpf)
             && let Err(error) = program.detach(link)
@@ -199,7 +238,7 @@ impl Drop for HealthEncap {
         }
         // Only after the filter is gone: deleting the qdisc takes every filter on it along.
         if self.added_qdisc
-            && let Err(error) = delete_clsact(&self.interface)
+            && let Err(error) = netlink::delete_clsact(&self.interface)
         {
             warn!(interface = %self.interface, %error, "removing the clsact qdisc");
         }
@@ -215,134 +254,40 @@ fn add_clsact(interface: &str) -> Result<bool, DataplaneError> {
     }
 }
 
-/// `struct tcmsg` of `<linux/rtnetlink.h>`.
-#[repr(C)]
-struct TcMsg {
-    family: u8,
-    _pad1: u8,
-    _pad2: u16,
-    ifindex: i32,
-    handle: u32,
-    parent: u32,
-    info: u32,
-}
-
-/// RTM_DELQDISC for the `clsact` qdisc, with its kind as an attribute so the kernel refuses to
-/// delete anything else.
-#[repr(C)]
-struct DelClsact {
-    header: libc::nlmsghdr,
-    tc: TcMsg,
-    kind_len: u16,
-    kind_type: u16,
-    kind: [u8; 8],
-}
-const _: () = assert!(size_of::<DelClsact>() == 48);
-
-/// `TC_H_CLSACT`, the parent of the clsact qdisc (same value as `TC_H_INGRESS`).
-const TC_H_CLSACT: u32 = 0xffff_fff1;
-/// `TCA_KIND`.
-const TCA_KIND: u16 = 1;
-
-/// Deletes the `clsact` qdisc of `interface` (aya can add it but not delete it).
-fn delete_clsact(interface: &str) -> io::Result<()> {
-    let name = std::ffi::CString::new(interface)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: a valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
+/// The first IPv4 address of `interface`: the outer source of encapsulated probes (backends
+/// answer the inner packet, from the VIP, to this address).
+pub fn interface_ipv4(interface: &str) -> io::Result<Ipv4Addr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs(3) fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: socket(2) with constant arguments; the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+    let mut found = None;
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*entry };
+        entry = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if name.to_bytes() == interface.as_bytes() && family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let addr = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            found = Some(Ipv4Addr::from(addr.sin_addr.s_addr.to_ne_bytes()));
+            break;
+        }
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    found.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("interface {interface} has no IPv4 address"),
         )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-
-    let request = DelClsact {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<DelClsact>() as u32,
-            nlmsg_type: libc::RTM_DELQDISC,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        tc: TcMsg {
-            family: libc::AF_UNSPEC as u8,
-            _pad1: 0,
-            _pad2: 0,
-            ifindex: ifindex as i32,
-            handle: 0xffff_0000,
-            parent: TC_H_CLSACT,
-            info: 0,
-        },
-        kind_len: 4 + 7,
-        kind_type: TCA_KIND,
-        kind: *b"clsact\0\0",
-    };
-    // SAFETY: an all-zero sockaddr_nl is valid (the kernel as destination).
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: `request` and `kernel` are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            (&raw const request).cast(),
-            size_of::<DelClsact>(),
-            0,
-            (&raw const kernel).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-
-    // The acknowledgement: an NLMSG_ERROR message whose error is 0 on success.
-    let mut reply = [0u8; 1024];
-    // SAFETY: `reply` is writable for its whole length.
-    let received = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            reply.as_mut_ptr().cast(),
-            reply.len(),
-            0,
-        )
-    };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let header_len = size_of::<libc::nlmsghdr>();
-    let received = received as usize;
-    if received < header_len + 4 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "short netlink reply",
-        ));
-    }
-    let message_type = u16::from_ne_bytes([reply[4], reply[5]]);
-    if message_type != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected netlink reply type {message_type}"),
-        ));
-    }
-    let error = i32::from_ne_bytes(
-        reply[header_len..header_len + 4]
-            .try_into()
-            .expect("four bytes"),
-    );
-    if error == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(-error))
-    }
+    })
 }

@@ -7,6 +7,7 @@ mod bench;
 pub mod decap;
 mod dump;
 pub mod hc_encap;
+mod netlink;
 pub mod objects;
 mod policy;
 mod slots;
@@ -98,6 +99,15 @@ pub enum DataplaneError {
         /// What was read.
         what: &'static str,
         /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A routing or neighbour request to the kernel failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was asked, e.g. "adding the neighbour entry of 10.0.0.1 on eth0".
+        what: String,
+        /// The kernel's answer.
         #[source]
         source: std::io::Error,
     },

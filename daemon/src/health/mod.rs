@@ -55,11 +55,19 @@ pub type TargetId = u64;
 /// (`RLIMIT_NOFILE`) is too small to leave room for the rest of the daemon.
 pub const MAX_OPEN_PROBES: usize = 4096;
 
+/// The largest UDP probe payload: one IPv4 datagram.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// The status codes an HTTP check's `expect` ranges may name.
+pub const HTTP_STATUS_CODES: RangeInclusive<u16> = 100..=599;
+
 /// The status codes an HTTP check accepts when its `expect` list is empty.
 pub const DEFAULT_HTTP_EXPECT: RangeInclusive<u16> = 200..=399;
 
-/// What a probe does and what counts as a success.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a probe does and what counts as a success. (Serialized for the config's `Serialize`,
+/// as `check = "tcp"` and the like.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "check")]
 pub enum Check {
     /// A TCP connect that completes (the socket is closed right after): success when the
     /// socket becomes writable with no error.
@@ -162,6 +170,12 @@ pub enum SettingsError {
     },
 }
 
+/// Whether `text` may go into an HTTP probe's request line or `Host` header: non-empty, without
+/// whitespace or control characters (which would break, or inject into, the request).
+pub fn is_request_text(text: &str) -> bool {
+    !text.is_empty() && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 impl Settings {
     /// Checks the settings; [`Checker::set_targets`] does the same for every target.
     pub fn validate(&self) -> Result<(), SettingsError> {
@@ -177,21 +191,20 @@ impl Settings {
         if self.fall == 0 {
             return Err(SettingsError::ZeroFall);
         }
-        let clean =
-            |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
         match &self.check {
             Check::Tcp => {}
             Check::Http { path, host, expect } => {
-                if !path.starts_with('/') || !clean(path) {
+                if !path.starts_with('/') || !is_request_text(path) {
                     return Err(SettingsError::BadPath(path.clone()));
                 }
-                if let Some(host) = host.as_ref().filter(|h| !clean(h)) {
+                if let Some(host) = host.as_ref().filter(|h| !is_request_text(h)) {
                     return Err(SettingsError::BadHost(host.clone()));
                 }
-                if let Some(range) = expect
-                    .iter()
-                    .find(|r| r.is_empty() || *r.start() < 100 || *r.end() > 599)
-                {
+                if let Some(range) = expect.iter().find(|r| {
+                    r.is_empty()
+                        || !HTTP_STATUS_CODES.contains(r.start())
+                        || !HTTP_STATUS_CODES.contains(r.end())
+                }) {
                     return Err(SettingsError::BadExpect {
                         start: *range.start(),
                         end: *range.end(),
@@ -199,7 +212,7 @@ impl Settings {
                 }
             }
             Check::Udp { payload, .. } => {
-                if payload.len() > 65_507 {
+                if payload.len() > MAX_UDP_PAYLOAD {
                     return Err(SettingsError::PayloadTooLarge(payload.len()));
                 }
             }

@@ -38,8 +38,8 @@ use aya::{
 };
 use xlb::{
     config::{
-        AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, InterfaceConfig, Limits,
-        MacAddr, Protocol, VipConfig,
+        AllDown, AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig,
+        InterfaceConfig, Limits, MacAddr, Protocol, VipConfig,
     },
     dataplane::{Dataplane, objects},
     state::DesiredState,
@@ -391,6 +391,7 @@ fn backend(k: usize) -> BackendConfig {
         address: IpAddr::V4(address),
         mac: MacAddr([0x02, 0x01, 0, (k >> 8) as u8, k as u8, 0x01]),
         weight: 100,
+        health: None,
     }
 }
 
@@ -409,6 +410,8 @@ fn vip_config(
         protocol,
         mode,
         table_size: scale.table_size,
+        health: HealthConfig::defaults_for(protocol, port, mode),
+        on_all_down: AllDown::default(),
         backends: (0..scale.backends).map(backend).collect(),
         source_ranges: None,
     }

@@ -73,15 +73,10 @@ pub struct TcpStartHdr {
     pub seq_ack: [u8; 8],
     /// Data offset and reserved bits.
     pub data_offset: u8,
-    /// Flags ([`TCP_FLAG_SYN`], [`TCP_FLAG_ACK`], ...).
+    /// Flags ([`tcp_flags`]).
     pub flags: u8,
 }
 const _: () = assert!(core::mem::size_of::<TcpStartHdr>() == 14);
-
-/// TCP flag SYN.
-pub const TCP_FLAG_SYN: u8 = 0x02;
-/// TCP flag ACK.
-pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Ethertype of IPv4, network byte order.
 pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();

@@ -46,7 +46,8 @@ pub struct Choice {
 /// A packet that opens a TCP connection (SYN without ACK) skips the flow table lookup, as
 /// Katran does: it is a new flow by definition, and its entry (replacing any left by an earlier
 /// connection on the same ports) goes to the backend the table names now, so a reused port
-/// never lands on a drained backend. The cost, shared by every Maglev balancer that does this: a
+/// never lands on a drained or down backend (those keep their entries, and their established
+/// flows). The cost, shared by every Maglev balancer that does this: a
 /// SYN retransmitted across a table change that moved its slot goes to the new backend, and if
 /// the first one had already answered, the client's ACK reaches a backend that resets it. Only
 /// handshakes in flight during a change that moves their slot are exposed.

@@ -23,8 +23,8 @@ use xlb_common::{
 };
 use xlb_ebpf::{
     headers::{
-        ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_FLAG_ACK, TCP_FLAG_SYN, TCP_MIN_HLEN,
-        TcpStartHdr, UDP_HLEN,
+        ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN,
+        tcp_flags,
     },
     packet::{frame_len, ptr_at},
     parse,
@@ -78,7 +78,7 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
             ptr_at::<TcpStartHdr>(ctx, l4_off).map(|tcp| {
                 // SAFETY: ptr_at checked that the header start lies inside the frame.
                 let tcp = unsafe { *tcp };
-                let opens = tcp.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+                let opens = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
                 (tcp.ports, opens)
             })
         }
