@@ -103,6 +103,8 @@ pub struct Options {
     pub api: ServerConfig,
     /// Watch the config file for changes.
     pub watch: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The layered config: file VIPs first, then API VIPs.
@@ -167,6 +169,7 @@ struct Counters {
     api_ok: u64,
     api_failed: u64,
     last_reload: Option<ReloadView>,
+    last_success_unix: Option<u64>,
 }
 
 /// Owns the dataplane and the sources of desired state.
@@ -214,6 +217,9 @@ pub enum StartError {
     /// The API could not start.
     #[error("API: {0}")]
     Api(String),
+    /// The metrics listener could not start.
+    #[error("{0}")]
+    Metrics(#[source] Box<crate::metrics::ListenError>),
     /// Signals, the watcher or threads could not be set up.
     #[error("{what}: {source}")]
     Setup {
@@ -230,6 +236,8 @@ enum Event {
     FileChanged,
     /// A request, where to answer, and when the asker stops waiting.
     Api(Request, Sender<Response>, Instant),
+    /// A Prometheus scrape: where to send the text.
+    Metrics(Sender<String>),
 }
 
 impl Controller {
@@ -282,6 +290,7 @@ impl Controller {
             Ok(change) => {
                 self.counters.generation += 1;
                 self.counters.reloads_ok += 1;
+                self.counters.last_success_unix = Some(unix_now());
                 info!(
                     source = source.name(),
                     generation = self.counters.generation,
@@ -476,6 +485,15 @@ impl Controller {
         });
         let _server = api::server::start(&self.options.api, handler)
             .map_err(|e| StartError::Api(e.to_string()))?;
+        if let Some(address) = self.options.metrics {
+            let metrics_tx = events_tx.clone();
+            crate::metrics::serve(address, move || {
+                let (reply_tx, reply_rx) = bounded(1);
+                metrics_tx.send(Event::Metrics(reply_tx)).ok()?;
+                reply_rx.recv_timeout(crate::metrics::SCRAPE_WAIT).ok()
+            })
+            .map_err(|source| StartError::Metrics(Box::new(source)))?;
+        }
         drop(events_tx);
 
         let attachment = self
@@ -507,6 +525,9 @@ impl Controller {
                             warn!(method = %request.method, path = %request.path, "API request expired before its turn; not carried out");
                         }
                     }
+                    Ok(Event::Metrics(reply)) => {
+                        let _ = reply.send(self.metrics_text());
+                    }
                 },
                 recv(stats_tick) -> _ => self.write_stats(),
             }
@@ -536,6 +557,29 @@ impl Controller {
         if let Err(error) = result {
             warn!(%error, "stats snapshot not written; still serving");
         }
+    }
+
+    /// The Prometheus exposition text of the datapath's and the controller's counters.
+    fn metrics_text(&self) -> String {
+        let snapshot = match self.dataplane.stats() {
+            Ok(snapshot) => Some(snapshot),
+            Err(error) => {
+                warn!(%error, "counters unreadable; metrics report the datapath down");
+                None
+            }
+        };
+        let control = crate::metrics::ControlCounts {
+            reloads_ok: self.counters.reloads_ok,
+            reloads_failed: self.counters.reloads_failed,
+            last_success_unix: self.counters.last_success_unix,
+            api_ok: self.counters.api_ok,
+            api_failed: self.counters.api_failed,
+        };
+        crate::metrics::render(snapshot.as_ref(), &control, &|vip, backend| {
+            self.overlay
+                .override_for(vip, backend)
+                .is_some_and(|o| o.drained)
+        })
     }
 
     /// Serves one API request.

@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod health;
 pub mod logging;
 pub mod maglev;
+pub mod metrics;
 pub mod notify;
 pub mod overlay;
 pub mod pktgen;

@@ -61,6 +61,10 @@ struct RunArgs {
     /// Do not watch the config file for changes (SIGHUP and `xlb reload` still work).
     #[arg(long)]
     no_watch: bool,
+    /// Serve Prometheus metrics (GET /metrics) at ADDR:PORT, or PORT for 127.0.0.1:PORT;
+    /// `off` serves none. Only loopback unless an address is given here.
+    #[arg(long, default_value = "127.0.0.1:9642")]
+    metrics_listen: String,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +176,10 @@ fn run(args: RunArgs) -> Result<(), String> {
         stats_file: args.stats_file,
         stats_interval: interval,
         watch: !args.no_watch,
+        metrics: match args.metrics_listen.as_str() {
+            "off" => None,
+            text => Some(xlb::metrics::parse_listen(text)?),
+        },
     };
     let controller = Controller::start(options).map_err(|error| match error {
         // Config diagnostics are one per line, each with file:line:column.
