@@ -110,7 +110,7 @@ ip netns exec "${prefix}floor" "$XLB_PKTGEN" floor --interface xlbpg-f --duratio
 for v in l2 ipip; do
     write_config "$v" "$work/$v.toml"
     "$XLBD" check "$work/$v.toml" >/dev/null
-    ip netns exec "${prefix}$v" "$XLBD" --config "$work/$v.toml" --no-watch \
+    ip netns exec "${prefix}$v" "$XLBD" --config "$work/$v.toml" --no-watch --no-pin \
         --api-socket "$work/$v.sock" --state-dir "$work/$v-state" \
         --stats-file "$work/$v-stats.json" --stats-interval 3600 >"$work/$v.log" 2>&1 &
 done

@@ -105,6 +105,9 @@ pub struct Options {
     pub watch: bool,
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Pin maps and link under `<root>/<interface>/` and adopt what is pinned there; `None`
+    /// loads unpinned and detaches at exit.
+    pub pin_root: Option<PathBuf>,
 }
 
 /// The layered config: file VIPs first, then API VIPs.
@@ -263,7 +266,15 @@ impl Controller {
         }
         let interface = layered.config.interface.name.clone();
         let if_mac = crate::dataplane::interface_mac(&interface)?;
-        let mut dataplane = Dataplane::load(&layered.config.limits, if_mac)?;
+        let limits = &layered.config.limits;
+        let mut dataplane = match &options.pin_root {
+            Some(root) => Dataplane::load_pinned(
+                limits,
+                if_mac,
+                crate::dataplane::pin::PinDir::new(root, &interface),
+            )?,
+            None => Dataplane::load(limits, if_mac)?,
+        };
         let started = Instant::now();
         let report = dataplane.apply(&desired)?;
         dataplane.attach(&interface, layered.config.interface.attach_mode)?;
@@ -533,8 +544,15 @@ impl Controller {
             }
         }
         self.notifier.stopping();
-        info!("stopping: detaching the XDP program");
-        self.dataplane.detach()?;
+        if self.dataplane.outlives_daemon() {
+            info!(
+                pins = %self.dataplane.pins().map_or_else(String::new, |p| p.path().display().to_string()),
+                "stopping: the XDP program stays attached and its maps pinned, so traffic keeps flowing (`xlbd detach` removes them)"
+            );
+        } else {
+            info!("stopping: detaching the XDP program");
+            self.dataplane.detach()?;
+        }
         self.write_stats();
         Ok(())
     }
