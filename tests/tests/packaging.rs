@@ -47,9 +47,11 @@ fn systemd_unit_verifies_and_grants_only_known_capabilities() {
     let dir = std::env::temp_dir().join(format!("xsv-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let local = dir.join("xlbd.service");
+    let xlb = xlbd_path().with_file_name("xlb");
     std::fs::write(
         &local,
-        unit.replace("/usr/bin/xlbd", xlbd_path().to_str().unwrap()),
+        unit.replace("/usr/bin/xlbd", xlbd_path().to_str().unwrap())
+            .replace("/usr/bin/xlb ", &format!("{} ", xlb.display())),
     )
     .unwrap();
     let out = output("systemd-analyze", &["verify", local.to_str().unwrap()]);
@@ -63,7 +65,7 @@ fn systemd_unit_verifies_and_grants_only_known_capabilities() {
 
     assert_eq!(unit_values(&unit, "Type"), ["notify"]);
     assert_eq!(unit_values(&unit, "Restart"), ["on-failure"]);
-    // The config is checked before start and before every reload's SIGHUP.
+    // The config is checked before start and before every reload, which waits for the result.
     let pre = unit_values(&unit, "ExecStartPre").join(" ");
     assert!(pre.contains("xlbd check /etc/xlb/xlb.toml"), "{pre}");
     let reload: Vec<&str> = unit
@@ -74,7 +76,7 @@ fn systemd_unit_verifies_and_grants_only_known_capabilities() {
         reload,
         [
             "/usr/bin/xlbd check /etc/xlb/xlb.toml",
-            "/bin/kill -HUP $MAINPID"
+            "/usr/bin/xlb reload"
         ]
     );
     let bounding = unit_values(&unit, "CapabilityBoundingSet");
