@@ -306,45 +306,29 @@ mod tests {
         let text = render(Some(&snapshot), &control, &|vip, backend| {
             vip == "web" && backend == "10.1.0.1"
         });
-        assert_eq!(
-            sample(&text, "xlb_xdp_actions_total{action=\"tx\"}"),
-            Some(7.0)
-        );
-        assert_eq!(
-            sample(&text, "xlb_drops_total{reason=\"fragment\"}"),
-            Some(0.0)
-        );
-        assert_eq!(
-            sample(&text, "xlb_drops_total{reason=\"no_backend\"}"),
-            Some(3.0)
-        );
-        assert_eq!(sample(&text, "xlb_flows_new_total"), Some(2.0));
-        assert_eq!(
-            sample(&text, "xlb_vip_bytes_total{vip=\"web\"}"),
-            Some(700.0)
-        );
         let backend = "{vip=\"web\",backend=\"10.1.0.1\"}";
-        assert_eq!(
-            sample(&text, &format!("xlb_backend_packets_total{backend}")),
-            Some(0.0)
-        );
-        assert_eq!(
-            sample(&text, &format!("xlb_backend_drained{backend}")),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(&text, "xlb_config_reloads_total{result=\"failed\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            sample(&text, "xlb_api_requests_total{result=\"failed\"}"),
-            Some(0.0)
-        );
-        assert_eq!(
-            sample(&text, "xlb_config_last_reload_success_timestamp_seconds"),
-            Some(1.7e9)
-        );
-        assert_eq!(sample(&text, "xlb_datapath_up"), Some(1.0));
+        let expected = [
+            ("xlb_xdp_actions_total{action=\"tx\"}".to_owned(), 7.0),
+            ("xlb_drops_total{reason=\"fragment\"}".to_owned(), 0.0),
+            ("xlb_drops_total{reason=\"no_backend\"}".to_owned(), 3.0),
+            ("xlb_flows_new_total".to_owned(), 2.0),
+            ("xlb_vip_bytes_total{vip=\"web\"}".to_owned(), 700.0),
+            (format!("xlb_backend_packets_total{backend}"), 0.0),
+            (format!("xlb_backend_drained{backend}"), 1.0),
+            (
+                "xlb_config_reloads_total{result=\"failed\"}".to_owned(),
+                1.0,
+            ),
+            ("xlb_api_requests_total{result=\"failed\"}".to_owned(), 0.0),
+            (
+                "xlb_config_last_reload_success_timestamp_seconds".to_owned(),
+                1.7e9,
+            ),
+            ("xlb_datapath_up".to_owned(), 1.0),
+        ];
+        for (series, value) in expected {
+            assert_eq!(sample(&text, &series), Some(value), "{series}\n{text}");
+        }
         let rendered = exported_names(&text);
         for name in &rendered {
             assert!(

@@ -22,6 +22,7 @@ use xlb_common::{Backend, VipKey, VipMeta, backend_flags, map_names};
 use super::{
     AppliedVip, Dataplane, DataplaneError,
     alloc::{IdAllocator, RegionAllocator},
+    dump::key_ord,
     map_err,
 };
 use crate::{
@@ -34,15 +35,6 @@ struct Stale {
     vip_id: u32,
     backend_ids: Vec<u32>,
     region: Option<(u32, u32)>,
-}
-
-fn key_ord(key: &VipKey) -> VipKeyOrd {
-    VipKeyOrd {
-        addr: key.addr,
-        port: u16::from_be(key.port),
-        proto: key.proto,
-        family: key.family,
-    }
 }
 
 impl Dataplane {
@@ -85,7 +77,7 @@ impl Dataplane {
         let mut used_regions = Vec::new();
         let mut stale = BTreeMap::new();
         for (key, meta) in &live {
-            let key = key_ord(key);
+            let key = key_ord(*key);
             used_vips.insert(meta.vip_id);
             let region = (meta.table_size > 0).then_some((meta.table_offset, meta.table_size));
             used_regions.extend(region);
