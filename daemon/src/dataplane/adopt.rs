@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     config::Ipv4Net,
-    state::{DesiredState, DesiredVip, VipKeyOrd, addr_words},
+    state::{DesiredState, DesiredVip, addr_words},
 };
 
 /// A live VIP that does not match the desired state.
