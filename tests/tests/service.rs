@@ -177,6 +177,18 @@ fn restarts_and_upgrades_under_traffic_lose_nothing_and_detach_removes_everythin
     let vip_series = "xlb_vip_packets_total{vip=\"web\"}";
     let before_kill = metric(&lab, vip_series);
     assert!(before_kill > 0.0, "no packets counted");
+    // Every series exists from the start, at zero where nothing happened.
+    assert_eq!(metric(&lab, "xlb_drops_total{reason=\"fragment\"}"), 0.0);
+    // Loopback only by default: the balancer's own address does not answer.
+    let outside = lab
+        .command("client", "curl")
+        .args(["-sS", "--max-time", "3", "http://10.99.0.2:9642/metrics"])
+        .output()
+        .unwrap();
+    assert!(
+        !outside.status.success(),
+        "metrics reachable from outside the balancer"
+    );
 
     // kill -9: nothing is cleaned up, the datapath keeps forwarding on its own, and the next
     // xlbd adopts it (same build: the program is kept, not replaced).
