@@ -222,6 +222,10 @@ fn run(args: RunArgs) -> Result<(), String> {
         StartError::Change(ChangeError::Invalid(config)) => {
             format!("invalid config, nothing attached:\n{config}")
         }
+        // A refused adoption touched nothing: what is pinned keeps forwarding.
+        StartError::Dataplane(error @ xlb::dataplane::DataplaneError::Pin(_)) => {
+            format!("{error}; the pinned datapath was left as it is")
+        }
         other => format!("{other}; nothing attached"),
     })?;
     controller.run(signals).map_err(|e| e.to_string())
