@@ -3,6 +3,8 @@
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    // Read by the eBPF crate (`option_env!`): a test build of another program variant.
+    println!("cargo:rerun-if-env-changed=XLB_EBPF_VARIANT");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../xdp/ebpf");
     aya_build::build_ebpf(
         [Package {

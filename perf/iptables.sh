@@ -323,7 +323,7 @@ for n in $services; do
     backend_routes direct
     rm -f "$work/xlbd-$n.log"
     t0=$(now)
-    ip netns exec "${prefix}node" "$XLBD" --config "$work/xlb-$n.toml" --no-watch \
+    ip netns exec "${prefix}node" "$XLBD" --config "$work/xlb-$n.toml" --no-watch --no-pin \
         --api-socket "$work/xlbd.sock" --state-dir "$work/xlbd-state-$n" >"$work/xlbd-$n.log" 2>&1 &
     xlbd_pid=$!
     for _ in $(seq 1 1200); do

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Drives the kernel's packet generator (/proc/net/pktgen) on machines whose kernel has it, as
-# a cross-check of xlb-pktgen. Where the module is missing (`modprobe pktgen` fails, as on the
-# project's test kernel) it says so in the report and exits 0.
+# Drives the kernel's packet generator (/proc/net/pktgen) through the balancer, on machines
+# whose kernel has it, and reports in the same table as perf/throughput.sh (which drives the
+# same topology with xlb's own generator). Where the module is missing (`modprobe pktgen`
+# fails, as on the project's test kernel) it says so, in the report and on standard error, and
+# exits 0 so the perf suite goes on.
 #
 #   perf/kernel-pktgen.sh [--quick] [--sizes "64 1500"] [--seconds S] [--runs N] [--flows N]
-#   perf/kernel-pktgen.sh --interface IF --dst-mac MAC --dst ADDR [--src ADDR] [...]
+#   perf/kernel-pktgen.sh --interface IF --dst-mac MAC --dst VIP [--src ADDR] [...]
 #
-# Without --interface it builds its own pair of namespaces (xlbpg-kp-gen, xlbpg-kp-sink) joined
-# by a veth, runs pktgen in the first and counts arrivals with xlb_sink (`xlb-pktgen sink`) in
-# the second: the same generator-to-sink path that perf/throughput.sh drives with xlb-pktgen.
-# With --interface it sends from that interface in the current namespace towards --dst-mac
-# and --dst (a NIC, for instance); then nothing is counted at the far end.
+# Without --interface: the topology of perf/throughput.sh (lib/forwarders.sh): a generator
+# namespace joined by veths to the floor (xlb_floor) and to xlbd in L2 and IPIP mode. pktgen
+# sends UDP to the VIP out of each veth; the forwarder sends every frame back with XDP_TX,
+# and xlb_sink (`xlb-pktgen sink`) counts the arrivals at the generator's end.
+# With --interface: a real NIC. pktgen sends from IF (in the current namespace) to the
+# balancer's NIC (--dst-mac) and a VIP (--dst); the balancer forwards to its backends, so only
+# the sent rate is measured here (read the balancer's own counters, `xlb status` or its
+# metrics, for what it forwarded).
 # Default: 5 runs of 3 s per size; --quick: 3 runs of 1 s.
 #
 # Writes kernel-pktgen.md and kernel-pktgen.csv into $XLB_PERF_OUT (default
@@ -20,9 +25,11 @@ set -euo pipefail
 XLBPG_NAME=kernel-pktgen
 # shellcheck source=perf/lib/xlbpg.sh
 source "$(cd "$(dirname "$0")" && pwd)/lib/xlbpg.sh"
+# shellcheck source=perf/lib/forwarders.sh
+source "$(cd "$(dirname "$0")" && pwd)/lib/forwarders.sh"
 
 sizes="64 1500" seconds=3 runs=5 flows=10000 quick=0
-interface="" dst_mac="" dst="" src=10.73.1.1
+interface="" dst_mac="" dst="" src=10.70.1.1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1; runs=3; seconds=1 ;;
@@ -34,7 +41,7 @@ while [ $# -gt 0 ]; do
         --dst-mac) dst_mac=${2:?}; shift ;;
         --dst) dst=${2:?}; shift ;;
         --src) src=${2:?}; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) xlbpg_die "unknown argument $1 (see --help)" ;;
     esac
     shift
@@ -72,14 +79,15 @@ if [ -n "$reason" ]; then
         echo ""
         echo "Not measured: this kernel ($(uname -r)) has no pktgen (no /proc/net/pktgen;" \
             "$reason). The throughput figures come from xlb-pktgen (BPF_PROG_TEST_RUN live" \
-            "frames) instead; see the throughput section."
+            "frames) through the same topology instead; see the throughput section."
     } >"$md"
-    echo "size,device,run,sent_pps,sent_gbps,received_pps" >"$csv"
+    echo "size,variant,run,sent_pps,received_pps,received_gbps,received_packets,sent_packets,seconds" >"$csv"
     cat "$md"
-    xlbpg_say "kernel pktgen is not available here; wrote the note to $md"
+    xlbpg_say "kernel pktgen is NOT available on this machine: $reason. Nothing measured; wrote the note to $md"
     exit 0
 fi
 prefix=xlbpg-kp-
+work=$(mktemp -d /tmp/xlbpg-kp.XXXXXX)
 # Stops any pktgen run in namespace $1 (or the current one if empty) and releases the devices.
 pktgen_stop() {
     local cmd=() t
@@ -93,25 +101,24 @@ pktgen_stop() {
 cleanup() {
     if ip netns list | grep -q "^${prefix}gen"; then pktgen_stop "${prefix}gen"; else pktgen_stop ""; fi
     xlbpg_cleanup "$prefix"
+    rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ns_cmd=()
-sink_counting=0
+through_topology=0
 if [ -z "$interface" ]; then
     xlbpg_build
     xlbpg_cleanup "$prefix"
-    xlbpg_ns_add "${prefix}gen"
-    xlbpg_ns_add "${prefix}sink"
-    xlbpg_ns "${prefix}gen" ip link add xlbpg-kg type veth peer name xlbpg-ks netns "${prefix}sink"
-    xlbpg_ns "${prefix}gen" ip link set xlbpg-kg address 02:73:00:00:00:01 mtu 1600 up
-    xlbpg_ns "${prefix}sink" ip link set xlbpg-ks address 02:73:00:00:00:02 mtu 1600 up
-    interface=xlbpg-kg dst_mac=02:73:00:00:00:02 dst=10.73.0.100
+    xlbpg_fwd_up
     ns_cmd=(ip netns exec "${prefix}gen")
-    sink_counting=1
+    through_topology=1
+    run_variants=$variants
 elif [ -z "$dst_mac" ] || [ -z "$dst" ]; then
     xlbpg_die "--interface needs --dst-mac and --dst"
+else
+    run_variants=nic
 fi
 pg() { "${ns_cmd[@]}" sh -c "echo '$2' > /proc/net/pktgen/$1"; }
 
@@ -121,65 +128,81 @@ ports=$(( flows < 64512 ? flows : 64512 ))
 addresses=$(( (flows + ports - 1) / ports ))
 src_max=$(python3 -c "import ipaddress,sys; print(ipaddress.IPv4Address(sys.argv[1]) + int(sys.argv[2]) - 1)" "$src" "$addresses")
 thread=kpktgend_0
-echo "size,device,run,sent_pps,sent_gbps,received_pps" >"$csv"
+echo "size,variant,run,sent_pps,received_pps,received_gbps,received_packets,sent_packets,seconds" >"$csv"
 machine=$(xlbpg_machine)
 for size in $sizes; do
     for run in $(seq 1 "$runs"); do
-        pg "$thread" rem_device_all
-        pg "$thread" "add_device $interface"
-        # pktgen's pkt_size excludes the 4-byte FCS, like xlb-pktgen's --size.
-        for setting in "count 0" "clone_skb 1000" "burst 32" "pkt_size $size" "delay 0" \
-            "dst $dst" "dst_mac $dst_mac" "src_min $src" "src_max $src_max" \
-            "udp_src_min 1024" "udp_src_max $((1024 + ports - 1))" "udp_dst_min 80" \
-            "udp_dst_max 80" "flag UDPSRC_RND"; do
-            pg "$interface" "$setting"
+        # Interleaved, so a change in the machine's load hits all variants alike.
+        for v in $run_variants; do
+            if [ "$through_topology" = 1 ]; then
+                dev=$(gen_if "$v") to_mac=$(fwd_mac "$v") to=$VIP
+            else
+                dev=$interface to_mac=$dst_mac to=$dst
+            fi
+            pg "$thread" rem_device_all
+            pg "$thread" "add_device $dev"
+            # pktgen's pkt_size excludes the 4-byte FCS, like xlb-pktgen's --size.
+            for setting in "count 0" "clone_skb 1000" "burst 32" "pkt_size $size" "delay 0" \
+                "dst $to" "dst_mac $to_mac" "src_min $src" "src_max $src_max" \
+                "udp_src_min 1024" "udp_src_max $((1024 + ports - 1))" "udp_dst_min 80" \
+                "udp_dst_max 80" "flag UDPSRC_RND"; do
+                pg "$dev" "$setting"
+            done
+            sink_pid=""
+            if [ "$through_topology" = 1 ]; then
+                "${ns_cmd[@]}" "$XLB_PKTGEN" sink --interface "$dev" \
+                    --duration $((seconds + 30)) --json >"$work/sink.json" 2>/dev/null &
+                sink_pid=$!
+                sleep 0.5
+            fi
+            # count 0 runs until stopped: bounded by the stop below (and by timeout).
+            timeout $((seconds + 20)) "${ns_cmd[@]}" sh -c 'echo start > /proc/net/pktgen/pgctrl' &
+            start_pid=$!
+            sleep "$seconds"
+            "${ns_cmd[@]}" sh -c 'echo stop > /proc/net/pktgen/pgctrl'
+            wait "$start_pid" 2>/dev/null || true
+            result=$("${ns_cmd[@]}" cat "/proc/net/pktgen/$dev" | sed -n '/^Result/,$p')
+            # "Result: OK: <usec>(...) usec, <packets> (<size>byte,0frags)" then "<pps>pps <Mb>Mb/sec"
+            usec=$(sed -n 's/^Result: OK: \([0-9]*\)(.*/\1/p' <<<"$result" | head -1)
+            sent=$(sed -n 's/.* usec, \([0-9]*\) (.*/\1/p' <<<"$result" | head -1)
+            pps=$(sed -n 's/^ *\([0-9]*\)pps.*/\1/p' <<<"$result" | head -1)
+            recv_pps=0 recv_gbps=0 recv=0
+            if [ -n "$sink_pid" ]; then
+                kill -INT "$sink_pid" 2>/dev/null || true
+                wait "$sink_pid" 2>/dev/null || true
+                read -r recv_pps recv_gbps recv < <(xlbpg_json "$work/sink.json" \
+                    '"%f %f %d" % (j["pps"], j["gbps"], j["packets"])' 2>/dev/null || echo "0 0 0")
+            fi
+            secs=$(awk -v u="${usec:-0}" 'BEGIN { print u / 1e6 }')
+            echo "$size,$v,$run,${pps:-0},$recv_pps,$recv_gbps,$recv,${sent:-0},$secs" >>"$csv"
+            xlbpg_say "$size B $v run $run: ${pps:-?} pps sent, $recv_pps pps received"
         done
-        sink_pid=""
-        if [ "$sink_counting" = 1 ]; then
-            ip netns exec "${prefix}sink" "$XLB_PKTGEN" sink --interface xlbpg-ks \
-                --duration $((seconds + 30)) --json >"/tmp/xlbpg-kp-sink.$$" 2>/dev/null &
-            sink_pid=$!
-            sleep 0.5
-        fi
-        # count 0 runs until stopped: bounded by the stop below (and by timeout).
-        timeout $((seconds + 20)) "${ns_cmd[@]}" sh -c 'echo start > /proc/net/pktgen/pgctrl' &
-        start_pid=$!
-        sleep "$seconds"
-        "${ns_cmd[@]}" sh -c 'echo stop > /proc/net/pktgen/pgctrl'
-        wait "$start_pid" 2>/dev/null || true
-        result=$("${ns_cmd[@]}" cat "/proc/net/pktgen/$interface" | sed -n '/^Result/,$p')
-        # "Result: OK: <usec>(...) usec, <packets> (<size>byte,0frags)" then "<pps>pps <Mb>Mb/sec"
-        pps=$(sed -n 's/^ *\([0-9]*\)pps.*/\1/p' <<<"$result" | head -1)
-        mbps=$(sed -n 's/.*pps \([0-9]*\)Mb\/sec.*/\1/p' <<<"$result" | head -1)
-        received_pps=""
-        if [ -n "$sink_pid" ]; then
-            kill -INT "$sink_pid" 2>/dev/null || true
-            wait "$sink_pid" 2>/dev/null || true
-            received_pps=$(xlbpg_json "/tmp/xlbpg-kp-sink.$$" 'j["pps"]' 2>/dev/null || echo "")
-            rm -f "/tmp/xlbpg-kp-sink.$$"
-        fi
-        echo "$size,$interface,$run,${pps:-0},$(awk -v m="${mbps:-0}" 'BEGIN { print m / 1000 }'),${received_pps}" >>"$csv"
-        xlbpg_say "$size B run $run: ${pps:-?} pps sent${received_pps:+, $received_pps pps received}"
     done
 done
 pg "$thread" rem_device_all
 
-python3 - "$csv" "$md" "$machine" "$runs" "$seconds" "$quick" <<'PY'
+if [ "$through_topology" = 1 ]; then
+    xlbpg_fwd_stop_balancers
+    xlbpg_fwd_report "$csv" "$md" "$machine" "$runs" "$seconds" "$flows" 1 "$quick" 0 \
+        "Kernel pktgen: xlb against the XDP floor" \
+        "the kernel's pktgen, one thread, skbs cloned 1000 times, bursts of 32"
+else
+    python3 - "$csv" "$md" "$machine" "$runs" "$seconds" "$quick" "$interface" <<'PY'
 import csv, statistics, sys
-path, md, machine, runs, seconds, quick = sys.argv[1:]
+path, md, machine, runs, seconds, quick, interface = sys.argv[1:]
 rows = list(csv.DictReader(open(path)))
-out = ["## Kernel pktgen" + (" (quick)" if quick == "1" else ""), "",
-       f"Medians of {runs} runs of {seconds} s per row. Machine: {machine}.", "",
-       "| Frame | Device | Sent Mpps | Sent Gbit/s | Received Mpps (xlb_sink) |",
-       "| ---: | --- | ---: | ---: | ---: |"]
+out = ["## Kernel pktgen to the balancer's NIC" + (" (quick)" if quick == "1" else ""), "",
+       f"Medians of {runs} runs of {seconds} s per row, sent from {interface}. Machine: {machine}. "
+       "Only the sent rate is measured here; what the balancer forwarded is in its own counters.", "",
+       "| Frame | Forwarder | Mpps (median) | min - max | Gbit/s at sink | ns/frame | vs floor | Target >= 80% |",
+       "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
 for size in sorted({int(r["size"]) for r in rows}):
-    sel = [r for r in rows if int(r["size"]) == size]
-    sent = statistics.median(float(r["sent_pps"]) for r in sel)
-    gbps = statistics.median(float(r["sent_gbps"]) for r in sel)
-    recv = [float(r["received_pps"]) for r in sel if r["received_pps"]]
-    recv_text = f"{statistics.median(recv) / 1e6:.3f}" if recv else "-"
-    out.append(f"| {size} B | {sel[0]['device']} | {sent / 1e6:.3f} | {gbps:.2f} | {recv_text} |")
+    pps = [float(r["sent_pps"]) for r in rows if int(r["size"]) == size]
+    med = statistics.median(pps)
+    out.append(f"| {size} B | balancer NIC (sent) | {med/1e6:.3f} | {min(pps)/1e6:.3f} - {max(pps)/1e6:.3f} | - | "
+               f"{1e9/med if med else float('nan'):.0f} | - | - |")
 open(md, "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
+fi
 xlbpg_say "wrote $md and $csv"

@@ -30,7 +30,7 @@ for mode in "${modes[@]}"; do
     bold "$mode mode: lab up (client 10.99.0.1, balancer 10.99.0.2, backends 10.99.0.11-13, VIP 10.99.0.100)"
     bash "$here/lab.sh" up "$prefix" "$mode" "$workdir" 3
     "$XLBD" check "$config"
-    ip netns exec "${prefix}lb" "$XLBD" --config "$config" \
+    ip netns exec "${prefix}lb" "$XLBD" --config "$config" --no-pin \
         --stats-file "$workdir/stats.json" --stats-interval 0.5 \
         --api-socket "$workdir/xlbd.sock" --state-dir "$workdir/state" >"$workdir/xlbd.log" 2>&1 &
     xlbd_pid=$!

@@ -12,9 +12,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. Debian packages: iproute2 (namespaces, veths), ethtool (lab offloads), tcpdump (checks
-#    that replies bypass the balancer), curl (real HTTP client), bpftool (inspection).
+#    that replies bypass the balancer), curl (real HTTP client), bpftool (inspection and the
+#    pinned-link checks), systemd (systemd-analyze verify of the unit), libcap2-bin (capsh:
+#    the unit's capabilities are known to the kernel).
 missing=()
-for pair in ip:iproute2 ethtool:ethtool tcpdump:tcpdump curl:curl bpftool:bpftool python3:python3; do
+for pair in ip:iproute2 ethtool:ethtool tcpdump:tcpdump curl:curl bpftool:bpftool python3:python3 \
+    systemd-analyze:systemd capsh:libcap2-bin dpkg-deb:dpkg; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -57,7 +60,14 @@ if ! bpf-linker --version >/dev/null 2>&1; then
         --features "llvm-$llvm_major"
 fi
 
-# 4. bpffs, for pinned BPF objects (bpftool, and xlbd once it pins its maps).
+# 4. cargo-deb, which builds the Debian package (and the packaging test). Pinned: 3.8 builds
+#    on rustc 1.95 and still accepts the dev profile the test packages without rebuilding.
+if ! cargo deb --version 2>/dev/null | grep -q ' 3\.8\.'; then
+    say "installing cargo-deb 3.8.0"
+    cargo install cargo-deb --version 3.8.0 --locked
+fi
+
+# 5. bpffs, for pinned BPF objects (bpftool, xlbd pins its datapath there).
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
     say "mounting bpffs on /sys/fs/bpf"
     mkdir -p /sys/fs/bpf

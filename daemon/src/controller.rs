@@ -108,6 +108,11 @@ pub struct Options {
     pub api: ServerConfig,
     /// Watch the config file for changes.
     pub watch: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Pin maps and link under `<root>/<interface>/` and adopt what is pinned there; `None`
+    /// loads unpinned and detaches at exit.
+    pub pin_root: Option<PathBuf>,
 }
 
 /// The layered config: file VIPs first, then API VIPs.
@@ -191,6 +196,7 @@ struct Counters {
     api_ok: u64,
     api_failed: u64,
     last_reload: Option<ReloadView>,
+    last_success_unix: Option<u64>,
 }
 
 /// Owns the dataplane and the sources of desired state.
@@ -243,6 +249,9 @@ pub enum StartError {
     /// The API could not start.
     #[error("API: {0}")]
     Api(String),
+    /// The metrics listener could not start.
+    #[error("{0}")]
+    Metrics(#[source] Box<crate::metrics::ListenError>),
     /// Signals, the watcher or threads could not be set up.
     #[error("{what}: {source}")]
     Setup {
@@ -259,6 +268,8 @@ enum Event {
     FileChanged,
     /// A request, where to answer, and when the asker stops waiting.
     Api(Request, Sender<Response>, Instant),
+    /// A Prometheus scrape: where to send the text.
+    Metrics(Sender<String>),
 }
 
 impl Controller {
@@ -288,7 +299,15 @@ impl Controller {
             source,
         })?;
         let if_mac = crate::dataplane::interface_mac(&interface)?;
-        let mut dataplane = Dataplane::load(&layered.config.limits, if_mac)?;
+        let limits = &layered.config.limits;
+        let mut dataplane = match &options.pin_root {
+            Some(root) => Dataplane::load_pinned(
+                limits,
+                if_mac,
+                crate::dataplane::pin::PinDir::new(root, &interface),
+            )?,
+            None => Dataplane::load(limits, if_mac)?,
+        };
         let started = Instant::now();
         let report = dataplane.apply(&desired)?;
         let event_log = EventLog::new(layered.config.events.keep as usize);
@@ -329,6 +348,7 @@ impl Controller {
             Ok(change) => {
                 self.counters.generation += 1;
                 self.counters.reloads_ok += 1;
+                self.counters.last_success_unix = Some(unix_now());
                 info!(
                     source = source.name(),
                     generation = self.counters.generation,
@@ -525,6 +545,15 @@ impl Controller {
         });
         let _server = api::server::start(&self.options.api, handler)
             .map_err(|e| StartError::Api(e.to_string()))?;
+        if let Some(address) = self.options.metrics {
+            let metrics_tx = events_tx.clone();
+            crate::metrics::serve(address, move || {
+                let (reply_tx, reply_rx) = bounded(1);
+                metrics_tx.send(Event::Metrics(reply_tx)).ok()?;
+                reply_rx.recv_timeout(crate::metrics::SCRAPE_WAIT).ok()
+            })
+            .map_err(|source| StartError::Metrics(Box::new(source)))?;
+        }
         drop(events_tx);
 
         let attachment = self
@@ -568,13 +597,23 @@ impl Controller {
                             warn!(method = %request.method, path = %request.path, "API request expired before its turn; not carried out");
                         }
                     }
+                    Ok(Event::Metrics(reply)) => {
+                        let _ = reply.send(self.metrics_text());
+                    }
                 },
                 recv(stats_tick) -> _ => self.write_stats(),
             }
         }
         self.notifier.stopping();
-        info!("stopping: detaching the XDP program");
-        self.dataplane.detach()?;
+        if self.dataplane.outlives_daemon() {
+            info!(
+                pins = %self.dataplane.pins().map_or_else(String::new, |p| p.path().display().to_string()),
+                "stopping: the XDP program stays attached and its maps pinned, so traffic keeps flowing (`xlbd detach` removes them)"
+            );
+        } else {
+            info!("stopping: detaching the XDP program");
+            self.dataplane.detach()?;
+        }
         self.write_stats();
         Ok(())
     }
@@ -597,6 +636,29 @@ impl Controller {
         if let Err(error) = result {
             warn!(%error, "stats snapshot not written; still serving");
         }
+    }
+
+    /// The Prometheus exposition text of the datapath's and the controller's counters.
+    fn metrics_text(&self) -> String {
+        let snapshot = match self.dataplane.stats() {
+            Ok(snapshot) => Some(snapshot),
+            Err(error) => {
+                warn!(%error, "counters unreadable; metrics report the datapath down");
+                None
+            }
+        };
+        let control = crate::metrics::ControlCounts {
+            reloads_ok: self.counters.reloads_ok,
+            reloads_failed: self.counters.reloads_failed,
+            last_success_unix: self.counters.last_success_unix,
+            api_ok: self.counters.api_ok,
+            api_failed: self.counters.api_failed,
+        };
+        crate::metrics::render(snapshot.as_ref(), &control, &|vip, backend| {
+            self.overlay
+                .override_for(vip, backend)
+                .is_some_and(|o| o.drained)
+        })
     }
 
     /// Serves one API request.

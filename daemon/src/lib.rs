@@ -10,6 +10,7 @@ pub mod events;
 pub mod health;
 pub mod logging;
 pub mod maglev;
+pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod overlay;

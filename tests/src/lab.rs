@@ -45,6 +45,8 @@ pub struct Lab {
     /// Scratch directory (configs, logs, stats).
     pub workdir: PathBuf,
     xlbd: Option<Child>,
+    /// Where xlbd pins the datapath (`--pin-root`); `None` runs it with `--no-pin`.
+    pins: Option<crate::pins::TestPins>,
 }
 
 fn lab_script(args: &[&str]) -> Output {
@@ -68,6 +70,7 @@ impl Lab {
             prefix: prefix.clone(),
             workdir,
             xlbd: None,
+            pins: None,
         };
         let out = lab_script(&["up", &prefix, mode, lab.workdir.to_str().unwrap(), "3"]);
         assert!(
@@ -101,6 +104,17 @@ impl Lab {
         self.workdir.join("xlbd.sock")
     }
 
+    /// From now on xlbd pins the datapath under a bpffs directory of this lab's own, removed
+    /// with the lab; returns it.
+    pub fn pin(&mut self, name: &str) -> &crate::pins::TestPins {
+        self.pins.insert(crate::pins::TestPins::new(name))
+    }
+
+    /// The pin root given to xlbd, if the lab pins.
+    pub fn pin_root(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|p| p.root())
+    }
+
     /// Starts xlbd in the balancer's namespace with `config` and waits until it is ready.
     pub fn start_xlbd(&mut self, config: &Path) {
         self.start_xlbd_with(config, &[]);
@@ -108,9 +122,25 @@ impl Lab {
 
     /// As [`Lab::start_xlbd`], with extra command-line arguments.
     pub fn start_xlbd_with(&mut self, config: &Path, extra: &[&str]) {
-        let log = std::fs::File::create(self.workdir.join("xlbd.log")).expect("log file");
+        self.start_xlbd_binary(&xlbd_path(), config, extra);
+    }
+
+    /// As [`Lab::start_xlbd_with`], running another build of xlbd (upgrades). Its log is
+    /// appended to the same file, so earlier runs stay readable.
+    pub fn start_xlbd_binary(&mut self, binary: &Path, config: &Path, extra: &[&str]) {
+        let log_path = self.workdir.join("xlbd.log");
+        let start_len = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let pin_args: Vec<String> = match &self.pins {
+            Some(pins) => vec!["--pin-root".into(), pins.root().display().to_string()],
+            None => vec!["--no-pin".into()],
+        };
         let child = self
-            .command("lb", xlbd_path().to_str().unwrap())
+            .command("lb", binary.to_str().unwrap())
             .args(["--config", config.to_str().unwrap()])
             .args([
                 "--stats-file",
@@ -120,6 +150,7 @@ impl Lab {
             ])
             .args(["--api-socket", self.api_socket().to_str().unwrap()])
             .args(["--state-dir", self.workdir.join("state").to_str().unwrap()])
+            .args(&pin_args)
             .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -127,7 +158,7 @@ impl Lab {
             .expect("starting xlbd");
         self.xlbd = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.log().contains("xlbd ready") {
+        while !self.log()[start_len..].contains("xlbd ready") {
             if let Some(status) = self.xlbd.as_mut().unwrap().try_wait().unwrap() {
                 panic!("xlbd exited with {status}:\n{}", self.log());
             }
@@ -138,6 +169,13 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Kills xlbd with SIGKILL (no cleanup of any kind) and reaps it.
+    pub fn kill_xlbd(&mut self) {
+        let mut child = self.xlbd.take().expect("xlbd running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaping xlbd");
     }
 
     /// xlbd's log so far.
@@ -216,6 +254,8 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Unpinning detaches the program and frees the maps.
+        self.pins.take();
         let _ = lab_script(&["down", &self.prefix, self.workdir.to_str().unwrap()]);
         let _ = std::fs::remove_dir_all(&self.workdir);
     }

@@ -5,6 +5,7 @@ pub mod bench_env;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod pins;
 
 /// Skips (with a message on stderr) when not running as root: BPF and namespaces need it.
 /// Returns true when the test should go on.

@@ -10,13 +10,18 @@ use std::{
     net::Ipv4Addr,
 };
 
+use xlb::dataplane::pin::PinDir;
 use xlb::{
     config::{Config, MacAddr},
     dataplane::{ApplyReport, DatapathDump, Dataplane, DataplaneError},
     state::DesiredState,
 };
 use xlb_common::forward_mode;
-use xlb_tests::have_root;
+use xlb_tests::{
+    have_root,
+    packet::{self, Flow, L2, TCP_SYN},
+    pins::TestPins,
+};
 
 const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xaa];
 
@@ -143,15 +148,23 @@ impl Model {
     }
 }
 
-fn load(limits: Limits) -> Dataplane {
-    let limits = xlb::config::Limits {
+fn config_limits(limits: Limits) -> xlb::config::Limits {
+    xlb::config::Limits {
         flow_table_size: 1024,
         max_vips: limits.max_vips,
         max_backends: limits.max_backends,
         maglev_slots: limits.maglev_slots,
         ..xlb::config::Limits::default()
-    };
-    Dataplane::load(&limits, MacAddr(IF_MAC)).unwrap_or_else(|e| panic!("loading: {e}"))
+    }
+}
+
+fn load(limits: Limits) -> Dataplane {
+    Dataplane::load(&config_limits(limits), MacAddr(IF_MAC))
+        .unwrap_or_else(|e| panic!("loading: {e}"))
+}
+
+fn load_pinned(limits: Limits, pins: &PinDir) -> Result<Dataplane, DataplaneError> {
+    Dataplane::load_pinned(&config_limits(limits), MacAddr(IF_MAC), pins.clone())
 }
 
 fn dump(dataplane: &Dataplane) -> DatapathDump {
@@ -252,6 +265,7 @@ struct Harness {
     live: Dataplane,
     limits: Limits,
     steps: usize,
+    pins: Option<PinDir>,
 }
 
 impl Harness {
@@ -260,9 +274,34 @@ impl Harness {
             live: load(model.limits),
             limits: model.limits,
             steps: 0,
+            pins: None,
         };
         harness.step(model, "initial state");
         harness
+    }
+
+    /// A long-lived dataplane whose maps are pinned in `pins`.
+    fn pinned(model: &Model, pins: PinDir) -> Harness {
+        let live = load_pinned(model.limits, &pins).unwrap_or_else(|e| panic!("loading: {e}"));
+        assert!(!live.adopting(), "nothing was pinned yet");
+        let mut harness = Harness {
+            live,
+            limits: model.limits,
+            steps: 0,
+            pins: Some(pins),
+        };
+        harness.step(model, "initial state");
+        harness
+    }
+
+    /// A daemon restart: the dataplane is dropped (its maps stay pinned) and a new one adopts
+    /// them.
+    fn restart(&mut self) {
+        let pins = self.pins.as_ref().expect("a pinned harness");
+        let placeholder = load(self.limits);
+        drop(std::mem::replace(&mut self.live, placeholder));
+        self.live = load_pinned(self.limits, pins).unwrap_or_else(|e| panic!("adopting: {e}"));
+        assert!(self.live.adopting(), "the pinned maps were not adopted");
     }
 
     /// Applies `model` to the long-lived dataplane and checks it against a fresh one.
@@ -704,4 +743,175 @@ fn replacing_tables_in_a_fragmented_array_is_refused_cleanly() {
     assert_eq!(h.step(&model, "remove everything"), report(0, 0, 4, 0));
     model.vips = new;
     assert_eq!(h.step(&model, "add the big VIP"), report(1, 0, 0, 0));
+}
+
+#[test]
+fn adopting_pinned_maps_keeps_everything_and_reuses_no_live_id() {
+    if !have_root() {
+        return;
+    }
+    let pins = TestPins::new("adopt");
+    let dir = PinDir::new(pins.root(), "adopt0");
+    let mut model = three_vips();
+    for n in 3..8 {
+        model.vips.push(vip(n, 80, 3, 251));
+    }
+    let mut h = Harness::pinned(&model, dir.clone());
+    // Leave gaps in ids and regions, so adoption must find the live ones among free ones.
+    model.vips.remove(4);
+    model.vips.remove(1);
+    model.vip_mut("vip5-80").backends.remove(0);
+    h.step(&model, "make gaps");
+    let before = dump(&h.live);
+
+    h.restart();
+    let count = model.vips.len();
+    assert_eq!(
+        h.step(&model, "same state after adoption"),
+        report(0, 0, 0, count),
+        "every VIP must be taken over as it is"
+    );
+    assert_eq!(dump(&h.live), before, "adoption changed the maps");
+
+    // New ids and regions after adoption must not collide with live ones (the dump would list
+    // foreign or inactive backends in a table otherwise).
+    model.vips.push(vip(20, 80, 4, 1021));
+    model
+        .vip_mut("vip3-80")
+        .backends
+        .push(be(Ipv4Addr::new(10, 9, 9, 9), 100));
+    h.step(&model, "add and change after adoption");
+    let mut rng = XorShift(0x5eed_ad0b);
+    let mut serial = 100;
+    for _ in 0..5 {
+        let what = random_change(&mut model, &mut rng, &mut serial);
+        h.step(&model, &format!("after adoption: {what}"));
+    }
+
+    // The config changed while no daemon ran: adoption rewrites what differs.
+    let changed = model.vips[0].name.clone();
+    model.vip_mut(&changed).backends[0].weight = 7;
+    model.vips.pop();
+    model.vips.push(vip(30, 8080, 2, 251));
+    h.restart();
+    h.step(&model, "changed while the daemon was down");
+    for _ in 0..5 {
+        let what = random_change(&mut model, &mut rng, &mut serial);
+        h.step(&model, &format!("after the second adoption: {what}"));
+    }
+}
+
+#[test]
+fn pinned_maps_of_another_layout_or_size_are_refused() {
+    if !have_root() {
+        return;
+    }
+    let pins = TestPins::new("layout");
+    let dir = PinDir::new(pins.root(), "layout0");
+    let model = three_vips();
+    drop(Harness::pinned(&model, dir.clone()));
+
+    let mut smaller = model.limits;
+    smaller.max_backends /= 2;
+    let Err(error) = load_pinned(smaller, &dir) else {
+        panic!("maps pinned with other limits were adopted");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("XLB_BACKENDS") && text.contains("xlbd detach"),
+        "{text}"
+    );
+
+    // A daemon of another layout wrote the maps.
+    let data = aya::maps::MapData::from_pin(dir.map(xlb_common::map_names::GLOBALS)).unwrap();
+    let mut globals: aya::maps::Array<_, xlb_common::Globals> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let mut value = globals.get(&0, 0).unwrap();
+    value.layout_version = xlb_common::LAYOUT_VERSION + 1;
+    globals.set(0, value, 0).unwrap();
+    let Err(error) = load_pinned(model.limits, &dir) else {
+        panic!("maps of another layout were adopted");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!(
+            "layout version {}",
+            xlb_common::LAYOUT_VERSION + 1
+        )),
+        "{text}"
+    );
+
+    dir.remove().unwrap();
+    assert!(pins.pinned().is_empty(), "left pinned: {:?}", pins.pinned());
+}
+
+/// The policy maps are adopted with the rest: a restart with another deny list changes the
+/// lists by difference, so the old list's prefixes do not linger and the new ones hold.
+#[test]
+fn adopted_policy_lists_change_by_difference() {
+    if !have_root() {
+        return;
+    }
+    let pins = TestPins::new("policy");
+    let dir = PinDir::new(pins.root(), "policy0");
+    let model = three_vips();
+    let web = &model.vips[0];
+    let state = |deny: &str| {
+        let text = format!("{}\n[policy]\ndeny = [\"{deny}\"]\n", model.toml());
+        let config = Config::parse(&text, "policy.toml").unwrap_or_else(|e| panic!("{e}"));
+        DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let syn_from = |src: [u8; 4]| {
+        let l2 = L2 {
+            dst: IF_MAC,
+            src: [0x02, 0, 0, 0, 0, 0xcc],
+            vlan: None,
+        };
+        let flow = Flow {
+            src: Ipv4Addr::from(src),
+            dst: web.address,
+            sport: 40000,
+            dport: web.port,
+        };
+        packet::tcp4(&l2, &flow, TCP_SYN, b"")
+    };
+    let action = |dataplane: &mut Dataplane, src: [u8; 4]| {
+        let mut out = [0u8; 256];
+        dataplane
+            .test_run(&syn_from(src), &mut out)
+            .unwrap_or_else(|e| panic!("test run: {e}"))
+            .0
+    };
+    const XDP_DROP: u32 = 1;
+    const XDP_TX: u32 = 3;
+
+    let mut first = load_pinned(model.limits, &dir).unwrap_or_else(|e| panic!("loading: {e}"));
+    first.apply(&state("192.0.2.0/24")).expect("first apply");
+    assert_eq!(
+        action(&mut first, [192, 0, 2, 5]),
+        XDP_DROP,
+        "denied before"
+    );
+    assert_eq!(
+        action(&mut first, [198, 51, 100, 5]),
+        XDP_TX,
+        "allowed before"
+    );
+    drop(first);
+
+    let mut second = load_pinned(model.limits, &dir).unwrap_or_else(|e| panic!("adopting: {e}"));
+    assert!(second.adopting(), "the pinned maps were not adopted");
+    second
+        .apply(&state("198.51.100.0/24"))
+        .expect("apply after adoption");
+    assert_eq!(
+        action(&mut second, [192, 0, 2, 5]),
+        XDP_TX,
+        "the old deny prefix lingered after the restart"
+    );
+    assert_eq!(
+        action(&mut second, [198, 51, 100, 5]),
+        XDP_DROP,
+        "new deny prefix"
+    );
 }

@@ -602,6 +602,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
         .arg(dir.join("xlbd.sock"))
         .arg("--state-dir")
         .arg(dir.join("state"))
+        .arg("--no-pin")
         .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::null())
         .spawn()

@@ -1,6 +1,10 @@
 //! `xlbd`: the xlb load balancer daemon.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -10,7 +14,10 @@ use xlb::{
     api::server::{ServerConfig, TcpListenConfig},
     check,
     controller::{ChangeError, Controller, Options, StartError},
-    dataplane::decap::{Decap, PassAll},
+    dataplane::{
+        decap::{Decap, PassAll},
+        pin::PinDir,
+    },
     logging::{self, LogFormat},
     signals::{Signal, Signals},
 };
@@ -61,6 +68,17 @@ struct RunArgs {
     /// Do not watch the config file for changes (SIGHUP and `xlb reload` still work).
     #[arg(long)]
     no_watch: bool,
+    /// Serve Prometheus metrics (GET /metrics) at ADDR:PORT, or PORT for 127.0.0.1:PORT;
+    /// `off` serves none. Only loopback unless an address is given here.
+    #[arg(long, default_value = "127.0.0.1:9642")]
+    metrics_listen: String,
+    /// Pin the datapath's maps and XDP link under DIR/<interface>/ so it keeps forwarding
+    /// while xlbd restarts or is upgraded, and adopt what is pinned there at start.
+    #[arg(long, value_name = "DIR", default_value = xlb::dataplane::pin::DEFAULT_ROOT)]
+    pin_root: PathBuf,
+    /// Pin nothing: the program is detached when xlbd exits (labs, tests).
+    #[arg(long)]
+    no_pin: bool,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +103,19 @@ enum Command {
         /// Attach in generic mode instead of native.
         #[arg(long)]
         generic: bool,
+    },
+    /// Detach the datapath of an interface and remove everything pinned for it (maps, flow
+    /// table, counters): for removal. Refused while an xlbd answers on the API socket.
+    Detach {
+        /// The interface.
+        #[arg(long, short)]
+        interface: String,
+        /// The pin root xlbd ran with.
+        #[arg(long, value_name = "DIR", default_value = xlb::dataplane::pin::DEFAULT_ROOT)]
+        pin_root: PathBuf,
+        /// The API socket of a running xlbd (checked to refuse detaching under it).
+        #[arg(long, default_value = "/run/xlb/xlbd.sock")]
+        api_socket: PathBuf,
     },
     /// Lab helper: attach a pass-all XDP program to a veth so it accepts frames its peer sends
     /// with XDP_TX (the kernel drops them otherwise). Runs until SIGTERM/SIGINT.
@@ -113,6 +144,14 @@ fn main() -> ExitCode {
         }) => {
             logging::init(cli.log_format, &cli.log_level);
             report(run_decap(&interface, &vips, !generic))
+        }
+        Some(Command::Detach {
+            interface,
+            pin_root,
+            api_socket,
+        }) => {
+            logging::init(cli.log_format, &cli.log_level);
+            report(run_detach(&interface, &pin_root, &api_socket))
         }
         Some(Command::XdpPass { interface }) => {
             logging::init(cli.log_format, &cli.log_level);
@@ -172,11 +211,20 @@ fn run(args: RunArgs) -> Result<(), String> {
         stats_file: args.stats_file,
         stats_interval: interval,
         watch: !args.no_watch,
+        pin_root: (!args.no_pin).then(|| args.pin_root.clone()),
+        metrics: match args.metrics_listen.as_str() {
+            "off" => None,
+            text => Some(xlb::metrics::parse_listen(text)?),
+        },
     };
     let controller = Controller::start(options).map_err(|error| match error {
         // Config diagnostics are one per line, each with file:line:column.
         StartError::Change(ChangeError::Invalid(config)) => {
             format!("invalid config, nothing attached:\n{config}")
+        }
+        // A refused adoption touched nothing: what is pinned keeps forwarding.
+        StartError::Dataplane(error @ xlb::dataplane::DataplaneError::Pin(_)) => {
+            format!("{error}; the pinned datapath was left as it is")
         }
         other => format!("{other}; nothing attached"),
     })?;
@@ -198,6 +246,27 @@ fn run_decap(interface: &str, vips: &[std::net::IpAddr], native: bool) -> Result
     while signals.wait(Duration::from_secs(1)) != Some(Signal::Terminate) {}
     let counters = decap.counters().map_err(|e| e.to_string())?;
     tracing::info!(?counters, "decap detached");
+    Ok(())
+}
+
+fn run_detach(interface: &str, root: &Path, api_socket: &Path) -> Result<(), String> {
+    if std::os::unix::net::UnixStream::connect(api_socket).is_ok() {
+        return Err(format!(
+            "an xlbd is running (answering on {}): stop it first",
+            api_socket.display()
+        ));
+    }
+    let pins = PinDir::new(root, interface);
+    let removed = pins.remove().map_err(|e| e.to_string())?;
+    if removed.is_empty() {
+        println!("nothing pinned in {}", pins.path().display());
+    } else {
+        println!(
+            "detached {interface}: removed {} pinned objects and {}",
+            removed.len(),
+            pins.path().display()
+        );
+    }
     Ok(())
 }
 

@@ -24,6 +24,23 @@ impl IdAllocator {
         }
     }
 
+    /// Ids `0..capacity` of which `used` are taken (adopted from pinned maps): the gaps below
+    /// the highest used id are free, in ascending order.
+    pub fn with_used(capacity: u32, used: &std::collections::BTreeSet<u32>) -> Self {
+        let next_fresh = used.last().map_or(0, |&max| max + 1).min(capacity);
+        IdAllocator {
+            capacity,
+            next_fresh,
+            free: (0..next_fresh).filter(|id| !used.contains(id)).collect(),
+            quarantine: Vec::new(),
+        }
+    }
+
+    /// Capacity given at creation.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
     /// A free id, or `None` when all `capacity` are in use.
     pub fn alloc(&mut self) -> Option<u32> {
         if let Some(id) = self.free.pop_front() {
@@ -54,6 +71,7 @@ impl IdAllocator {
 /// First-fit allocator of contiguous regions in `0..capacity`, with coalescing.
 #[derive(Debug, Clone)]
 pub struct RegionAllocator {
+    capacity: u32,
     /// Free regions: offset -> length.
     free: BTreeMap<u32, u32>,
     quarantine: Vec<(u32, u32)>,
@@ -67,6 +85,34 @@ impl RegionAllocator {
             free.insert(0, capacity);
         }
         RegionAllocator {
+            capacity,
+            free,
+            quarantine: Vec::new(),
+        }
+    }
+
+    /// Slots given at creation.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// `0..capacity` with the regions `used` (offset, length) taken (adopted from pinned maps).
+    pub fn with_used(capacity: u32, used: &[(u32, u32)]) -> Self {
+        let mut used = used.to_vec();
+        used.sort_unstable();
+        let mut free = BTreeMap::new();
+        let mut at = 0u32;
+        for (offset, len) in used {
+            if offset > at {
+                free.insert(at, offset - at);
+            }
+            at = at.max(offset.saturating_add(len));
+        }
+        if capacity > at {
+            free.insert(at, capacity - at);
+        }
+        RegionAllocator {
+            capacity,
             free,
             quarantine: Vec::new(),
         }
@@ -132,6 +178,20 @@ mod tests {
         ids.end_change();
         assert_eq!(ids.available(), 1);
         assert_eq!(ids.alloc(), Some(b));
+    }
+
+    #[test]
+    fn adopted_ids_and_regions_are_never_handed_out() {
+        let used = [0, 2, 5].into_iter().collect();
+        let mut ids = IdAllocator::with_used(8, &used);
+        let given: Vec<u32> = std::iter::from_fn(|| ids.alloc()).collect();
+        assert_eq!(given, [1, 3, 4, 6, 7]);
+        let mut regions = RegionAllocator::with_used(100, &[(40, 10), (0, 20)]);
+        assert_eq!(regions.free_slots(), 70);
+        assert_eq!(regions.alloc(25), Some(50), "the 20-slot gap is too small");
+        assert_eq!(regions.alloc(20), Some(20));
+        assert_eq!(regions.alloc(25), Some(75));
+        assert_eq!(regions.alloc(1), None);
     }
 
     #[test]

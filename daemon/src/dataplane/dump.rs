@@ -135,7 +135,8 @@ fn words_to_addr(words: [u32; 4], fam: u8) -> IpAddr {
     }
 }
 
-fn key_ord(key: VipKey) -> VipKeyOrd {
+/// The ordered form of a datapath VIP key (port back in host byte order).
+pub(super) fn key_ord(key: VipKey) -> VipKeyOrd {
     VipKeyOrd {
         addr: [key.addr, 0, 0, 0],
         port: u16::from_be(key.port),

@@ -2,6 +2,7 @@
 //! that writes the maps. [`Dataplane::apply`] takes a [`DesiredState`] and changes only what
 //! differs from what is applied, one VIP at a time, each VIP switched by a single map update.
 
+mod adopt;
 mod alloc;
 mod bench;
 pub mod decap;
@@ -9,6 +10,7 @@ mod dump;
 pub mod hc_encap;
 mod netlink;
 pub mod objects;
+pub mod pin;
 mod policy;
 mod slots;
 pub mod stats;
@@ -18,7 +20,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use tracing::{info, warn};
 use xlb_common::{
@@ -31,6 +37,7 @@ use crate::{
     state::{DesiredState, DesiredVip, VipKeyOrd, addr_words, merge_by_key},
 };
 use alloc::{IdAllocator, RegionAllocator};
+use pin::PinDir;
 use policy::PolicyMaps;
 pub use policy::datapath_settings;
 use slots::SlotArray;
@@ -111,6 +118,20 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// Pinned state could not be adopted, created or removed.
+    #[error("{0}")]
+    Pin(#[from] pin::PinError),
+    /// A pinned XDP link could not be opened, pinned or updated.
+    #[error("{action} the XDP link {path}: {source}")]
+    Link {
+        /// What was being done.
+        action: &'static str,
+        /// The link's pin.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The interface's MAC address could not be read.
     #[error("reading the MAC address of interface {interface}: {source}")]
     InterfaceMac {
@@ -141,7 +162,37 @@ pub struct Attachment {
     pub interface: String,
     /// The mode the kernel accepted.
     pub mode: XdpMode,
-    link: XdpLinkId,
+    link: LinkHandle,
+}
+
+/// How the attachment is held.
+#[derive(Debug)]
+enum LinkHandle {
+    /// Attached by this process and not pinned: detached when the dataplane is dropped.
+    Owned(XdpLinkId),
+    /// Pinned on bpffs: stays attached after the daemon exits, until the pin is removed.
+    Pinned {
+        link: FdLink,
+        pin: std::path::PathBuf,
+    },
+}
+
+fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Skb => "generic",
+        _ => "native",
+    }
+}
+
+fn link_err(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(LinkError) -> DataplaneError {
+    move |source| DataplaneError::Link {
+        action,
+        path: path.to_owned(),
+        source: Box::new(source),
+    }
 }
 
 /// What one VIP looks like in the maps right now.
@@ -199,6 +250,11 @@ pub struct Dataplane {
     if_mac: MacAddr,
     encap_source: Option<crate::config::Ipv4Net>,
     attachment: Option<Attachment>,
+    /// Where the maps and the link are pinned (`None`: nothing pinned, detach at exit).
+    pins: Option<PinDir>,
+    /// The maps were adopted from a previous daemon: the first apply matches them to the
+    /// desired state before changing anything (see `adopt.rs`).
+    pending_adoption: bool,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DataplaneError> {
@@ -231,21 +287,85 @@ impl Dataplane {
     /// Loads the program with maps sized from `limits`; nothing is attached yet. `if_mac` is the
     /// source MAC of forwarded frames (the attached interface's own).
     pub fn load(limits: &Limits, if_mac: MacAddr) -> Result<Dataplane, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::VIPS, limits.max_vips)
-            .map_max_entries(map_names::VIP_ADDRS, limits.max_vips)
-            .map_max_entries(map_names::BACKENDS, limits.max_backends)
-            .map_max_entries(map_names::MAGLEV, limits.maglev_slots.div_ceil(2))
-            .map_max_entries(map_names::FLOWS, limits.flow_table_size)
-            .map_max_entries(map_names::STATS_VIPS, limits.max_vips)
-            .map_max_entries(map_names::STATS_BACKENDS, limits.max_backends)
-            .map_max_entries(map_names::POLICY_V4, limits.policy_prefixes)
-            .map_max_entries(map_names::POLICY_V6, limits.policy_prefixes)
-            .map_max_entries(
+        Self::load_with(limits, if_mac, None)
+    }
+
+    /// As [`Dataplane::load`], with every map pinned in `pins`: maps already pinned there (by a
+    /// previous daemon) are adopted after checking their layout version and sizes, and the
+    /// first [`Dataplane::apply`] takes over their contents without disturbing flows.
+    pub fn load_pinned(
+        limits: &Limits,
+        if_mac: MacAddr,
+        pins: PinDir,
+    ) -> Result<Dataplane, DataplaneError> {
+        Self::load_with(limits, if_mac, Some(pins))
+    }
+
+    /// Whether the maps were adopted from pinned state (until the first apply takes them over).
+    pub fn adopting(&self) -> bool {
+        self.pending_adoption
+    }
+
+    /// The pin directory, when pinned.
+    pub fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
+    }
+
+    fn load_with(
+        limits: &Limits,
+        if_mac: MacAddr,
+        pins: Option<PinDir>,
+    ) -> Result<Dataplane, DataplaneError> {
+        let fresh_pins = pins.as_ref().filter(|p| !p.has_maps()).cloned();
+        let result = Self::load_maps_and_program(limits, if_mac, pins);
+        // Maps this attempt pinned are useless without their globals (layout version): a
+        // failed fresh load removes them, so the next start is not refused for them.
+        if result.is_err()
+            && let Some(pins) = fresh_pins
+            && let Err(error) = pins.remove()
+        {
+            warn!(%error, "removing the maps a failed load pinned");
+        }
+        result
+    }
+
+    fn load_maps_and_program(
+        limits: &Limits,
+        if_mac: MacAddr,
+        pins: Option<PinDir>,
+    ) -> Result<Dataplane, DataplaneError> {
+        let sizes = [
+            (map_names::VIPS, limits.max_vips),
+            (map_names::VIP_ADDRS, limits.max_vips),
+            (map_names::BACKENDS, limits.max_backends),
+            (map_names::MAGLEV, limits.maglev_slots.div_ceil(2)),
+            (map_names::FLOWS, limits.flow_table_size),
+            (map_names::STATS_VIPS, limits.max_vips),
+            (map_names::STATS_BACKENDS, limits.max_backends),
+            (map_names::POLICY_V4, limits.policy_prefixes),
+            (map_names::POLICY_V6, limits.policy_prefixes),
+            (
                 map_names::POLICY_VIP,
                 limits.policy_prefixes.saturating_add(limits.max_vips),
-            )
-            .map_max_entries(map_names::RATE, limits.rate_limit_sources)
+            ),
+            (map_names::RATE, limits.rate_limit_sources),
+        ];
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        let mut adopting = false;
+        if let Some(pins) = &pins {
+            adopting = pins.check_layout()?.is_some();
+            if adopting {
+                pins.check_sizes(&sizes)?;
+            }
+            pins.create()?;
+            for name in pin::PINNED_MAPS {
+                loader.map_pin_path(name, pins.map(name));
+            }
+        }
+        let mut ebpf = loader
             .load(objects::LB)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         lb_program(&mut ebpf)?
@@ -293,18 +413,33 @@ impl Dataplane {
             if_mac,
             encap_source: None,
             attachment: None,
+            pins,
+            pending_adoption: adopting,
         };
-        dataplane.write_globals(None)?;
+        if adopting {
+            // The live datapath keeps its settings until the first apply compares them.
+            dataplane.encap_source = dataplane.read_encap_source()?;
+            info!("adopting pinned maps: established flows and counters are kept");
+        } else {
+            dataplane.write_globals(None)?;
+        }
         Ok(dataplane)
     }
 
     /// Attaches the program to `interface`. `Auto` tries native mode first and falls back to
-    /// generic mode with a warning.
+    /// generic mode with a warning. When pinned and a link is already pinned, the link is
+    /// adopted instead: its program is replaced atomically (bpf_link update) if this build's
+    /// differs, and the attachment never lapses.
     pub fn attach(
         &mut self,
         interface: &str,
         mode: AttachMode,
     ) -> Result<&Attachment, DataplaneError> {
+        if let Some(pins) = &self.pins
+            && let Some((path, mode)) = pins.pinned_link()
+        {
+            return self.adopt_link(interface, path, mode);
+        }
         let program = lb_program(&mut self.ebpf)?;
         let attach = |program: &mut Xdp, mode: XdpMode| {
             program
@@ -327,6 +462,30 @@ impl Dataplane {
             },
         };
         info!(interface, mode = ?used, "XDP program attached");
+        let link = match &self.pins {
+            None => LinkHandle::Owned(link),
+            Some(pins) => {
+                let pin = pins.link(mode_name(used));
+                let owned = program
+                    .take_link(link)
+                    .map_err(|source| DataplaneError::Program {
+                        action: "taking the link of",
+                        program: program_names::LB,
+                        source: Box::new(source),
+                    })?;
+                let fd = FdLink::try_from(owned).map_err(link_err("opening", &pin))?;
+                let pinned = fd.pin(&pin).map_err(|source| DataplaneError::Link {
+                    action: "pinning",
+                    path: pin.clone(),
+                    source: Box::new(source),
+                })?;
+                info!(pin = %pin.display(), "XDP link pinned: the datapath outlives xlbd");
+                LinkHandle::Pinned {
+                    link: FdLink::from(pinned),
+                    pin,
+                }
+            }
+        };
         Ok(self.attachment.insert(Attachment {
             interface: interface.to_owned(),
             mode: used,
@@ -334,19 +493,99 @@ impl Dataplane {
         }))
     }
 
-    /// Detaches the program, if attached. Also happens when the dataplane is dropped.
+    /// Takes over a pinned link; replaces its program when this build's differs (by tag).
+    fn adopt_link(
+        &mut self,
+        interface: &str,
+        pin: std::path::PathBuf,
+        mode: &'static str,
+    ) -> Result<&Attachment, DataplaneError> {
+        let fd = FdLink::from(PinnedLink::from_pin(&pin).map_err(link_err("opening", &pin))?);
+        let attached_id = fd.info().map_err(link_err("reading", &pin))?.program_id();
+        let program = lb_program(&mut self.ebpf)?;
+        let program_err = |action| {
+            move |source| DataplaneError::Program {
+                action,
+                program: program_names::LB,
+                source: Box::new(source),
+            }
+        };
+        let ours = program.info().map_err(program_err("reading"))?;
+        let attached_tag = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == attached_id)
+            .map(|p| p.tag());
+        let link = if attached_tag == Some(ours.tag()) {
+            info!(interface, pin = %pin.display(), "adopted the pinned XDP link; its program is this build's");
+            fd
+        } else {
+            let xdp = XdpLink::try_from(fd).map_err(link_err("opening", &pin))?;
+            let id = program
+                .attach_to_link(xdp)
+                .map_err(program_err("replacing (bpf_link update)"))?;
+            let owned = program
+                .take_link(id)
+                .map_err(program_err("taking the link of"))?;
+            let why = if attached_tag.is_some() {
+                "another build's"
+            } else {
+                "not identifiable without CAP_SYS_ADMIN"
+            };
+            info!(interface, pin = %pin.display(), attached = why, "adopted the pinned XDP link and replaced its program atomically");
+            FdLink::try_from(owned).map_err(link_err("holding", &pin))?
+        };
+        Ok(self.attachment.insert(Attachment {
+            interface: interface.to_owned(),
+            mode: if mode == "generic" {
+                XdpMode::Skb
+            } else {
+                XdpMode::Driver
+            },
+            link: LinkHandle::Pinned { link, pin },
+        }))
+    }
+
+    /// Detaches the program, if attached, and removes everything pinned. Without pins this
+    /// also happens when the dataplane is dropped; with pins, dropping leaves the datapath
+    /// running (see [`Dataplane::release`]).
     pub fn detach(&mut self) -> Result<(), DataplaneError> {
         if let Some(attachment) = self.attachment.take() {
-            lb_program(&mut self.ebpf)?
-                .detach(attachment.link)
-                .map_err(|source| DataplaneError::Program {
-                    action: "detaching",
-                    program: program_names::LB,
-                    source: Box::new(source),
-                })?;
+            match attachment.link {
+                LinkHandle::Owned(link) => {
+                    lb_program(&mut self.ebpf)?.detach(link).map_err(|source| {
+                        DataplaneError::Program {
+                            action: "detaching",
+                            program: program_names::LB,
+                            source: Box::new(source),
+                        }
+                    })?
+                }
+                // Unpinning, then closing our descriptor, lets the kernel detach the link.
+                LinkHandle::Pinned { link, pin } => {
+                    std::fs::remove_file(&pin).map_err(|source| pin::PinError::Io {
+                        what: "unpinning",
+                        path: pin.clone(),
+                        source,
+                    })?;
+                    drop(link);
+                }
+            }
             info!(interface = attachment.interface, "XDP program detached");
         }
+        if let Some(pins) = &self.pins {
+            pins.remove()?;
+            info!(dir = %pins.path().display(), "pinned maps removed");
+        }
         Ok(())
+    }
+
+    /// Whether the datapath stays when this dataplane is dropped (maps and link pinned).
+    pub fn outlives_daemon(&self) -> bool {
+        self.pins.is_some()
+            && matches!(
+                self.attachment.as_ref().map(|a| &a.link),
+                Some(LinkHandle::Pinned { .. })
+            )
     }
 
     /// Where the program is attached.
@@ -462,6 +701,11 @@ impl Dataplane {
         self.vip_ids.end_change();
         self.backend_ids.end_change();
         self.regions.end_change();
+        let mut adopted = 0;
+        if self.pending_adoption {
+            adopted = self.adopt(desired)?;
+            self.pending_adoption = false;
+        }
         let diff = self.diff(desired);
         self.check_capacity(desired, &diff)?;
 
@@ -472,6 +716,7 @@ impl Dataplane {
 
         let mut report = ApplyReport {
             unchanged: diff.unchanged,
+            changed: adopted,
             ..ApplyReport::default()
         };
         for &key in &diff.removed {

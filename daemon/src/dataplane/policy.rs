@@ -229,6 +229,59 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// Takes what pinned maps already hold as written, so that the next apply changes them by
+    /// difference (a daemon adopting a running datapath must neither duplicate nor forget the
+    /// previous daemon's entries, and never empty a list that is in force).
+    pub(super) fn adopt_live(&mut self) -> Result<(), DataplaneError> {
+        let cidr = |addr: IpAddr, len: u32| Cidr {
+            addr,
+            prefix_len: len as u8,
+        };
+        for item in self.v4.iter() {
+            let (key, value) = item.map_err(map_err("iterate", map_names::POLICY_V4))?;
+            let addr = IpAddr::from(key.data().to_ne_bytes());
+            self.global.insert(cidr(addr, key.prefix_len()), value);
+        }
+        for item in self.v6.iter() {
+            let (key, value) = item.map_err(map_err("iterate", map_names::POLICY_V6))?;
+            let words = key.data();
+            let mut octets = [0u8; 16];
+            for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            self.global
+                .insert(cidr(IpAddr::from(octets), key.prefix_len()), value);
+        }
+        for item in self.vip.keys() {
+            let key = item.map_err(map_err("iterate", map_names::POLICY_VIP))?;
+            let data = key.data();
+            let addr = IpAddr::from(data.addr.to_ne_bytes());
+            self.vip_ranges
+                .entry(data.vip_id)
+                .or_default()
+                .insert(cidr(addr, key.prefix_len().saturating_sub(32)));
+        }
+        for bitmap in &mut self.bitmaps {
+            for (index, word) in bitmap.written.iter_mut().enumerate() {
+                *word = bitmap
+                    .map
+                    .get(&(index as u32), 0)
+                    .map_err(map_err("lookup", bitmap.name))?;
+            }
+        }
+        self.written = Some(
+            self.settings
+                .get(&0, 0)
+                .map_err(map_err("lookup", map_names::POLICY))?,
+        );
+        Ok(())
+    }
+
+    /// The VIP ids that have source-range entries.
+    pub(super) fn vips_with_ranges(&self) -> Vec<u32> {
+        self.vip_ranges.keys().copied().collect()
+    }
+
     /// Removes a VIP's entries after the VIP itself is gone.
     pub(super) fn clear_vip_ranges(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
         for cidr in self.vip_ranges.remove(&vip_id).unwrap_or_default() {

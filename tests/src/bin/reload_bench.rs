@@ -82,7 +82,7 @@ fn start(ns: &NetNs, dir: &Path, config: &Path) -> Daemon {
         .args(["--config", config.to_str().unwrap()])
         .args(["--api-socket", socket.to_str().unwrap()])
         .args(["--state-dir", dir.join("state").to_str().unwrap()])
-        .args(["--log-level", "warn"])
+        .args(["--log-level", "warn", "--no-pin"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

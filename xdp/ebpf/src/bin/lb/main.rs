@@ -32,10 +32,34 @@ use xlb_ebpf::{
 
 use crate::maps::{GLOBALS, VIP_ADDRS, VIP_FILTER};
 
+/// The build variant, `XLB_EBPF_VARIANT` at build time (0 when unset). Tests build a second
+/// xlbd with another variant, whose program differs only here, to check that an upgrade
+/// replacing the program (bpf_link update) keeps established flows.
+const VARIANT: u32 = {
+    let digits = match option_env!("XLB_EBPF_VARIANT") {
+        Some(text) => text.as_bytes(),
+        None => b"0",
+    };
+    let mut value = 0u32;
+    let mut i = 0;
+    while i < digits.len() {
+        value = value * 10 + (digits[i] - b'0') as u32;
+        i += 1;
+    }
+    value
+};
+
+/// A frame length above any frame's (XDP frames fit a page), so it never matches: the variant
+/// changes the program's instructions (and its tag) without changing its behaviour.
+const VARIANT_SENTINEL_LEN: u32 = 0xffff_0000 + VARIANT;
+
 /// Entry point: the action of [`process`], with drops counted by reason.
 #[xdp]
 pub fn xlb_lb(ctx: XdpContext) -> u32 {
     let bytes = frame_len(&ctx);
+    if bytes as u32 == VARIANT_SENTINEL_LEN {
+        return xdp_action::XDP_PASS;
+    }
     let action = match process(&ctx) {
         Ok(action) => action,
         Err(reason) => {
