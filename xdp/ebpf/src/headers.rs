@@ -113,8 +113,6 @@ const _: () = assert!(core::mem::size_of::<Ipv6Src>() == 24);
 pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// Length of the fixed IPv6 header.
 pub const IPV6_HLEN: usize = 40;
-/// Offset of the TCP data offset byte (high nibble) in the TCP header; the flags byte follows.
-pub const TCP_DOFF_OFF: usize = 12;
 /// TCP flag bits.
 pub mod tcp_flags {
     /// FIN.

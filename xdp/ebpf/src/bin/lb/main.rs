@@ -96,24 +96,24 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         return policy::fragment(&policy);
     }
     let l4_off = l2.l3_off + ip.header_len;
-    // The ports, and whether the packet opens a TCP connection (SYN without ACK).
-    let l4: Option<(PortsHdr, bool)> = match hdr.protocol {
+    // The ports, and for TCP the data offset byte and the flags (read once, for the policy
+    // checks and to tell a connection's first packet).
+    let l4: Option<(PortsHdr, Option<(u8, u8)>)> = match hdr.protocol {
         proto::TCP if ip.header_len + TCP_MIN_HLEN <= ip.total_len => {
             ptr_at::<TcpStartHdr>(ctx, l4_off).map(|tcp| {
                 // SAFETY: ptr_at checked that the header start lies inside the frame.
                 let tcp = unsafe { *tcp };
-                let opens = tcp.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-                (tcp.ports, opens)
+                (tcp.ports, Some((tcp.data_offset, tcp.flags)))
             })
         }
         proto::UDP if ip.header_len + UDP_HLEN <= ip.total_len => {
             // SAFETY: ptr_at checked that the ports lie inside the frame.
-            ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, false))
+            ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
         }
         proto::TCP | proto::UDP => None,
         other => return unserved(&policy, dst, other),
     };
-    let Some((ports, opens_connection)) = l4 else {
+    let Some((ports, tcp)) = l4 else {
         if !is_vip_address(dst) {
             return Ok(xdp_action::XDP_PASS);
         }
@@ -133,7 +133,10 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
         return unserved(&policy, dst, hdr.protocol);
     };
     policy::options(&policy, ip.header_len)?;
-    policy::vip(ctx, &policy, &vip, &flow, l4_off)?;
+    policy::vip(&policy, &vip, &flow, tcp)?;
+    // A SYN without ACK opens a connection.
+    let opens_connection =
+        tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN);
     let mut hash = None;
     let choice = balance::choose(&flow, &vip, opens_connection, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;

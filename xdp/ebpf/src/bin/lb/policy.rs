@@ -14,7 +14,7 @@ use xlb_common::{
     policy_flags, proto, verdict,
 };
 use xlb_ebpf::{
-    headers::{ETH_P_IPV6_BE, IPV4_HLEN, IPV6_HLEN, Ipv6Src, TCP_DOFF_OFF, tcp_flags},
+    headers::{ETH_P_IPV6_BE, IPV4_HLEN, IPV6_HLEN, Ipv6Src, tcp_flags},
     packet::ptr_at,
     parse::L2,
 };
@@ -118,23 +118,17 @@ pub fn unserved(policy: &PolicyConfig, protocol: u8) -> Result<u32, DropReason> 
 }
 
 /// Checks on a packet for a VIP: TCP sanity, the VIP's source ranges, the per-source rate of
-/// new connections. `l4_off` is the TCP/UDP header's offset; the caller checked that a minimal
-/// header lies inside the frame.
+/// new connections. `tcp` is the TCP header's data offset byte and flags, as the caller read
+/// them (None for UDP).
 #[inline(always)]
 pub fn vip(
-    ctx: &XdpContext,
     policy: &PolicyConfig,
     vip: &VipMeta,
     flow: &FlowKey,
-    l4_off: usize,
+    tcp: Option<(u8, u8)>,
 ) -> Result<(), DropReason> {
     let mut syn = false;
-    if flow.proto == proto::TCP {
-        // The data offset byte and the flags byte that follows it.
-        let bytes: *const [u8; 2] =
-            ptr_at(ctx, l4_off + TCP_DOFF_OFF).ok_or(DropReason::L4Truncated)?;
-        // SAFETY: ptr_at checked that both bytes lie inside the frame.
-        let [doff, flags] = unsafe { *bytes };
+    if let Some((doff, flags)) = tcp {
         if doff >> 4 < 5 || bad_tcp_flags(flags) {
             return Err(DropReason::TcpBadFlags);
         }
@@ -207,8 +201,12 @@ fn take_token(policy: &PolicyConfig, source: u32) -> bool {
     true
 }
 
-/// Counts one event of a one-second per-CPU window; false once `limit` is passed in the
-/// current second.
+/// Counts one event of a per-CPU window of one second; false once `limit` events have passed
+/// in it. The clock is read only when a window opens and once the budget is spent (then at
+/// every 64th refusal): events under the budget and most of a flood past it cost no clock
+/// read, which in a virtual machine is the most expensive step of the check. A window ends
+/// one second after it opened, noticed at the first event past the budget after that (or
+/// within 64 more in a flood), so no more than `limit` events pass in any window.
 #[inline(always)]
 pub fn within_rate(index: u32, limit: u32) -> bool {
     let Some(w) = WINDOWS.get_ptr_mut(index) else {
@@ -216,14 +214,29 @@ pub fn within_rate(index: u32, limit: u32) -> bool {
     };
     // SAFETY: this CPU's own slot, written only by this program on this CPU.
     let w = unsafe { &mut *w };
+    let limit = u64::from(limit);
+    if w.start_ns == 0 {
+        // SAFETY: the helper has no preconditions.
+        w.start_ns = unsafe { bpf_ktime_get_ns() };
+        w.count = 0;
+    }
+    if w.count < limit {
+        w.count += 1;
+        return true;
+    }
+    let refused = w.count - limit;
+    w.count += 1;
+    if refused % 64 != 0 {
+        return false;
+    }
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.saturating_sub(w.start_ns) >= NS_PER_SEC {
         w.start_ns = now;
-        w.count = 0;
+        w.count = 1;
+        return true;
     }
-    w.count += 1;
-    w.count <= u64::from(limit)
+    false
 }
 
 /// Whether a new flow may be added to the flow table: not while this CPU is above the
