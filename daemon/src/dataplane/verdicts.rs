@@ -176,18 +176,7 @@ impl V4Verdicts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator (xorshift).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 16) as u32
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// The reference: the verdict of the longest prefix holding `addr`, found by trying them all.
     fn reference(prefixes: &[(u32, u8, u32)], addr: u32) -> u64 {
@@ -204,14 +193,14 @@ mod tests {
         let mut seen = BTreeMap::new();
         while seen.len() < count {
             let len = [8, 12, 16, 20, 22, 23, 24, 24, 25, 26, 28, 30, 31, 32, 32]
-                [rng.next() as usize % 15];
+                [rng.u32() as usize % 15];
             let addr = if len < 14 {
-                rng.next()
+                rng.u32()
             } else {
-                0x0a00_0000 | (rng.next() & 0x0003_ffff)
+                0x0a00_0000 | (rng.u32() & 0x0003_ffff)
             };
             let addr = addr & (u32::MAX << (32 - len));
-            let verdict = 1 + rng.next() % 2;
+            let verdict = 1 + rng.u32() % 2;
             seen.insert((addr, len as u8), verdict);
         }
         seen.into_iter().map(|((a, l), v)| (a, l, v)).collect()
@@ -228,8 +217,8 @@ mod tests {
         for &(addr, _, _) in prefixes.iter().take(20) {
             out.extend((addr & !0xff)..=(addr | 0xff));
         }
-        out.extend((0..20_000).map(|_| 0x0a00_0000 | (rng.next() & 0x0003_ffff)));
-        out.extend((0..2_000).map(|_| rng.next()));
+        out.extend((0..20_000).map(|_| 0x0a00_0000 | (rng.u32() & 0x0003_ffff)));
+        out.extend((0..2_000).map(|_| rng.u32()));
         out
     }
 
@@ -250,7 +239,7 @@ mod tests {
             // A /24 is mixed only when its addresses differ, and has a table exactly then; a /16
             // bit is set exactly when one of its /24 codes is not NONE.
             let nets = list.iter().filter(|p| p.1 >= 20).take(40).map(|p| p.0 >> 8);
-            for net in nets.chain((0..40).map(|_| 0x000a_0000 | (rng.next() & 0x3ff))) {
+            for net in nets.chain((0..40).map(|_| 0x000a_0000 | (rng.u32() & 0x3ff))) {
                 let codes: Vec<u64> = (0..256).map(|i| reference(&list, net << 8 | i)).collect();
                 let uniform = codes.iter().all(|&c| c == codes[0]);
                 let code = get(&verdicts.codes, net);
@@ -260,7 +249,7 @@ mod tests {
                     assert_eq!(code, codes[0]);
                 }
             }
-            let some = (0..200).map(|_| rng.next() >> 16);
+            let some = (0..200).map(|_| rng.u32() >> 16);
             for slash16 in (0x0a00..0x0a04).chain(some) {
                 let bit = verdicts.b16[(slash16 >> 6) as usize] & (1 << (slash16 & 63)) != 0;
                 let any = (slash16 << 8..(slash16 + 1) << 8).any(|n| get(&verdicts.codes, n) != 0);
