@@ -80,7 +80,7 @@ pub mod v4_code {
 
 /// Where the `/len` network of an IPv4 address lives in a bitmap of `/len` networks:
 /// (word index, bit mask). `host_order` is the address as a number (`u32::from_be` of the
-/// packet's field); `len` is 16 or 24.
+/// packet's field); `len` is 16 (the /16 bitmap).
 #[inline(always)]
 pub const fn v4_bit(host_order: u32, len: u32) -> (u32, u64) {
     let index = host_order >> (32 - len);
