@@ -18,3 +18,6 @@ pub mod pktgen;
 pub mod signals;
 pub mod state;
 pub mod watch;
+
+#[cfg(test)]
+mod test_rng;

@@ -448,6 +448,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     const M: u32 = DEFAULT_TABLE_SIZE;
 
@@ -475,23 +476,6 @@ mod tests {
     /// The key owning each slot: what a flow sees, whatever the backends' indices.
     fn owners<'a>(table: &[u32], backends: &[MaglevBackend<'a>]) -> Vec<&'a [u8]> {
         table.iter().map(|&i| backends[i as usize].key).collect()
-    }
-
-    /// SplitMix64: seeded test data that is the same on every run.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     fn cycling_weights(n: usize) -> Vec<u32> {

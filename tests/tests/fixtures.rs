@@ -912,8 +912,10 @@ maglev_slots = 262144
 [policy]
 # Most specific prefix wins: 198.51.100.7 is allowed inside a denied /24, and 203.0.113.128/25
 # is denied inside an allowed /24. With an allow list, sources matching nothing are dropped.
-deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "2001:db8:bad::/48"]
-allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "2001:db8::/32"]
+# The datapath resolves the lists per /24: 198.18.5.0/24 is denied whole; 100.100.7.0/24 (a /32
+# allow inside a denied /16) and 100.101.5.0/24 (a deny /25 inside an allowed /16) are mixed.
+deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "198.18.5.0/24", "100.100.0.0/16", "100.101.5.128/25", "2001:db8:bad::/48"]
+allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "100.100.7.7", "100.101.0.0/16", "2001:db8::/32"]
 ipv4_options = "drop"
 
 [policy.rate_limit]
@@ -1025,6 +1027,44 @@ fn policy_cases(lab: &Lab) -> Vec<Case> {
         "a deny prefix shorter than /16 covers every /16 and /24 inside it",
         syn("172.20.1.1", 80),
         DropReason::Denied,
+    ));
+    cases.push(dropped(
+        "a /24 denied whole (decided by its /24 code, no per-address table)",
+        syn("198.18.5.9", 80),
+        DropReason::Denied,
+    ));
+    cases.push(forwarded(
+        "a /32 allow inside a denied /16: its /24 is mixed, the /32 passes",
+        "100.100.7.7",
+        80,
+        TCP_SYN,
+    ));
+    cases.push(dropped(
+        "its neighbour in the mixed /24 is denied by the /16",
+        syn("100.100.7.8", 80),
+        DropReason::Denied,
+    ));
+    cases.push(dropped(
+        "another /24 of the denied /16 (whole /24 deny from a /16)",
+        syn("100.100.200.1", 80),
+        DropReason::Denied,
+    ));
+    cases.push(dropped(
+        "a deny /25 inside an allowed /16: the /25 is denied",
+        syn("100.101.5.200", 80),
+        DropReason::Denied,
+    ));
+    cases.push(forwarded(
+        "the other half of that mixed /24 is allowed by the /16",
+        "100.101.5.5",
+        80,
+        TCP_SYN,
+    ));
+    cases.push(forwarded(
+        "another /24 of the allowed /16",
+        "100.101.9.9",
+        80,
+        TCP_SYN,
     ));
     cases.push(dropped(
         "global lists apply to traffic for any address, not only VIPs",
@@ -1299,11 +1339,11 @@ fn policy_changes_apply_by_difference() {
     let mut lab = lab(POLICY_CONFIG);
     let changed_text = POLICY_CONFIG
         .replace(
-            r#"deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "2001:db8:bad::/48"]"#,
+            r#"deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "198.18.5.0/24", "100.100.0.0/16", "100.101.5.128/25", "2001:db8:bad::/48"]"#,
             r#"deny = ["100.64.0.0/10"]"#,
         )
         .replace(
-            r#"allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "2001:db8::/32"]"#,
+            r#"allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "100.100.7.7", "100.101.0.0/16", "2001:db8::/32"]"#,
             "",
         );
     let changed = Config::parse(&changed_text, "changed.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -1332,6 +1372,14 @@ fn policy_changes_apply_by_difference() {
     let cases = vec![
         forwarded("a source of the removed deny /24 is let in", "198.51.100.8"),
         forwarded("a source of the removed deny /12 is let in", "172.20.1.1"),
+        forwarded(
+            "a source of the removed whole-/24 deny is let in",
+            "198.18.5.9",
+        ),
+        forwarded(
+            "a source of the removed mixed /24 (deny /25) is let in",
+            "203.0.113.200",
+        ),
         forwarded(
             "with no allow list left, any other source is let in",
             "8.8.8.8",

@@ -14,6 +14,7 @@ pub mod pin;
 mod policy;
 mod slots;
 pub mod stats;
+mod verdicts;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -344,6 +345,12 @@ impl Dataplane {
             (map_names::STATS_BACKENDS, limits.max_backends),
             (map_names::POLICY_V4, limits.policy_prefixes),
             (map_names::POLICY_V6, limits.policy_prefixes),
+            // Mixed /24s: each holds a prefix longer than /24; a change briefly holds the old
+            // ones and the new ones.
+            (
+                map_names::POLICY_V4_MIX,
+                limits.policy_prefixes.saturating_mul(2),
+            ),
             (
                 map_names::POLICY_VIP,
                 limits.policy_prefixes.saturating_add(limits.max_vips),
@@ -401,7 +408,8 @@ impl Dataplane {
                 typed(&mut ebpf, map_names::POLICY_V6)?,
                 typed(&mut ebpf, map_names::POLICY_VIP)?,
                 typed(&mut ebpf, map_names::POLICY_V4_B16)?,
-                typed(&mut ebpf, map_names::POLICY_V4_BITS)?,
+                typed(&mut ebpf, map_names::POLICY_V4_24)?,
+                typed(&mut ebpf, map_names::POLICY_V4_MIX)?,
             ),
             policy_prefixes: limits.policy_prefixes,
             events: Some(typed(&mut ebpf, map_names::EVENTS)?),

@@ -22,14 +22,15 @@ use xlb_common::{Globals, LAYOUT_VERSION, map_names};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/xlb";
 
 /// Maps of the load balancer that are pinned (all of them: state, flows and counters).
-pub const PINNED_MAPS: [&str; 22] = [
+pub const PINNED_MAPS: [&str; 23] = [
     map_names::VIPS,
     map_names::VIP_ADDRS,
     map_names::VIP_FILTER,
     map_names::POLICY,
     map_names::POLICY_V4,
     map_names::POLICY_V6,
-    map_names::POLICY_V4_BITS,
+    map_names::POLICY_V4_24,
+    map_names::POLICY_V4_MIX,
     map_names::POLICY_V4_B16,
     map_names::POLICY_VIP,
     map_names::RATE,

@@ -1,21 +1,21 @@
-//! Writing the policy into the datapath: the settings word, the global CIDR tries and every
-//! VIP's source ranges, each changed by difference so traffic is never judged by a half-written
-//! policy (new entries go in before the flags that make them count, flags go off before the
-//! entries they guard are removed).
+//! Writing the policy into the datapath: the settings word, the global CIDR tries, the IPv4
+//! lists resolved per /24 ([`V4Verdicts`]) and every VIP's source ranges, each changed by
+//! difference so traffic is never judged by a half-written policy (new entries go in before the
+//! flags that make them count, flags go off before the entries they guard are removed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::{
-    Array, MapData,
+    Array, HashMap, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use xlb_common::{
-    PolicyConfig as DatapathPolicy, VipSourceKey, map_names,
-    policy::{POLICY_V4_B16_WORDS, POLICY_V4_BITS_WORDS, v4_bit},
-    policy_flags, verdict,
+    PolicyConfig as DatapathPolicy, VipSourceKey, map_names, policy::MixedSlash24, policy_flags,
+    verdict,
 };
 
+use super::verdicts::V4Verdicts;
 use super::{DataplaneError, map_err};
 use crate::config::{Action, Cidr, EventsConfig, PolicyConfig};
 use crate::state::addr_words;
@@ -26,8 +26,8 @@ pub struct PolicyMaps {
     pub(super) v4: LpmTrie<MapData, u32, u32>,
     pub(super) v6: LpmTrie<MapData, [u32; 4], u32>,
     pub(super) vip: LpmTrie<MapData, VipSourceKey, u32>,
-    /// The /16 and /24 bitmaps, and what each holds (the maps start all zero).
-    bitmaps: [Bitmap; 2],
+    /// The resolved IPv4 lists, and what they hold.
+    resolved: Resolved,
     /// Global entries written: prefix -> verdict.
     global: BTreeMap<Cidr, u32>,
     /// Source-range entries written per VIP id.
@@ -99,17 +99,22 @@ impl PolicyMaps {
         v6: LpmTrie<MapData, [u32; 4], u32>,
         vip: LpmTrie<MapData, VipSourceKey, u32>,
         b16: Array<MapData, u64>,
-        b24: Array<MapData, u64>,
+        codes: Array<MapData, u64>,
+        mixed: HashMap<MapData, u32, MixedSlash24>,
     ) -> Self {
         PolicyMaps {
             settings,
             v4,
             v6,
             vip,
-            bitmaps: [
-                Bitmap::new(b16, 16, POLICY_V4_B16_WORDS, map_names::POLICY_V4_B16),
-                Bitmap::new(b24, 24, POLICY_V4_BITS_WORDS, map_names::POLICY_V4_BITS),
-            ],
+            resolved: Resolved {
+                b16,
+                codes,
+                mixed,
+                written: V4Verdicts::default(),
+                list: Some(Vec::new()),
+                pending: None,
+            },
             global: BTreeMap::new(),
             vip_ranges: BTreeMap::new(),
             written: None,
@@ -146,18 +151,27 @@ impl PolicyMaps {
         }
     }
 
-    /// Step 1 of a change: writes every new or changed global entry, and marks their /24s
-    /// before the entries exist (a marked /24 only costs a trie walk; an unmarked one with an
-    /// entry would skip it). Old entries stay until [`PolicyMaps::finish`], so a source is
-    /// never judged by a list half way through.
+    /// Step 1 of a change: writes every new or changed global entry, and the resolved IPv4
+    /// lists. Old entries stay until [`PolicyMaps::finish`], so a source is never judged by a
+    /// list half way through; while the allow-list flag is about to change, the resolved lists
+    /// written here are [`V4Verdicts::transition`], right under both the old and the new flag.
     pub(super) fn add_global(&mut self, policy: &PolicyConfig) -> Result<(), DataplaneError> {
         let wanted = global_entries(policy);
-        for bitmap in &mut self.bitmaps {
-            let mut bits = bitmap.written.clone();
-            for cidr in wanted.keys() {
-                mark(&mut bits, cidr, bitmap.len);
-            }
-            bitmap.write(bits)?;
+        let list = v4_list(&wanted);
+        if self.resolved.list.as_ref() != Some(&list) {
+            let new = V4Verdicts::compute(list.iter().copied());
+            let old_allow = self
+                .written
+                .is_some_and(|s| s.flags & policy_flags::ALLOW_V4 != 0);
+            let new_allow = policy.allow.iter().any(|c| c.addr.is_ipv4());
+            let now = if old_allow == new_allow {
+                new.clone()
+            } else {
+                V4Verdicts::transition(&self.resolved.written, &new)
+            };
+            self.resolved.list = None;
+            self.resolved.write(&now)?;
+            self.resolved.pending = Some((list, new));
         }
         for (cidr, value) in wanted {
             if self.global.get(&cidr) != Some(&value) {
@@ -191,13 +205,10 @@ impl PolicyMaps {
             self.remove_global(cidr)?;
             self.global.remove(&cidr);
         }
-        // Unmark the networks no entry touches any more, now that their entries are gone.
-        for bitmap in &mut self.bitmaps {
-            let mut bits = vec![0; bitmap.written.len()];
-            for cidr in self.global.keys() {
-                mark(&mut bits, cidr, bitmap.len);
-            }
-            bitmap.write(bits)?;
+        // The new lists resolved, now that the flags are the new ones.
+        if let Some((list, new)) = self.resolved.pending.take() {
+            self.resolved.write(&new)?;
+            self.resolved.list = Some(list);
         }
         Ok(())
     }
@@ -261,14 +272,7 @@ impl PolicyMaps {
                 .or_default()
                 .insert(cidr(addr, key.prefix_len().saturating_sub(32)));
         }
-        for bitmap in &mut self.bitmaps {
-            for (index, word) in bitmap.written.iter_mut().enumerate() {
-                *word = bitmap
-                    .map
-                    .get(&(index as u32), 0)
-                    .map_err(map_err("lookup", bitmap.name))?;
-            }
-        }
+        self.resolved.adopt_live()?;
         self.written = Some(
             self.settings
                 .get(&0, 0)
@@ -293,50 +297,120 @@ impl PolicyMaps {
     }
 }
 
-/// One of the IPv4 filter bitmaps: a bit per `/len` network that some global prefix touches.
-struct Bitmap {
-    map: Array<MapData, u64>,
-    len: u32,
-    name: &'static str,
-    written: Vec<u64>,
+/// IPv4 prefixes: (address as a number, length, verdict).
+type V4List = Vec<(u32, u8, u32)>;
+
+/// The IPv4 prefixes of the global entries.
+fn v4_list(entries: &BTreeMap<Cidr, u32>) -> V4List {
+    entries
+        .iter()
+        .filter_map(|(cidr, &value)| match cidr.addr {
+            IpAddr::V4(addr) => Some((addr.to_bits(), cidr.prefix_len, value)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
-impl Bitmap {
-    fn new(map: Array<MapData, u64>, len: u32, words: u32, name: &'static str) -> Bitmap {
-        Bitmap {
-            map,
-            len,
-            name,
-            written: vec![0; words as usize],
-        }
-    }
+/// The maps of the resolved IPv4 lists (`XLB_POL_V4_B16`, `XLB_POL_V4_24`, `XLB_POL_V4_MIX`)
+/// and what they hold.
+struct Resolved {
+    b16: Array<MapData, u64>,
+    codes: Array<MapData, u64>,
+    mixed: HashMap<MapData, u32, MixedSlash24>,
+    /// What the maps hold, kept up to date entry by entry.
+    written: V4Verdicts,
+    /// The list `written` resolves, once written whole; `None` while a change is under way or
+    /// after an adoption (the next change then compares with what the maps hold).
+    list: Option<V4List>,
+    /// The new lists resolved, to write after the settings switch.
+    pending: Option<(V4List, V4Verdicts)>,
+}
 
-    /// Writes the words that differ from what the map holds.
-    fn write(&mut self, bits: Vec<u64>) -> Result<(), DataplaneError> {
-        for (index, (&new, old)) in bits.iter().zip(&self.written).enumerate() {
-            if new != *old {
-                self.map
-                    .set(index as u32, new, 0)
-                    .map_err(map_err("update", self.name))?;
+impl Resolved {
+    /// Makes the maps hold `target`, writing only what differs, in an order that gives every
+    /// source its verdict in `written` or in `target` at any moment: a mixed /24's table before
+    /// the code that sends readers to it, a /16 bit before the codes under it; stale tables and
+    /// /16 bits after.
+    fn write(&mut self, target: &V4Verdicts) -> Result<(), DataplaneError> {
+        let written = &mut self.written;
+        for (&net, table) in &target.mixed {
+            if written.mixed.get(&net) != Some(table) {
+                self.mixed
+                    .insert(net, table, 0)
+                    .map_err(map_err("update", map_names::POLICY_V4_MIX))?;
+                written.mixed.insert(net, *table);
             }
         }
-        self.written = bits;
-        Ok(())
+        let write_words = |map: &mut Array<MapData, u64>,
+                           held: &mut [u64],
+                           wanted: &mut dyn Iterator<Item = u64>,
+                           name| {
+            for (index, (old, new)) in held.iter_mut().zip(wanted).enumerate() {
+                if *old != new {
+                    map.set(index as u32, new, 0)
+                        .map_err(map_err("update", name))?;
+                    *old = new;
+                }
+            }
+            Ok::<(), DataplaneError>(())
+        };
+        let union: Vec<u64> = written
+            .b16
+            .iter()
+            .zip(&target.b16)
+            .map(|(a, b)| a | b)
+            .collect();
+        let b16 = map_names::POLICY_V4_B16;
+        write_words(&mut self.b16, &mut written.b16, &mut union.into_iter(), b16)?;
+        write_words(
+            &mut self.codes,
+            &mut written.codes,
+            &mut target.codes.iter().copied(),
+            map_names::POLICY_V4_24,
+        )?;
+        let stale: Vec<u32> = written
+            .mixed
+            .keys()
+            .filter(|net| !target.mixed.contains_key(net))
+            .copied()
+            .collect();
+        for net in stale {
+            self.mixed
+                .remove(&net)
+                .map_err(map_err("delete", map_names::POLICY_V4_MIX))?;
+            written.mixed.remove(&net);
+        }
+        write_words(
+            &mut self.b16,
+            &mut written.b16,
+            &mut target.b16.iter().copied(),
+            b16,
+        )
     }
-}
 
-/// Sets the bit of every `/len` network an IPv4 prefix touches (its own one for prefixes of
-/// `len` bits and longer).
-fn mark(bits: &mut [u64], cidr: &Cidr, len: u32) {
-    let IpAddr::V4(addr) = cidr.addr else {
-        return;
-    };
-    let shift = 32 - len;
-    let first = addr.to_bits() >> shift;
-    let count = 1u32 << (len - u32::from(cidr.prefix_len).min(len));
-    for network in first..first + count {
-        let (word, bit) = v4_bit(network << shift, len);
-        bits[word as usize] |= bit;
+    /// Takes what the pinned maps hold as written.
+    fn adopt_live(&mut self) -> Result<(), DataplaneError> {
+        let read = |map: &Array<MapData, u64>, words: &mut [u64], name| {
+            for (index, word) in words.iter_mut().enumerate() {
+                *word = map
+                    .get(&(index as u32), 0)
+                    .map_err(map_err("lookup", name))?;
+            }
+            Ok::<(), DataplaneError>(())
+        };
+        read(&self.b16, &mut self.written.b16, map_names::POLICY_V4_B16)?;
+        read(
+            &self.codes,
+            &mut self.written.codes,
+            map_names::POLICY_V4_24,
+        )?;
+        self.written.mixed.clear();
+        for item in self.mixed.iter() {
+            let (net, table) = item.map_err(map_err("iterate", map_names::POLICY_V4_MIX))?;
+            self.written.mixed.insert(net, table);
+        }
+        self.list = None;
+        Ok(())
     }
 }
 
@@ -349,34 +423,4 @@ fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
             addr: words[0],
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn marks_cover_exactly_the_touched_slash24s() {
-        let mut bits = vec![0u64; POLICY_V4_BITS_WORDS as usize];
-        let mut b16 = vec![0u64; POLICY_V4_B16_WORDS as usize];
-        for cidr in ["192.0.2.7", "198.51.100.0/23"] {
-            mark(&mut bits, &cidr.parse().unwrap(), 24);
-            mark(&mut b16, &cidr.parse().unwrap(), 16);
-        }
-        let count = |bits: &[u64]| bits.iter().map(|w| w.count_ones()).sum::<u32>();
-        assert_eq!((count(&bits), count(&b16)), (3, 2));
-        let is_set = |bits: &[u64], a: &str, len| {
-            let (word, bit) = v4_bit(a.parse::<std::net::Ipv4Addr>().unwrap().to_bits(), len);
-            bits[word as usize] & bit != 0
-        };
-        assert!(is_set(&bits, "192.0.2.200", 24));
-        assert!(is_set(&bits, "198.51.101.9", 24));
-        assert!(!is_set(&bits, "198.51.102.1", 24));
-        assert!(is_set(&b16, "198.51.102.1", 16));
-        assert!(!is_set(&b16, "198.52.0.1", 16));
-        let mut all = vec![0u64; POLICY_V4_B16_WORDS as usize];
-        mark(&mut all, &"0.0.0.0/0".parse().unwrap(), 16);
-        assert!(all.iter().all(|&w| w == u64::MAX));
-        mark(&mut all, &"2001:db8::/32".parse().unwrap(), 16);
-    }
 }

@@ -12,10 +12,12 @@
 //!
 //! Classes, the same frames on both sides: an established TCP flow forwarded (L2 DSR) and a
 //! dropped packet (TCP to a port of the VIP address that no VIP serves, `unserved`), from
-//! clients across the address space that share no /24 with a listed prefix (the target rows);
-//! the forwarded flow from clients inside the listed block (the worst case: the trie walk goes
-//! deep before it misses); a denied source against the dropped class without policy; and the
-//! two target classes again with the spread prefixes.
+//! clients across the address space that share no /24 with a listed prefix; the forwarded flow
+//! from clients inside the listed block, and from clients inside mixed /24s (a listed /28 or
+//! /32 in the same /24: the most reads, /16 bit, /24 code and the /24's per-address table);
+//! denied sources (in a /24 denied whole, and a denied /32 in a mixed /24) against the dropped
+//! class without policy; and the first two classes again with the spread prefixes. Every class
+//! but the control has the 1.1x target.
 //!
 //! Usage: `policy_bench [--quick] [--out DIR]`; writes `policy.md` and `policy.csv` (default
 //! directory `perf/results/<UTC date>/`).
@@ -198,27 +200,52 @@ fn main() -> ExitCode {
         state(&with(&spread_prefixes)),
     ];
     let mut dataplane = load(BASE);
-    let denied = Ipv4Addr::from(nets[0].0);
+    // A source in a /24 denied whole, and a denied /32 whose /24 holds sources not covered (a
+    // mixed /24); the /24s that hold a /28 or /32 (mixed, or denied whole around it).
+    let block_covered = |a: u32| nets.iter().any(|&(net, mask)| a & mask == net);
+    let denied_whole = nets
+        .iter()
+        .find(|&&(_, mask)| mask == 0xffff_ff00)
+        .map(|&(net, _)| Ipv4Addr::from(net | 9))
+        .expect("a /24 among the prefixes");
+    let denied_mixed = nets
+        .iter()
+        .find(|&&(net, mask)| {
+            mask == u32::MAX && ((net & !0xff)..=(net | 0xff)).any(|a| !block_covered(a))
+        })
+        .map(|&(net, _)| Ipv4Addr::from(net))
+        .expect("a /32 in a mixed /24 among the prefixes");
+    let longer: BTreeSet<u32> = nets
+        .iter()
+        .filter(|&&(_, mask)| mask > 0xffff_ff00)
+        .map(|&(net, _)| net >> 8)
+        .collect();
     nets.extend(spread_nets);
 
     // Clients that no prefix covers: from across the unicast space (the usual case: a client
-    // shares no /24 with a denied network), and from inside 100.64.0.0/10 among the prefixes
-    // (the worst case: the trie walk goes deep before it misses). And one denied source.
+    // shares no /24 with a denied network), from inside 100.64.0.0/10 among the prefixes, and
+    // from its mixed /24s only (the most reads: the /24's per-address table).
     let covered = |a: u32| nets.iter().any(|&(net, mask)| a & mask == net);
     let mut rng = Rng(42);
-    let mut pick = |base: u32, mask: u32| {
+    let mut pick = |base: u32, mask: u32, mixed_only: bool| {
         let mut clients = Vec::with_capacity(CLIENTS);
         while clients.len() < CLIENTS {
             let a = base | (rng.next() & mask);
             let first = a >> 24;
-            if !covered(a) && (1..224).contains(&first) && first != 127 && first != 10 {
+            if !covered(a)
+                && (1..224).contains(&first)
+                && first != 127
+                && first != 10
+                && (!mixed_only || longer.contains(&(a >> 8)))
+            {
                 clients.push(Ipv4Addr::from(a));
             }
         }
         clients
     };
-    let spread = pick(0, u32::MAX);
-    let dense = pick(0x6440_0000, 0x003f_ffff);
+    let spread = pick(0, u32::MAX, false);
+    let dense = pick(0x6440_0000, 0x003f_ffff, false);
+    let mixed = pick(0x6440_0000, 0x003f_ffff, true);
 
     let frames = |clients: &[Ipv4Addr], dport: u16, flags: u8| -> Vec<Vec<u8>> {
         clients
@@ -230,20 +257,25 @@ fn main() -> ExitCode {
     let forwarded = frames(&spread, 80, TCP_ACK);
     let dropped = frames(&spread, 8080, TCP_SYN);
     let forwarded_dense = frames(&dense, 80, TCP_ACK);
-    let denied_frames = frames(&vec![denied; CLIENTS], 80, TCP_SYN);
+    let forwarded_mixed = frames(&mixed, 80, TCP_ACK);
+    let denied_whole_frames = frames(&vec![denied_whole; CLIENTS], 80, TCP_SYN);
+    let denied_mixed_frames = frames(&vec![denied_mixed; CLIENTS], 80, TCP_SYN);
     // Establish the flows first: the forwarded classes are flow-table hits.
     batch(&mut dataplane, &forwarded, XDP_TX);
     batch(&mut dataplane, &forwarded_dense, XDP_TX);
+    batch(&mut dataplane, &forwarded_mixed, XDP_TX);
     dataplane
         .apply(&states[1])
         .unwrap_or_else(|e| panic!("{e}"));
-    let before = dataplane.stats().unwrap().drop_packets(DropReason::Denied);
-    batch(&mut dataplane, &denied_frames[..10], XDP_DROP);
-    assert_eq!(
-        dataplane.stats().unwrap().drop_packets(DropReason::Denied) - before,
-        10,
-        "the denied source is dropped as denied"
-    );
+    for frames in [&denied_whole_frames, &denied_mixed_frames] {
+        let before = dataplane.stats().unwrap().drop_packets(DropReason::Denied);
+        batch(&mut dataplane, &frames[..10], XDP_DROP);
+        assert_eq!(
+            dataplane.stats().unwrap().drop_packets(DropReason::Denied) - before,
+            10,
+            "the denied source is dropped as denied"
+        );
+    }
 
     // (label, frames without policy, their action, the policy of the other side (index into
     // `states`), its frames, their action, whether the 1.1x target applies)
@@ -256,7 +288,7 @@ fn main() -> ExitCode {
         u32,
         bool,
     );
-    let classes: [Class<'_>; 7] = [
+    let classes: [Class<'_>; 9] = [
         (
             "control: forwarded, no policy on both sides (the noise floor)",
             &forwarded,
@@ -303,22 +335,40 @@ fn main() -> ExitCode {
             true,
         ),
         (
-            "forwarded, client inside the block among the prefixes (trie walk: worst case)",
+            "forwarded, client inside the block among the prefixes (not covered)",
             &forwarded_dense,
             XDP_TX,
             1,
             &forwarded_dense,
             XDP_TX,
-            false,
+            true,
         ),
         (
-            "dropped as denied (prefixes in one block) vs dropped as unserved without policy",
+            "forwarded, client inside a mixed /24 (a listed /28 or /32 in it: most reads)",
+            &forwarded_mixed,
+            XDP_TX,
+            1,
+            &forwarded_mixed,
+            XDP_TX,
+            true,
+        ),
+        (
+            "dropped as denied (a /24 denied whole) vs dropped as unserved without policy",
             &dropped,
             XDP_DROP,
             1,
-            &denied_frames,
+            &denied_whole_frames,
             XDP_DROP,
-            false,
+            true,
+        ),
+        (
+            "dropped as denied (a /32 in a mixed /24) vs dropped as unserved without policy",
+            &dropped,
+            XDP_DROP,
+            1,
+            &denied_mixed_frames,
+            XDP_DROP,
+            true,
         ),
     ];
     let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(); classes.len()];
@@ -435,11 +485,11 @@ fn main() -> ExitCode {
         md,
         "\nWith no list the stage costs one read of the settings word (flags say which lists \
          are in use). With prefixes, an IPv4 source reads its /16's bit in an 8 KiB bitmap, \
-         then, if set, its /24's bit in a 2 MiB bitmap (a bit is set for every network a \
-         prefix touches), and walks the LPM trie only when both are set: a client sharing no \
-         /24 with a listed network pays one or two array reads, a client next to listed \
-         networks pays the trie walk (the worst-case row). The figures include the test \
-         harness's fixed cost per call, the same on both sides."
+         then, if set, its /24's 2-bit verdict in a 4 MiB array (none, allow, deny, or mixed), \
+         and only for a mixed /24 (one holding a prefix longer than /24) that /24's 64-byte \
+         per-address table from a hash map: never a trie walk. The daemon resolves the lists \
+         into these maps when they change. The figures include the test harness's fixed cost \
+         per call, the same on both sides."
     )
     .unwrap();
     if let Err(e) = std::fs::create_dir_all(&out_dir)

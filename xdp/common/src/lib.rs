@@ -24,7 +24,9 @@ pub use policy::{
 
 /// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
 /// daemon that finds maps pinned by another build can refuse them instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: the IPv4 /24 bitmap became a 2-bit verdict per /24 (`XLB_POL_V4_24`) with per-address
+/// tables for mixed /24s (`XLB_POL_V4_MIX`).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
@@ -91,8 +93,10 @@ pub mod map_names {
     pub const POLICY_V4: &str = "XLB_POL_V4";
     /// Global IPv6 CIDR trie: prefix -> [`crate::verdict`].
     pub const POLICY_V6: &str = "XLB_POL_V6";
-    /// One bit per IPv4 /24 that some global prefix touches ([`crate::policy::v4_bit`]).
-    pub const POLICY_V4_BITS: &str = "XLB_POL_V4_BITS";
+    /// A 2-bit [`crate::policy::v4_code`] per IPv4 /24: none, allow, deny or mixed.
+    pub const POLICY_V4_24: &str = "XLB_POL_V4_24";
+    /// Mixed IPv4 /24s: /24 number -> [`crate::policy::MixedSlash24`] (a code per address).
+    pub const POLICY_V4_MIX: &str = "XLB_POL_V4_MIX";
     /// One bit per IPv4 /16 that some global prefix touches: the first, cache-sized filter.
     pub const POLICY_V4_B16: &str = "XLB_POL_V4_B16";
     /// Per-VIP source ranges: ([`crate::VipSourceKey`]) prefix -> [`crate::verdict::ALLOW`].

@@ -49,18 +49,48 @@ pub struct PolicyConfig {
 }
 const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
 
-/// Words of the IPv4 /24 bitmap (`XLB_POL_V4_BITS`): 2^24 bits, 64 per word (2 MiB).
-pub const POLICY_V4_BITS_WORDS: u32 = 1 << 18;
+/// Words of the IPv4 /24 verdict array (`XLB_POL_V4_24`): a 2-bit [`v4_code`] per /24, 32 per
+/// word (2^24 codes, 4 MiB).
+pub const POLICY_V4_24_WORDS: u32 = 1 << 19;
 /// Words of the IPv4 /16 bitmap (`XLB_POL_V4_B16`): 2^16 bits (8 KiB, stays in cache).
 pub const POLICY_V4_B16_WORDS: u32 = 1 << 10;
+/// Words of a mixed /24's table (the value of `XLB_POL_V4_MIX`): a 2-bit [`v4_code`] per address.
+pub const POLICY_V4_MIX_WORDS: usize = 8;
+
+/// A mixed /24's per-address verdicts, the value of `XLB_POL_V4_MIX` (key: the /24's number,
+/// the address as a number shifted right by 8).
+pub type MixedSlash24 = [u64; POLICY_V4_MIX_WORDS];
+
+/// The 2-bit codes of the IPv4 verdict arrays: what the global lists decide for a /24 (in
+/// `XLB_POL_V4_24`) or for one address (in a mixed /24's table). `ALLOW` and `DENY` equal
+/// [`verdict::ALLOW`] and [`verdict::DENY`].
+pub mod v4_code {
+    /// No prefix matches (the allow-list flag decides).
+    pub const NONE: u64 = 0;
+    /// The most specific matching prefix is an allow prefix.
+    pub const ALLOW: u64 = 1;
+    /// The most specific matching prefix is a deny prefix.
+    pub const DENY: u64 = 2;
+    /// (A /24 only) its addresses differ: a prefix longer than /24 lies inside it; its table in
+    /// `XLB_POL_V4_MIX` decides.
+    pub const MIXED: u64 = 3;
+    /// Mask of one code.
+    pub const MASK: u64 = 3;
+}
 
 /// Where the `/len` network of an IPv4 address lives in a bitmap of `/len` networks:
 /// (word index, bit mask). `host_order` is the address as a number (`u32::from_be` of the
-/// packet's field); `len` is 16 or 24.
+/// packet's field); `len` is 16 (the /16 bitmap).
 #[inline(always)]
 pub const fn v4_bit(host_order: u32, len: u32) -> (u32, u64) {
     let index = host_order >> (32 - len);
     (index >> 6, 1u64 << (index & 63))
+}
+
+/// Where the 2-bit code of entry `index` lives in an array of 2-bit codes: (word index, shift).
+#[inline(always)]
+pub const fn code_slot(index: u32) -> (u32, u32) {
+    (index >> 5, (index & 31) * 2)
 }
 
 /// Values stored in the CIDR tries.

@@ -11,7 +11,7 @@ use xlb_common::{
     PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipMeta,
     VipSourceKey, XDP_ACTION_COUNT,
     hash::VIP_FILTER_SLOTS,
-    policy::{POLICY_V4_B16_WORDS, POLICY_V4_BITS_WORDS, window},
+    policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, window},
 };
 
 /// VIP (address, port, protocol) -> how to balance it. An update replaces the whole value in one
@@ -81,7 +81,9 @@ pub static STATS_BACKENDS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(
 #[map(name = "XLB_POLICY")]
 pub static POLICY: Array<PolicyConfig> = Array::with_max_entries(1, 0);
 
-/// Global IPv4 allow and deny prefixes -> [`xlb_common::verdict`]; most specific wins.
+/// Global IPv4 allow and deny prefixes -> [`xlb_common::verdict`]; most specific wins. The
+/// record of the lists; the datapath decides by the arrays below and walks this trie only if a
+/// mixed /24's table were missing.
 #[map(name = "XLB_POL_V4")]
 pub static POLICY_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
@@ -90,10 +92,16 @@ pub static POLICY_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(65_536, BPF_
 #[map(name = "XLB_POL_V4_B16")]
 pub static POLICY_V4_B16: Array<u64> = Array::with_max_entries(POLICY_V4_B16_WORDS, 0);
 
-/// One bit per IPv4 /24 that some global prefix touches (2 MiB), read when the /16 bit is set;
-/// the trie is walked only when this bit is set too.
-#[map(name = "XLB_POL_V4_BITS")]
-pub static POLICY_V4_BITS: Array<u64> = Array::with_max_entries(POLICY_V4_BITS_WORDS, 0);
+/// The global lists' verdict per IPv4 /24, a 2-bit [`xlb_common::policy::v4_code`] (4 MiB),
+/// read when the /16 bit is set: none, allow, deny (the whole /24), or mixed.
+#[map(name = "XLB_POL_V4_24")]
+pub static POLICY_V4_24: Array<u64> = Array::with_max_entries(POLICY_V4_24_WORDS, 0);
+
+/// Mixed /24s (a prefix longer than /24 lies inside): /24 number -> a code per address. Not
+/// preallocated, so a replaced table is freed after readers are done, never overwritten.
+#[map(name = "XLB_POL_V4_MIX")]
+pub static POLICY_V4_MIX: HashMap<u32, MixedSlash24> =
+    HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
 
 /// Global IPv6 allow and deny prefixes -> [`xlb_common::verdict`].
 #[map(name = "XLB_POL_V6")]

@@ -3,15 +3,12 @@
 //! Precedence and reasons are documented in docs/policy.md.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
-    maps::{Array, lpm_trie::Key},
-    programs::XdpContext,
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
 };
 use xlb_common::{
     DropReason, FlowKey, PolicyConfig, PolicyCounter, TokenBucket, VipMeta, VipSourceKey,
-    policy::{v4_bit, window},
-    policy_flags, proto, verdict,
+    policy::{code_slot, v4_bit, v4_code, window},
+    policy_flags, proto,
 };
 use xlb_ebpf::{
     headers::{ETH_P_IPV6_BE, IPV4_HLEN, IPV6_HLEN, Ipv6Src, tcp_flags},
@@ -20,8 +17,8 @@ use xlb_ebpf::{
 };
 
 use crate::maps::{
-    POLICY, POLICY_V4, POLICY_V4_B16, POLICY_V4_BITS, POLICY_V6, POLICY_VIP, RATE, STATS_POLICY,
-    WINDOWS,
+    POLICY, POLICY_V4, POLICY_V4_24, POLICY_V4_B16, POLICY_V4_MIX, POLICY_V6, POLICY_VIP, RATE,
+    STATS_POLICY, WINDOWS,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -34,14 +31,50 @@ pub fn settings() -> PolicyConfig {
     POLICY.get(0).copied().unwrap_or_default()
 }
 
-/// The verdict of the global lists for a source found (or not) in a family's trie.
+/// The verdict of the global lists for a source's [`v4_code`] (a trie's stored verdict, or
+/// `NONE` when it matches no prefix).
 #[inline(always)]
-fn global_verdict(found: Option<&u32>, allow_list: bool) -> Result<(), DropReason> {
-    match found {
-        Some(&verdict::DENY) => Err(DropReason::Denied),
-        Some(_) => Ok(()),
-        None if allow_list => Err(DropReason::NotAllowed),
-        None => Ok(()),
+fn global_verdict(code: u64, allow_list: bool) -> Result<(), DropReason> {
+    match code {
+        v4_code::DENY => Err(DropReason::Denied),
+        v4_code::NONE if allow_list => Err(DropReason::NotAllowed),
+        _ => Ok(()),
+    }
+}
+
+/// The 2-bit code of entry `index` of an array of codes (`NONE` if unreadable).
+#[inline(always)]
+fn code_at(words: Option<&u64>, shift: u32) -> u64 {
+    words.map_or(v4_code::NONE, |w| (w >> shift) & v4_code::MASK)
+}
+
+/// What the global lists say about an IPv4 source (`saddr` as the packet carries it): the /16
+/// bitmap, then the /24's code, then for a mixed /24 its per-address table. No trie walk.
+#[inline(always)]
+fn v4_code_of(saddr: u32) -> u64 {
+    let host = u32::from_be(saddr);
+    let (word, bit) = v4_bit(host, 16);
+    if POLICY_V4_B16.get(word).is_none_or(|w| w & bit == 0) {
+        return v4_code::NONE;
+    }
+    let net = host >> 8;
+    let (word, shift) = code_slot(net);
+    let code = code_at(POLICY_V4_24.get(word), shift);
+    if code != v4_code::MIXED {
+        return code;
+    }
+    // SAFETY: the map is not preallocated: a table the daemon replaces or deletes is freed only
+    // after this program is done with it, so the reference stays valid and whole.
+    match unsafe { POLICY_V4_MIX.get(net) } {
+        Some(table) => {
+            let (word, shift) = code_slot(host & 0xff);
+            code_at(table.get(word as usize), shift)
+        }
+        // The daemon writes a table before the code that sends readers to it; were it missing
+        // anyway, the trie (the lists' record) still gives the exact verdict.
+        None => POLICY_V4
+            .get(Key::new(32, saddr))
+            .map_or(v4_code::NONE, |&v| u64::from(v)),
     }
 }
 
@@ -50,19 +83,8 @@ fn global_verdict(found: Option<&u32>, allow_list: bool) -> Result<(), DropReaso
 pub fn global_v4(saddr: u32) -> Result<PolicyConfig, DropReason> {
     let policy = settings();
     if policy.flags & policy_flags::LISTS_V4 != 0 {
-        // Most sources share no /16 (or at least no /24) with any prefix: a read of a small
-        // bitmap, maybe of a larger one, instead of a trie walk.
-        let host = u32::from_be(saddr);
-        let touched = |map: &Array<u64>, len| {
-            let (word, bit) = v4_bit(host, len);
-            map.get(word).is_some_and(|w| w & bit != 0)
-        };
-        let found = if touched(&POLICY_V4_B16, 16) && touched(&POLICY_V4_BITS, 24) {
-            POLICY_V4.get(Key::new(32, saddr))
-        } else {
-            None
-        };
-        global_verdict(found, policy.flags & policy_flags::ALLOW_V4 != 0)?;
+        let code = v4_code_of(saddr);
+        global_verdict(code, policy.flags & policy_flags::ALLOW_V4 != 0)?;
     }
     Ok(policy)
 }
@@ -80,8 +102,10 @@ pub fn not_ipv4(ctx: &XdpContext, l2: &L2) -> Result<u32, DropReason> {
             let hdr: *const Ipv6Src = ptr_at(ctx, l2.l3_off).ok_or(DropReason::Ipv6Truncated)?;
             // SAFETY: ptr_at checked that the fixed header lies inside the frame.
             let saddr = unsafe { (*hdr).saddr };
-            let found = POLICY_V6.get(Key::new(128, saddr));
-            global_verdict(found, policy.flags & policy_flags::ALLOW_V6 != 0)?;
+            let code = POLICY_V6
+                .get(Key::new(128, saddr))
+                .map_or(v4_code::NONE, |&v| u64::from(v));
+            global_verdict(code, policy.flags & policy_flags::ALLOW_V6 != 0)?;
         }
     }
     Ok(xdp_action::XDP_PASS)
