@@ -24,7 +24,7 @@ pub use policy::{
 
 /// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
 /// daemon that finds maps pinned by another build can refuse them instead of misreading them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
