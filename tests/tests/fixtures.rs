@@ -935,6 +935,43 @@ fn a_syn_on_a_remembered_flow_replaces_its_entry_and_counts_once() {
     assert_eq!((view.entries, view.evictions), (2, 0));
 }
 
+/// A full flow table evicts, and the eviction figure (new keys added less entries present) is
+/// exactly the keys that went: three times the table's size in distinct flows through a
+/// 1024-entry table, then the eviction count the daemon exports matches a fresh walk.
+#[test]
+fn evictions_of_a_full_flow_table_are_new_keys_less_entries() {
+    if !have_root() {
+        return;
+    }
+    let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
+    let mut lab = lab(&config);
+    const SENT: u16 = 3 * 1024;
+    for i in 0..SENT {
+        let f = flow("198.51.100.12", "10.0.0.10", 20000 + i, 80);
+        let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+        assert_eq!(action, XDP_TX);
+    }
+    let stats = lab.dataplane.stats().unwrap();
+    assert_eq!(stats.lb_count(LbCounter::FlowNew), u64::from(SENT));
+    assert_eq!(stats.lb_count(LbCounter::FlowReplaced), 0, "distinct flows");
+    let view = lab.dataplane.flow_table().unwrap();
+    let entries = lab.dataplane.count_flows().unwrap();
+    assert_eq!(view.entries, entries, "nothing ran between the counts");
+    assert_eq!(
+        lab.dataplane.count_flows_key_by_key().unwrap(),
+        entries,
+        "batched and key-by-key counts agree"
+    );
+    assert_eq!(view.capacity, 1024);
+    assert!(entries <= 1024 && entries > 0, "{entries} entries");
+    assert_eq!(
+        view.evictions,
+        u64::from(SENT) - u64::from(entries),
+        "evictions = keys added - entries"
+    );
+    assert!(view.evictions >= u64::from(SENT) - 1024);
+}
+
 fn remove_backend(config: &str, address: &str) -> String {
     let needle = format!("  [[vip.backend]]\n  address = \"{address}\"\n");
     let start = config.find(&needle).expect("backend in config");
