@@ -383,13 +383,22 @@ mod tests {
                     packets: 7,
                     bytes: 700,
                 },
-                backends: vec![BackendStats {
-                    name: "a".into(),
-                    address: "10.1.0.1".into(),
-                    weight: 0,
-                    slots: 0,
-                    counter: Counter::default(),
-                }],
+                backends: vec![
+                    BackendStats {
+                        name: "a".into(),
+                        address: "10.1.0.1".into(),
+                        weight: 0,
+                        slots: 0,
+                        counter: Counter::default(),
+                    },
+                    BackendStats {
+                        name: "b".into(),
+                        address: "10.1.0.2".into(),
+                        weight: 1,
+                        slots: 7,
+                        counter: Counter::default(),
+                    },
+                ],
             }],
         };
         let control = ControlCounts {
@@ -430,6 +439,14 @@ mod tests {
                 "xlb_backend_health_transitions_total{vip=\"web\",backend=\"10.1.0.1\",to=\"down\"}"
                     .to_owned(),
                 2.0,
+            ),
+            // Not checked: up, unchecked, no transitions.
+            ("xlb_backend_up{vip=\"web\",backend=\"10.1.0.2\"}".to_owned(), 1.0),
+            ("xlb_backend_checked{vip=\"web\",backend=\"10.1.0.2\"}".to_owned(), 0.0),
+            (
+                "xlb_backend_health_transitions_total{vip=\"web\",backend=\"10.1.0.2\",to=\"up\"}"
+                    .to_owned(),
+                0.0,
             ),
             ("xlb_flows_replaced_total".to_owned(), 1.0),
             ("xlb_flow_table_entries".to_owned(), 1.0),

@@ -204,3 +204,28 @@ struct BatchAttr {
     elem_flags: u64,
     flags: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_added_leave_out_replaced_refused_and_unremembered_flows() {
+        let counters = Snapshot {
+            lb: vec![
+                ("flow_new".into(), 100),
+                ("flow_replaced".into(), 10),
+                ("flow_insert_failed".into(), 2),
+            ],
+            policy: vec![("flow_not_remembered".into(), 3)],
+            ..Snapshot::default()
+        };
+        assert_eq!(keys_added(&counters), 85);
+        // Counters read mid-update never make it wrap.
+        let odd = Snapshot {
+            lb: vec![("flow_new".into(), 1), ("flow_replaced".into(), 2)],
+            ..Snapshot::default()
+        };
+        assert_eq!(keys_added(&odd), 0);
+    }
+}
