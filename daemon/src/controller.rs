@@ -639,11 +639,18 @@ impl Controller {
     }
 
     /// The Prometheus exposition text of the datapath's and the controller's counters.
-    fn metrics_text(&self) -> String {
+    fn metrics_text(&mut self) -> String {
         let snapshot = match self.dataplane.stats() {
             Ok(snapshot) => Some(snapshot),
             Err(error) => {
                 warn!(%error, "counters unreadable; metrics report the datapath down");
+                None
+            }
+        };
+        let flow_table = match self.dataplane.flow_table() {
+            Ok(view) => Some(view),
+            Err(error) => {
+                warn!(%error, "flow table unreadable; its metrics are left out");
                 None
             }
         };
@@ -654,10 +661,21 @@ impl Controller {
             api_ok: self.counters.api_ok,
             api_failed: self.counters.api_failed,
         };
-        crate::metrics::render(snapshot.as_ref(), &control, &|vip, backend| {
-            self.overlay
-                .override_for(vip, backend)
-                .is_some_and(|o| o.drained)
+        crate::metrics::render(snapshot.as_ref(), flow_table, &control, &|vip, backend| {
+            crate::metrics::BackendControl {
+                drained: self
+                    .overlay
+                    .override_for(vip, backend)
+                    .is_some_and(|o| o.drained),
+                health: backend.parse().ok().and_then(|address| {
+                    let view = self.health.backend(vip, address)?;
+                    Some(crate::metrics::BackendHealth {
+                        up: !self.health.is_down(vip, address),
+                        went_down: view.went_down,
+                        came_up: view.came_up,
+                    })
+                }),
+            }
         })
     }
 

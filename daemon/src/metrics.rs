@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::http::{self, Transport},
-    dataplane::stats::Snapshot,
+    dataplane::{flows::FlowTableView, stats::Snapshot},
 };
 
 /// The metrics' names, in one place: the dashboard test checks the dashboard against them.
@@ -35,6 +35,12 @@ pub mod names {
     pub const BACKEND_WEIGHT: &str = "xlb_backend_weight";
     /// 1 when an operator drained the backend.
     pub const BACKEND_DRAINED: &str = "xlb_backend_drained";
+    /// 0 when health checks find the backend down, 1 otherwise (unchecked backends are 1).
+    pub const BACKEND_UP: &str = "xlb_backend_up";
+    /// 1 when the backend is health checked.
+    pub const BACKEND_CHECKED: &str = "xlb_backend_checked";
+    /// Health changes of a backend, by the health it changed to (`to`: up, down).
+    pub const BACKEND_TRANSITIONS: &str = "xlb_backend_health_transitions_total";
     /// Maglev slots the backend owns.
     pub const BACKEND_SLOTS: &str = "xlb_backend_slots";
     /// Packets dropped, by reason.
@@ -53,6 +59,14 @@ pub mod names {
     pub const FLOW_INSERT_FAILURES: &str = "xlb_flow_insert_failures_total";
     /// New flows not stored because the flow-insert ceiling was reached (still forwarded).
     pub const FLOWS_NOT_REMEMBERED: &str = "xlb_flows_not_remembered_total";
+    /// New flows whose key was already in the flow table (its entry overwritten).
+    pub const FLOWS_REPLACED: &str = "xlb_flows_replaced_total";
+    /// Entries in the flow table (counted by a walk at most 5 s old).
+    pub const FLOW_TABLE_ENTRIES: &str = "xlb_flow_table_entries";
+    /// The most entries the flow table holds.
+    pub const FLOW_TABLE_CAPACITY: &str = "xlb_flow_table_capacity";
+    /// Flow-table entries the LRU evicted (new keys added less entries present).
+    pub const FLOW_TABLE_EVICTIONS: &str = "xlb_flow_table_evictions_total";
     /// Datapath events written to the ring buffer.
     pub const EVENTS_SENT: &str = "xlb_events_sent_total";
     /// Datapath events lost because the ring buffer was full.
@@ -69,13 +83,16 @@ pub mod names {
     pub const VIPS: &str = "xlb_vips";
 
     /// Every name the daemon exports.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 31] = [
         VIP_PACKETS,
         VIP_BYTES,
         BACKEND_PACKETS,
         BACKEND_BYTES,
         BACKEND_WEIGHT,
         BACKEND_DRAINED,
+        BACKEND_UP,
+        BACKEND_CHECKED,
+        BACKEND_TRANSITIONS,
         BACKEND_SLOTS,
         DROPS,
         XDP_ACTIONS,
@@ -85,6 +102,10 @@ pub mod names {
         FLOWS_REHASHED,
         FLOW_INSERT_FAILURES,
         FLOWS_NOT_REMEMBERED,
+        FLOWS_REPLACED,
+        FLOW_TABLE_ENTRIES,
+        FLOW_TABLE_CAPACITY,
+        FLOW_TABLE_EVICTIONS,
         EVENTS_SENT,
         EVENTS_LOST,
         EVENTS_SUPPRESSED,
@@ -116,15 +137,37 @@ pub struct ControlCounts {
     pub api_failed: u64,
 }
 
-/// One backend's control-plane state: (VIP name, backend address) -> drained.
-pub type Drained<'a> = &'a dyn Fn(&str, &str) -> bool;
+/// What the control plane knows of one backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackendControl {
+    /// An operator drained it.
+    pub drained: bool,
+    /// Its health, when it is checked.
+    pub health: Option<BackendHealth>,
+}
+
+/// A checked backend's health.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackendHealth {
+    /// The checks find it up.
+    pub up: bool,
+    /// Times it went down.
+    pub went_down: u64,
+    /// Times it came (back) up.
+    pub came_up: u64,
+}
+
+/// The control plane's view of a backend: (VIP name, backend address) -> state.
+pub type Backends<'a> = &'a dyn Fn(&str, &str) -> BackendControl;
 
 /// Renders the exposition text. `snapshot` is `None` when the counters could not be read:
-/// `xlb_datapath_up` is then 0 and the datapath series are left out rather than faked.
+/// `xlb_datapath_up` is then 0 and the datapath series are left out rather than faked; the
+/// flow-table series are left out when `flow_table` is `None` (its walk failed).
 pub fn render(
     snapshot: Option<&Snapshot>,
+    flow_table: Option<FlowTableView>,
     control: &ControlCounts,
-    drained: Drained<'_>,
+    backends: Backends<'_>,
 ) -> String {
     let recorder: PrometheusRecorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
@@ -157,6 +200,7 @@ pub fn render(
                 "flow_new" => names::FLOWS_NEW,
                 "flow_backend_gone" => names::FLOWS_REHASHED,
                 "flow_insert_failed" => names::FLOW_INSERT_FAILURES,
+                "flow_replaced" => names::FLOWS_REPLACED,
                 other => {
                     warn!(
                         event = other,
@@ -180,6 +224,11 @@ pub fn render(
             };
             counter!(name).absolute(*count);
         }
+        if let Some(table) = flow_table {
+            gauge!(names::FLOW_TABLE_ENTRIES).set(f64::from(table.entries));
+            gauge!(names::FLOW_TABLE_CAPACITY).set(f64::from(table.capacity));
+            counter!(names::FLOW_TABLE_EVICTIONS).absolute(table.evictions);
+        }
         gauge!(names::VIPS).set(snapshot.vips.len() as f64);
         for vip in &snapshot.vips {
             let v = vip.name.clone();
@@ -191,12 +240,27 @@ pub fn render(
                 counter!(names::BACKEND_BYTES, &labels).absolute(b.counter.bytes);
                 gauge!(names::BACKEND_WEIGHT, &labels).set(f64::from(b.weight));
                 gauge!(names::BACKEND_SLOTS, &labels).set(f64::from(b.slots));
-                let is_drained = drained(&vip.name, &b.address);
-                gauge!(names::BACKEND_DRAINED, &labels).set(if is_drained { 1.0 } else { 0.0 });
+                let state = backends(&vip.name, &b.address);
+                gauge!(names::BACKEND_DRAINED, &labels).set(flag(state.drained));
+                gauge!(names::BACKEND_CHECKED, &labels).set(flag(state.health.is_some()));
+                gauge!(names::BACKEND_UP, &labels).set(flag(state.health.is_none_or(|h| h.up)));
+                let health = state.health.unwrap_or_default();
+                for (to, count) in [("down", health.went_down), ("up", health.came_up)] {
+                    let labels = [
+                        ("vip", v.clone()),
+                        ("backend", b.address.clone()),
+                        ("to", to.to_owned()),
+                    ];
+                    counter!(names::BACKEND_TRANSITIONS, &labels).absolute(count);
+                }
             }
         }
     });
     handle.render()
+}
+
+fn flag(on: bool) -> f64 {
+    if on { 1.0 } else { 0.0 }
 }
 
 /// Why the metrics listener could not start.
@@ -303,6 +367,7 @@ mod tests {
                 ("flow_new".into(), 2),
                 ("flow_backend_gone".into(), 0),
                 ("flow_insert_failed".into(), 0),
+                ("flow_replaced".into(), 1),
             ],
             policy: vec![
                 ("flow_not_remembered".into(), 0),
@@ -318,13 +383,22 @@ mod tests {
                     packets: 7,
                     bytes: 700,
                 },
-                backends: vec![BackendStats {
-                    name: "a".into(),
-                    address: "10.1.0.1".into(),
-                    weight: 0,
-                    slots: 0,
-                    counter: Counter::default(),
-                }],
+                backends: vec![
+                    BackendStats {
+                        name: "a".into(),
+                        address: "10.1.0.1".into(),
+                        weight: 0,
+                        slots: 0,
+                        counter: Counter::default(),
+                    },
+                    BackendStats {
+                        name: "b".into(),
+                        address: "10.1.0.2".into(),
+                        weight: 1,
+                        slots: 7,
+                        counter: Counter::default(),
+                    },
+                ],
             }],
         };
         let control = ControlCounts {
@@ -334,8 +408,21 @@ mod tests {
             api_ok: 4,
             api_failed: 0,
         };
-        let text = render(Some(&snapshot), &control, &|vip, backend| {
-            vip == "web" && backend == "10.1.0.1"
+        let table = FlowTableView {
+            entries: 1,
+            capacity: 4096,
+            evictions: 3,
+        };
+        let text = render(Some(&snapshot), Some(table), &control, &|vip, backend| {
+            let ours = vip == "web" && backend == "10.1.0.1";
+            BackendControl {
+                drained: ours,
+                health: ours.then_some(BackendHealth {
+                    up: false,
+                    went_down: 2,
+                    came_up: 1,
+                }),
+            }
         });
         let backend = "{vip=\"web\",backend=\"10.1.0.1\"}";
         let expected = [
@@ -346,6 +433,25 @@ mod tests {
             ("xlb_vip_bytes_total{vip=\"web\"}".to_owned(), 700.0),
             (format!("xlb_backend_packets_total{backend}"), 0.0),
             (format!("xlb_backend_drained{backend}"), 1.0),
+            (format!("xlb_backend_up{backend}"), 0.0),
+            (format!("xlb_backend_checked{backend}"), 1.0),
+            (
+                "xlb_backend_health_transitions_total{vip=\"web\",backend=\"10.1.0.1\",to=\"down\"}"
+                    .to_owned(),
+                2.0,
+            ),
+            // Not checked: up, unchecked, no transitions.
+            ("xlb_backend_up{vip=\"web\",backend=\"10.1.0.2\"}".to_owned(), 1.0),
+            ("xlb_backend_checked{vip=\"web\",backend=\"10.1.0.2\"}".to_owned(), 0.0),
+            (
+                "xlb_backend_health_transitions_total{vip=\"web\",backend=\"10.1.0.2\",to=\"up\"}"
+                    .to_owned(),
+                0.0,
+            ),
+            ("xlb_flows_replaced_total".to_owned(), 1.0),
+            ("xlb_flow_table_entries".to_owned(), 1.0),
+            ("xlb_flow_table_capacity".to_owned(), 4096.0),
+            ("xlb_flow_table_evictions_total".to_owned(), 3.0),
             (
                 "xlb_config_reloads_total{result=\"failed\"}".to_owned(),
                 1.0,
@@ -433,7 +539,9 @@ mod tests {
 
     #[test]
     fn unreadable_counters_are_left_out_not_faked() {
-        let text = render(None, &ControlCounts::default(), &|_, _| false);
+        let text = render(None, None, &ControlCounts::default(), &|_, _| {
+            BackendControl::default()
+        });
         assert_eq!(sample(&text, "xlb_datapath_up"), Some(0.0));
         assert!(!text.contains("xlb_drops_total"), "{text}");
     }

@@ -230,6 +230,69 @@ impl Lab {
             .collect()
     }
 
+    /// Pids of the lab's HTTP server in `host`'s namespace.
+    pub fn server_pids(&self, host: &str) -> Vec<i32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.ns(host)])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lab-backend.py"))
+            })
+            .collect()
+    }
+
+    /// Stops `host`'s HTTP server (and waits until it is gone, 5 s at most).
+    pub fn stop_server(&self, host: &str) {
+        let pids = self.server_pids(host);
+        assert!(!pids.is_empty(), "no server running on {host}");
+        for &pid in &pids {
+            // SAFETY: kill(2) of a process of the lab's namespace, found just above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.server_pids(host).is_empty() {
+            assert!(Instant::now() < deadline, "server of {host} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// xlbd's metrics (`GET /metrics` on 127.0.0.1:9642, read with curl inside the balancer's
+    /// namespace); retried for 20 s at most while xlbd does not answer.
+    pub fn metrics_text(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self
+                .command("lb", "curl")
+                .args(["-sS", "--max-time", "5", "http://127.0.0.1:9642/metrics"])
+                .output()
+                .expect("curl");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics in 20 s: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// One sample of xlbd's metrics (`series` is the name with its labels, as exported);
+    /// `None` when the series is not exported.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics_text()
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
     /// `count` HTTP GETs of the VIP from the client with curl, each on a new connection.
     /// Returns the response bodies (one line each: "beN client-ip:port").
     pub fn curl_vip(&self, count: usize) -> Vec<String> {

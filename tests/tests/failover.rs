@@ -115,37 +115,6 @@ fn wait_health(lab: &Lab, vip: &str, name: &str, health: &str, limit: Duration) 
     }
 }
 
-/// Pids of the lab's HTTP server in `host`'s namespace.
-fn server_pids(lab: &Lab, host: &str) -> Vec<i32> {
-    let out = Command::new("ip")
-        .args(["netns", "pids", &lab.ns(host)])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|pid| pid.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("lab-backend.py"))
-        })
-        .collect()
-}
-
-/// Stops `host`'s HTTP server (and waits until it is gone, 5 s at most).
-fn stop_server(lab: &Lab, host: &str) {
-    let pids = server_pids(lab, host);
-    assert!(!pids.is_empty(), "no server running on {host}");
-    for &pid in &pids {
-        // SAFETY: kill(2) of a process of the lab's namespace, found just above.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server_pids(lab, host).is_empty() {
-        assert!(Instant::now() < deadline, "server of {host} did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A lab HTTP server this test started; stopped on drop.
 struct Server(Child);
 
@@ -283,7 +252,7 @@ fn failover(prefix: &str, mode: &str) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = new_traffic(&lab, stop.clone());
 
-    stop_server(&lab, "be2");
+    lab.stop_server("be2");
     // Down within interval x fall, plus one interval for where in its interval the first
     // failing probe fell; a second more for a loaded machine and the polling.
     let bound = Duration::from_millis(INTERVAL_MS * (FALL + 1) + 1000);
@@ -502,7 +471,7 @@ fn every_backend_down_drops_or_keeps_as_configured() {
     );
     let lab = start_with("xhcad-", "l2", &config);
     for host in ["be1", "be2", "be3"] {
-        stop_server(&lab, host);
+        lab.stop_server(host);
     }
     for vip in ["web", "web-keep"] {
         for host in ["be1", "be2", "be3"] {

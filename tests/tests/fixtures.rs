@@ -886,6 +886,92 @@ fn a_syn_asks_the_table_and_leaves_a_drained_backend_while_its_flow_stays() {
     assert_eq!(sent_to(&out), lab.backend_mac("web-l2", now));
 }
 
+/// The flow table's accounting: a fresh SYN adds a key (`flow_new` only); a SYN on the ports
+/// of a flow still remembered overwrites its entry, counted once as `flow_replaced`, and the
+/// table does not grow. The daemon's eviction figure rests on this.
+#[test]
+fn a_syn_on_a_remembered_flow_replaces_its_entry_and_counts_once() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let counts = |lab: &Lab| {
+        let stats = lab.dataplane.stats().unwrap();
+        (
+            stats.lb_count(LbCounter::FlowNew),
+            stats.lb_count(LbCounter::FlowReplaced),
+            stats.lb_count(LbCounter::FlowInsertFailed),
+            lab.dataplane.count_flows().unwrap(),
+        )
+    };
+    assert_eq!(counts(&lab), (0, 0, 0, 0), "a fresh datapath");
+    let f = flow("198.51.100.11", "10.0.0.10", 43000, 80);
+    let syn = packet::tcp4(&to_lb(None), &f, TCP_SYN, b"");
+    let (action, _) = lab.run(&syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(counts(&lab), (1, 0, 0, 1), "a fresh SYN adds one key");
+
+    let (action, _) = lab.run(&syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        counts(&lab),
+        (2, 1, 0, 1),
+        "a SYN on a remembered flow's ports replaces its entry"
+    );
+
+    // Established packets neither add nor replace.
+    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(counts(&lab), (2, 1, 0, 1), "an established packet");
+
+    // Another flow (an ACK of a flow the table does not know) adds a key, not a replacement.
+    let g = flow("198.51.100.11", "10.0.0.10", 43001, 80);
+    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &g, TCP_ACK, b"data"));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(counts(&lab), (3, 1, 0, 2), "an unknown flow's first packet");
+    let added = xlb::dataplane::flows::keys_added(&lab.dataplane.stats().unwrap());
+    assert_eq!(added, 2, "new keys added match the entries");
+    let view = lab.dataplane.flow_table().unwrap();
+    assert_eq!((view.entries, view.evictions), (2, 0));
+}
+
+/// A full flow table evicts, and the eviction figure (new keys added less entries present) is
+/// exactly the keys that went: three times the table's size in distinct flows through a
+/// 1024-entry table, then the eviction count the daemon exports matches a fresh walk.
+#[test]
+fn evictions_of_a_full_flow_table_are_new_keys_less_entries() {
+    if !have_root() {
+        return;
+    }
+    let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
+    let mut lab = lab(&config);
+    const SENT: u16 = 3 * 1024;
+    for i in 0..SENT {
+        let f = flow("198.51.100.12", "10.0.0.10", 20000 + i, 80);
+        let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+        assert_eq!(action, XDP_TX);
+    }
+    let stats = lab.dataplane.stats().unwrap();
+    assert_eq!(stats.lb_count(LbCounter::FlowNew), u64::from(SENT));
+    assert_eq!(stats.lb_count(LbCounter::FlowReplaced), 0, "distinct flows");
+    let view = lab.dataplane.flow_table().unwrap();
+    let entries = lab.dataplane.count_flows().unwrap();
+    assert_eq!(view.entries, entries, "nothing ran between the counts");
+    assert_eq!(
+        lab.dataplane.count_flows_key_by_key().unwrap(),
+        entries,
+        "batched and key-by-key counts agree"
+    );
+    assert_eq!(view.capacity, 1024);
+    assert!(entries <= 1024 && entries > 0, "{entries} entries");
+    assert_eq!(
+        view.evictions,
+        u64::from(SENT) - u64::from(entries),
+        "evictions = keys added - entries"
+    );
+    assert!(view.evictions >= u64::from(SENT) - 1024);
+}
+
 fn remove_backend(config: &str, address: &str) -> String {
     let needle = format!("  [[vip.backend]]\n  address = \"{address}\"\n");
     let start = config.find(&needle).expect("backend in config");

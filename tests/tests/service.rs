@@ -106,26 +106,17 @@ fn let_traffic_flow(seconds: u64) {
     std::thread::sleep(Duration::from_secs(seconds));
 }
 
-/// One sample of xlbd's metrics, read with curl inside the balancer's namespace.
+/// One sample of xlbd's metrics; waits (20 s at most) while the series is missing.
 fn metric(lab: &Lab, series: &str) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = lab
-            .command("lb", "curl")
-            .args(["-sS", "--max-time", "5", "http://127.0.0.1:9642/metrics"])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout);
-        if let Some(value) = text
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        {
+        if let Some(value) = lab.metric(series) {
             return value;
         }
         assert!(
             Instant::now() < deadline,
-            "no {series} in the metrics:\n{text}"
+            "no {series} in the metrics:\n{}",
+            lab.metrics_text()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

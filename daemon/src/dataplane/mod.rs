@@ -7,6 +7,7 @@ mod alloc;
 mod bench;
 pub mod decap;
 mod dump;
+pub mod flows;
 pub mod hc_encap;
 mod netlink;
 pub mod objects;
@@ -241,6 +242,7 @@ pub struct Dataplane {
     slots: SlotArray,
     globals: Array<MapData, Globals>,
     stats: stats::StatsMaps,
+    flows: flows::FlowTable,
     vip_ids: IdAllocator,
     backend_ids: IdAllocator,
     regions: RegionAllocator,
@@ -411,6 +413,10 @@ impl Dataplane {
                 typed(&mut ebpf, map_names::POLICY_V4_24)?,
                 typed(&mut ebpf, map_names::POLICY_V4_MIX)?,
             ),
+            flows: flows::FlowTable::new(
+                take_map(&mut ebpf, map_names::FLOWS)?,
+                limits.flow_table_size,
+            )?,
             policy_prefixes: limits.policy_prefixes,
             events: Some(typed(&mut ebpf, map_names::EVENTS)?),
             ebpf,
@@ -652,6 +658,23 @@ impl Dataplane {
             })
             .collect::<Vec<_>>();
         self.stats.snapshot(&vips)
+    }
+
+    /// Entries, capacity and evictions of the flow table (from a walk at most
+    /// [`flows::MAX_AGE`] old).
+    pub fn flow_table(&mut self) -> Result<flows::FlowTableView, DataplaneError> {
+        let stats = &self.stats;
+        self.flows.view(|| stats.snapshot(&[]))
+    }
+
+    /// Counts the flow table's entries now, as the metrics do (tests and benchmarks).
+    pub fn count_flows(&self) -> Result<u32, DataplaneError> {
+        self.flows.count()
+    }
+
+    /// Counts the flow table's entries now key by key, the slow way (tests and benchmarks).
+    pub fn count_flows_key_by_key(&self) -> Result<u32, DataplaneError> {
+        self.flows.count_keys()
     }
 
     /// The backend id the datapath uses for a VIP's n-th backend (tests use it to predict

@@ -24,15 +24,20 @@ pub enum LbCounter {
     FlowBackendGone = 2,
     /// The flow table refused a new entry (the packet was still forwarded).
     FlowInsertFailed = 3,
+    /// A new flow's key was already in the flow table (a SYN reusing the addresses and ports
+    /// of a flow still remembered, or a flow whose backend was removed): its entry was
+    /// overwritten, so the table did not grow.
+    FlowReplaced = 4,
 }
 
 impl LbCounter {
     /// Every counter, in index order.
-    pub const ALL: [LbCounter; 4] = [
+    pub const ALL: [LbCounter; 5] = [
         LbCounter::FlowHit,
         LbCounter::FlowNew,
         LbCounter::FlowBackendGone,
         LbCounter::FlowInsertFailed,
+        LbCounter::FlowReplaced,
     ];
     /// Number of counters: the size of the per-CPU array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -44,6 +49,7 @@ impl LbCounter {
             LbCounter::FlowNew => "flow_new",
             LbCounter::FlowBackendGone => "flow_backend_gone",
             LbCounter::FlowInsertFailed => "flow_insert_failed",
+            LbCounter::FlowReplaced => "flow_replaced",
         }
     }
 }

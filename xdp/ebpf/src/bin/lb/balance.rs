@@ -1,5 +1,6 @@
 //! Load-balancing stage: VIP lookup, flow table, Maglev table.
 
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use xlb_common::{
     Backend, DropReason, FlowKey, FlowValue, LbCounter, VipKey, VipMeta, backend_flags,
     hash::flow_hash,
@@ -92,12 +93,34 @@ pub fn choose(
     if backend.flags & backend_flags::ACTIVE == 0 || backend.vip_id != vip.vip_id {
         return Err(DropReason::TableMiss);
     }
-    if crate::policy::may_remember() && FLOWS.insert(flow, FlowValue { backend_id }, 0).is_err() {
-        stats::lb(LbCounter::FlowInsertFailed);
+    if crate::policy::may_remember() {
+        remember(flow, FlowValue { backend_id });
     }
     stats::lb(LbCounter::FlowNew);
     Ok(Choice {
         backend_id,
         backend,
     })
+}
+
+/// `-EEXIST`: the key is already in the map.
+const EEXIST: i32 = -17;
+
+/// Stores a new flow's entry. It is inserted only if its key is absent, so that a key already
+/// present (a SYN reusing a remembered flow's ports skips the lookup; a flow whose backend is
+/// gone was found) is overwritten and counted as `FlowReplaced`: the daemon derives the flow
+/// table's evictions from new keys added less the entries present, which the kernel does not
+/// count for LRU maps. A fresh key costs one update, as before; only a replacement costs two.
+#[inline(always)]
+fn remember(flow: &FlowKey, value: FlowValue) {
+    let result = match FLOWS.insert(flow, value, u64::from(BPF_NOEXIST)) {
+        Err(EEXIST) => {
+            stats::lb(LbCounter::FlowReplaced);
+            FLOWS.insert(flow, value, u64::from(BPF_ANY))
+        }
+        other => other,
+    };
+    if result.is_err() {
+        stats::lb(LbCounter::FlowInsertFailed);
+    }
 }
