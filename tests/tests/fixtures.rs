@@ -600,11 +600,11 @@ fn cases(lab: &Lab) -> Vec<Case> {
         output: Expected::Unchanged,
         drop: None,
     });
-    // An address that shares the VIP's filter counter: the filter says "maybe", the exact
+    // An address that shares the VIP's filter bit: the filter says "maybe", the exact
     // lookups say no, and the packet passes like any other non-VIP packet.
     let twin = filter_twin(ip("10.0.0.10"));
     cases.push(Case {
-        description: "TCP to a non-VIP address that shares a VIP's filter counter passes",
+        description: "TCP to a non-VIP address that shares a VIP's filter bit passes",
         input: packet::tcp4(
             &to_lb(None),
             &flow("192.0.2.34", &twin.to_string(), 40034, 80),
@@ -619,7 +619,7 @@ fn cases(lab: &Lab) -> Vec<Case> {
     twin_fragment.extend(packet::ipv4_header(f.src, twin, 6, 8, &[], 0x0010));
     twin_fragment.extend_from_slice(b"tailbyte");
     cases.push(Case {
-        description: "fragment to a non-VIP address that shares a VIP's filter counter passes",
+        description: "fragment to a non-VIP address that shares a VIP's filter bit passes",
         input: twin_fragment,
         action: XDP_PASS,
         output: Expected::Unchanged,
@@ -640,14 +640,14 @@ fn cases(lab: &Lab) -> Vec<Case> {
     cases
 }
 
-/// Another address (in 172.16.0.0/12) whose VIP filter counter is `vip`'s.
+/// Another address (in 16.0.0.0/4, only ever used in test runs) whose VIP filter bit is `vip`'s.
 fn filter_twin(vip: Ipv4Addr) -> Ipv4Addr {
     let words = |a: Ipv4Addr| [u32::from_ne_bytes(a.octets()), 0, 0, 0];
     let slot = vip_filter_slot(words(vip));
-    (0..1u32 << 20)
-        .map(|host| Ipv4Addr::from(0xac10_0000 | host))
+    (0..1u32 << 28)
+        .map(|host| Ipv4Addr::from(0x1000_0000 | host))
         .find(|&a| a != vip && vip_filter_slot(words(a)) == slot)
-        .expect("2^20 addresses over 2^16 counters: one shares the counter")
+        .expect("2^28 addresses over 2^21 bits: one shares the bit")
 }
 
 #[test]

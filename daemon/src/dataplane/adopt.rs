@@ -58,6 +58,7 @@ impl Dataplane {
     /// had to be rewritten or removed.
     pub(super) fn adopt(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
         self.policy.adopt_live()?;
+        self.adopt_filter()?;
         let live: Vec<(VipKey, VipMeta)> = self
             .vips
             .iter()

@@ -10,7 +10,7 @@ use std::{
 
 use xlb_common::{
     Backend, Globals, VipKey, backend_flags, family, forward_mode,
-    hash::{VIP_FILTER_SLOTS, vip_filter_slot},
+    hash::{VIP_FILTER_WORDS, vip_filter_slot},
     map_names,
 };
 
@@ -109,16 +109,16 @@ pub enum Inconsistency {
         /// VIPs in `XLB_VIPS` on that address.
         vips: u32,
     },
-    /// A VIP address filter counter differs from the number of listed VIP addresses that hash
-    /// to it (too low: that address's packets pass as if it were no VIP; too high: other
-    /// addresses pay a needless `XLB_VIPS` lookup).
-    FilterCount {
-        /// The counter's index.
-        slot: u32,
-        /// The stored count.
-        count: u32,
-        /// Addresses in `XLB_VIP_ADDRS` that hash to it.
-        addresses: u32,
+    /// A word of the VIP address filter differs from the bits of the listed VIP addresses (a
+    /// missing bit: that address's packets pass as if it were no VIP; an extra bit: other
+    /// addresses pay needless lookups).
+    FilterBits {
+        /// The word's index.
+        word: u32,
+        /// The stored word.
+        found: u64,
+        /// The bits of the addresses in `XLB_VIP_ADDRS`.
+        expected: u64,
     },
 }
 
@@ -270,22 +270,23 @@ impl Dataplane {
             }
         }
 
-        let mut per_slot: HashMap<u32, u32> = HashMap::new();
+        let mut expected_words: HashMap<u32, u64> = HashMap::new();
         for addr in vip_addrs.keys() {
             let (words, _) = crate::state::addr_words(*addr);
-            *per_slot.entry(vip_filter_slot(words)).or_default() += 1;
+            let slot = vip_filter_slot(words);
+            *expected_words.entry(slot / 64).or_default() |= 1u64 << (slot % 64);
         }
-        for slot in 0..VIP_FILTER_SLOTS {
-            let count = self
+        for word in 0..VIP_FILTER_WORDS {
+            let found = self
                 .vip_filter
-                .get(&slot, 0)
+                .get(&word, 0)
                 .map_err(map_err("lookup", map_names::VIP_FILTER))?;
-            let addresses = per_slot.get(&slot).copied().unwrap_or(0);
-            if count != addresses {
-                inconsistencies.push(Inconsistency::FilterCount {
-                    slot,
-                    count,
-                    addresses,
+            let expected = expected_words.get(&word).copied().unwrap_or(0);
+            if found != expected {
+                inconsistencies.push(Inconsistency::FilterBits {
+                    word,
+                    found,
+                    expected,
                 });
             }
         }

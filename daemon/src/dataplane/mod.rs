@@ -31,7 +31,8 @@ use aya::{
 use tracing::{info, warn};
 use xlb_common::{
     Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipMeta, backend_flags,
-    hash::vip_filter_slot, map_names, program_names,
+    hash::{VIP_FILTER_WORDS, vip_filter_slot},
+    map_names, program_names,
 };
 
 use crate::{
@@ -237,7 +238,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
-    vip_filter: Array<MapData, u32>,
+    vip_filter: Array<MapData, u64>,
+    /// VIP addresses per filter bit (the datapath sees only whether the count is zero).
+    filter_counts: BTreeMap<u32, u32>,
     backends: Array<MapData, Backend>,
     slots: SlotArray,
     globals: Array<MapData, Globals>,
@@ -393,6 +396,7 @@ impl Dataplane {
             vips: typed(&mut ebpf, map_names::VIPS)?,
             vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
             vip_filter: typed(&mut ebpf, map_names::VIP_FILTER)?,
+            filter_counts: BTreeMap::new(),
             backends: typed(&mut ebpf, map_names::BACKENDS)?,
             slots: SlotArray::new(maglev, limits.maglev_slots.div_ceil(2) * 2)?,
             globals: typed(&mut ebpf, map_names::GLOBALS)?,
@@ -1084,16 +1088,56 @@ impl Dataplane {
         }
     }
 
-    /// Moves the filter counter of an address by `delta` (only this process writes it).
+    /// Counts one address more (`delta` 1) or less (-1) on the address's filter bit, and sets
+    /// or clears the bit when its count leaves or reaches zero (only this process writes it).
     fn add_to_filter(&mut self, addr: [u32; 4], delta: i32) -> Result<(), DataplaneError> {
         let slot = vip_filter_slot(addr);
-        let count = self
+        let before = self.filter_counts.get(&slot).copied().unwrap_or(0);
+        let after = before.saturating_add_signed(delta);
+        if after == 0 {
+            self.filter_counts.remove(&slot);
+        } else {
+            self.filter_counts.insert(slot, after);
+        }
+        if (before == 0) == (after == 0) {
+            return Ok(());
+        }
+        let index = slot / 64;
+        let word = self
             .vip_filter
-            .get(&slot, 0)
+            .get(&index, 0)
             .map_err(map_err("lookup", map_names::VIP_FILTER))?;
+        let bit = 1u64 << (slot % 64);
+        let word = if after == 0 { word & !bit } else { word | bit };
         self.vip_filter
-            .set(slot, count.saturating_add_signed(delta), 0)
+            .set(index, word, 0)
             .map_err(map_err("update", map_names::VIP_FILTER))
+    }
+
+    /// Rebuilds the filter's address counts from the exact address set of adopted maps, and
+    /// corrects any bit that disagrees with them.
+    pub(super) fn adopt_filter(&mut self) -> Result<(), DataplaneError> {
+        self.filter_counts.clear();
+        let mut expected: BTreeMap<u32, u64> = BTreeMap::new();
+        for item in self.vip_addrs.iter() {
+            let (key, _) = item.map_err(map_err("iterate", map_names::VIP_ADDRS))?;
+            let slot = vip_filter_slot(key.addr);
+            *self.filter_counts.entry(slot).or_default() += 1;
+            *expected.entry(slot / 64).or_default() |= 1u64 << (slot % 64);
+        }
+        for index in 0..VIP_FILTER_WORDS {
+            let want = expected.get(&index).copied().unwrap_or(0);
+            let have = self
+                .vip_filter
+                .get(&index, 0)
+                .map_err(map_err("lookup", map_names::VIP_FILTER))?;
+            if have != want {
+                self.vip_filter
+                    .set(index, want, 0)
+                    .map_err(map_err("update", map_names::VIP_FILTER))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -64,8 +64,8 @@ pub mod map_names {
     /// Addresses that carry at least one VIP -> how many; the exact answer to "is this a VIP
     /// address", asked only where [`VIP_FILTER`] cannot decide.
     pub const VIP_ADDRS: &str = "XLB_VIP_ADDRS";
-    /// Counting filter of VIP addresses ([`crate::hash::vip_filter_slot`] -> how many VIP
-    /// addresses hash there): zero means "not a VIP", so other traffic passes after one array read.
+    /// Filter of VIP addresses, a bit per [`crate::hash::vip_filter_slot`] in u64 words: a clear
+    /// bit means "not a VIP", so other traffic passes after one array read.
     pub const VIP_FILTER: &str = "XLB_VIP_FILTER";
     /// Backend id -> [`crate::Backend`].
     pub const BACKENDS: &str = "XLB_BACKENDS";

@@ -160,12 +160,13 @@ fn process(ctx: &XdpContext) -> Result<u32, DropReason> {
     Ok(action)
 }
 
-/// Whether `addr` may carry a VIP: false for certain when its filter counter is zero.
+/// Whether `addr` may carry a VIP: false for certain when its filter bit is clear.
 #[inline(always)]
 fn may_be_vip_address(addr: [u32; 4]) -> bool {
+    let slot = vip_filter_slot(addr);
     VIP_FILTER
-        .get(vip_filter_slot(addr))
-        .is_some_and(|&count| count != 0)
+        .get(slot / 64)
+        .is_some_and(|&word| word & (1 << (slot % 64)) != 0)
 }
 
 /// Whether `addr` carries a VIP, exactly: asked only where the filter let a packet through

@@ -10,7 +10,7 @@ use xlb_common::{
     Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, PolicyConfig,
     PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipMeta,
     VipSourceKey, XDP_ACTION_COUNT,
-    hash::VIP_FILTER_SLOTS,
+    hash::VIP_FILTER_WORDS,
     policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, window},
 };
 
@@ -25,15 +25,15 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(1024, BPF_
 pub static VIP_ADDRS: HashMap<VipAddrKey, VipAddrValue> =
     HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// Counting filter of VIP addresses: counter [`vip_filter_slot`] of an address is the number of
-/// VIP addresses that hash there. Zero means the destination is not a VIP, decided with one
-/// inlined array read instead of a hash map lookup; a false positive costs only the `XLB_VIPS`
-/// lookup that then misses. The daemon raises a counter before the address's first VIP appears
-/// and lowers it after its last VIP is gone.
+/// Filter of VIP addresses, a bit per [`vip_filter_slot`]: set when some VIP address hashes
+/// there. A clear bit means the destination is not a VIP, decided with one inlined array read
+/// instead of a hash map lookup; a false positive costs only the lookups that then miss. The
+/// daemon keeps the count of addresses per bit, sets a bit before its first address's VIP
+/// appears and clears it after its last one is gone.
 ///
 /// [`vip_filter_slot`]: xlb_common::hash::vip_filter_slot
 #[map(name = "XLB_VIP_FILTER")]
-pub static VIP_FILTER: Array<u32> = Array::with_max_entries(VIP_FILTER_SLOTS, 0);
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// Backend id -> backend. Entries are written once; the only later write clears ACTIVE.
 #[map(name = "XLB_BACKENDS")]
