@@ -1584,7 +1584,7 @@ const PROPOSALS: &str = "\
 ### What would move it
 
 Already done, with the figures before and after in `CHANGELOG.md`: the VIP address set is no \
-longer a hash lookup on every packet (a counting filter in an array decides \"not a VIP\" with \
+longer a hash lookup on every packet (a bitmap filter in an array decides \"not a VIP\" with \
 one inlined read; the exact set is asked only for fragments and truncated packets), the \
 per-packet maps have IPv4-sized keys (`VipKey` 8 bytes, `FlowKey` 16, so jhash and memcmp do \
 less than half the work and the flow hash mixes 4 words instead of 10), and a TCP SYN skips \

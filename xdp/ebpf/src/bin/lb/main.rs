@@ -2,7 +2,7 @@
 //!
 //! Traffic that is not for a VIP passes to the kernel untouched; malformed IPv4 (which the
 //! kernel would discard too) and unbalanceable packets to a VIP are dropped with a reason.
-//! "For a VIP" is first asked of a counting filter (one array read); a packet to a VIP then
+//! "For a VIP" is first asked of a bitmap filter (one array read); a packet to a VIP then
 //! needs one hash lookup (`XLB_VIPS`) to find its service, and the exact set of VIP addresses
 //! is consulted only for fragments and truncated packets.
 #![no_std]
