@@ -2,8 +2,8 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use xlb_common::{
-    Backend, DropReason, FlowKey, FlowValue, LbCounter, VipKey, VipMeta, backend_flags,
-    hash::flow_hash,
+    Backend, DropReason, FlowKey, FlowValue, LbCounter, PolicyConfig, VipKey, VipMeta,
+    backend_flags, hash::flow_hash,
 };
 
 use crate::{
@@ -56,6 +56,7 @@ pub struct Choice {
 pub fn choose(
     flow: &FlowKey,
     vip: &VipMeta,
+    policy: &PolicyConfig,
     opens_connection: bool,
     hash: &mut Option<u32>,
 ) -> Result<Choice, DropReason> {
@@ -93,7 +94,7 @@ pub fn choose(
     if backend.flags & backend_flags::ACTIVE == 0 || backend.vip_id != vip.vip_id {
         return Err(DropReason::TableMiss);
     }
-    if crate::policy::may_remember() {
+    if crate::policy::may_remember(policy) {
         remember(flow, FlowValue { backend_id });
     }
     stats::lb(LbCounter::FlowNew);

@@ -265,9 +265,10 @@ pub fn within_rate(index: u32, limit: u32) -> bool {
 
 /// Whether a new flow may be added to the flow table: not while this CPU is above the
 /// flow-insert ceiling (the packet is still balanced; the flow just is not remembered).
+/// `policy` is the settings word the packet's checks already read.
 #[inline(always)]
-pub fn may_remember() -> bool {
-    let limit = settings().flow_insert_rate;
+pub fn may_remember(policy: &PolicyConfig) -> bool {
+    let limit = policy.flow_insert_rate;
     if limit == 0 || within_rate(window::FLOW_INSERT, limit) {
         return true;
     }
