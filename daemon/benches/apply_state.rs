@@ -12,74 +12,14 @@
 //!
 //! Run with `cargo bench -p xlb-daemon --bench apply_state` (add `-- --quick` for a shorter run).
 
-use std::{
-    hint::black_box,
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::{hint::black_box, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use xlb::{
-    config::{
-        AllDown, AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig,
-        InterfaceConfig, Limits, MacAddr, Protocol, VipConfig,
-    },
-    dataplane::Dataplane,
-    state::DesiredState,
-};
+use xlb::{config::MacAddr, dataplane::Dataplane, state::DesiredState, synthetic};
 
 const BACKENDS: usize = 10;
 const TABLE_SIZE: u32 = 16_381;
 const SIZES: [usize; 2] = [1, 10_000];
-
-/// The i-th VIP: 10.(100 + i / 65536).(i / 256 % 256).(i % 256) port 80, ten backends.
-fn vip(i: usize) -> VipConfig {
-    let (a, b, c) = ((i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
-    VipConfig {
-        name: format!("vip{i}"),
-        address: IpAddr::V4(Ipv4Addr::new(100 + a, b, c, 1)),
-        port: 80,
-        protocol: Protocol::Tcp,
-        mode: ForwardMode::L2,
-        table_size: TABLE_SIZE,
-        health: HealthConfig::defaults_for(Protocol::Tcp, 80, ForwardMode::L2),
-        on_all_down: AllDown::default(),
-        backends: (0..BACKENDS)
-            .map(|k| {
-                let address = Ipv4Addr::new(10, k as u8 + 1, b, c);
-                BackendConfig {
-                    name: address.to_string(),
-                    address: IpAddr::V4(address),
-                    mac: MacAddr([0x02, a, k as u8, b, c, 1]),
-                    weight: 100,
-                    health: None,
-                }
-            })
-            .collect(),
-        source_ranges: None,
-    }
-}
-
-/// Built directly: the Maglev array of 10,000 such VIPs is above what validation accepts.
-fn config(vips: usize) -> Config {
-    Config {
-        interface: InterfaceConfig {
-            name: "bench0".to_owned(),
-            attach_mode: AttachMode::Auto,
-        },
-        limits: Limits {
-            flow_table_size: 1024,
-            max_vips: (vips as u32).max(16),
-            max_backends: (2 * vips * BACKENDS) as u32,
-            maglev_slots: 2 * TABLE_SIZE * vips as u32,
-            ..Limits::default()
-        },
-        encap: EncapConfig::default(),
-        vips: (0..vips).map(vip).collect(),
-        policy: Default::default(),
-        events: Default::default(),
-    }
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -89,7 +29,7 @@ fn is_root() -> bool {
 fn state_diff(c: &mut Criterion) {
     let mut group = c.benchmark_group("reload");
     for vips in SIZES {
-        let config = config(vips);
+        let config = synthetic::config(vips, BACKENDS, TABLE_SIZE);
         let applied = DesiredState::from_config(&config).expect("valid config");
         let mut changed = config.clone();
         changed.vips[vips / 2].backends[0].weight = 101;

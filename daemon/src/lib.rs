@@ -17,6 +17,7 @@ pub mod overlay;
 pub mod pktgen;
 pub mod signals;
 pub mod state;
+pub mod synthetic;
 pub mod watch;
 
 #[cfg(test)]

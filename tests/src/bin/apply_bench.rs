@@ -11,19 +11,16 @@
 
 use std::{
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use xlb::{
-    config::{
-        AllDown, AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig,
-        InterfaceConfig, Limits, MacAddr, Protocol, VipConfig,
-    },
+    config::{Config, MacAddr},
     dataplane::{ApplyReport, Dataplane},
     state::DesiredState,
+    synthetic,
 };
 use xlb_tests::bench_env::{command_output, cpu_model};
 
@@ -82,57 +79,6 @@ fn ms(d: Duration) -> String {
     }
 }
 
-/// The i-th VIP: 10.(i / 65536 + 100).(i / 256 % 256).(i % 256) port 80, backends
-/// 10.(k).(i / 256 % 256).(i % 256) with k = 1..=10, weight 100.
-fn vip(i: usize) -> VipConfig {
-    let (a, b, c) = ((i / 65536) as u8, (i / 256 % 256) as u8, (i % 256) as u8);
-    VipConfig {
-        name: format!("vip{i}"),
-        address: IpAddr::V4(Ipv4Addr::new(100 + a, b, c, 1)),
-        port: 80,
-        protocol: Protocol::Tcp,
-        mode: ForwardMode::L2,
-        table_size: TABLE_SIZE,
-        health: HealthConfig::defaults_for(Protocol::Tcp, 80, ForwardMode::L2),
-        on_all_down: AllDown::default(),
-        backends: (0..BACKENDS)
-            .map(|k| {
-                let address = Ipv4Addr::new(10, k as u8 + 1, b, c);
-                BackendConfig {
-                    name: address.to_string(),
-                    address: IpAddr::V4(address),
-                    mac: MacAddr([0x02, a, k as u8, b, c, 1]),
-                    weight: 100,
-                    health: None,
-                }
-            })
-            .collect(),
-        source_ranges: None,
-    }
-}
-
-/// The config, built directly: the Maglev array this needs (2 x 16,381 x 10,000 slots) is
-/// above what config validation accepts for `limits.maglev_slots`.
-fn config(vips: usize) -> Config {
-    Config {
-        interface: InterfaceConfig {
-            name: "bench0".to_owned(),
-            attach_mode: AttachMode::Auto,
-        },
-        limits: Limits {
-            flow_table_size: 1024,
-            max_vips: (vips as u32).max(10_240),
-            max_backends: (2 * vips * BACKENDS).max(200_000) as u32,
-            maglev_slots: 2 * TABLE_SIZE * vips as u32,
-            ..Limits::default()
-        },
-        encap: EncapConfig::default(),
-        vips: (0..vips).map(vip).collect(),
-        policy: Default::default(),
-        events: Default::default(),
-    }
-}
-
 /// Changes one backend's weight in `touched` VIPs spread over the config, to a weight no
 /// earlier change used, so every touched VIP differs from what is applied. Returns the indices.
 fn touch(config: &mut Config, touched: usize, serial: usize) -> Vec<usize> {
@@ -186,7 +132,7 @@ struct Row {
 }
 
 fn run(plan: &Plan) -> (String, Vec<Row>) {
-    let mut config = config(plan.vips);
+    let mut config = synthetic::config(plan.vips, BACKENDS, TABLE_SIZE);
     let mut setup = String::new();
 
     let (state, t_build) = timed(|| build(&config));
