@@ -181,7 +181,8 @@ fn effective(config: &Config, overlay: &Overlay) -> Config {
     config
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -958,11 +959,15 @@ impl Controller {
 
     fn vip_views(&self) -> Vec<VipView> {
         let snapshot = self.dataplane.stats().unwrap_or_default();
+        // By name, so that each VIP finds its counters in one lookup (a scan per VIP made a
+        // listing of 100,000 VIPs quadratic).
+        let by_name: std::collections::HashMap<&str, &crate::dataplane::stats::VipStats> =
+            snapshot.vips.iter().map(|s| (s.name.as_str(), s)).collect();
         self.config
             .vips
             .iter()
             .map(|vip| {
-                let stats = snapshot.vips.iter().find(|s| s.name == vip.name);
+                let stats = by_name.get(vip.name.as_str()).copied();
                 let mut view = VipView {
                     name: vip.name.clone(),
                     address: vip.address.to_string(),

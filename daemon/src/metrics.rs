@@ -275,12 +275,12 @@ pub struct ListenError {
 }
 
 /// Parses `--metrics-listen`: `ADDR:PORT`, or `PORT` alone for 127.0.0.1:PORT.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_listen(flag: &str, text: &str) -> Result<SocketAddr, String> {
     match text.parse::<u16>() {
         Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
         Err(_) => text
             .parse()
-            .map_err(|e| format!("--metrics-listen {text}: {e} (expected ADDR:PORT or PORT)")),
+            .map_err(|e| format!("{flag} {text}: {e} (expected ADDR:PORT or PORT)")),
     }
 }
 
@@ -548,8 +548,12 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(parse_listen("9642").unwrap().to_string(), "127.0.0.1:9642");
-        assert_eq!(parse_listen("[::1]:1").unwrap().to_string(), "[::1]:1");
-        assert!(parse_listen("everywhere").is_err());
+        let parse = |text| parse_listen("--metrics-listen", text);
+        assert_eq!(parse("9642").unwrap().to_string(), "127.0.0.1:9642");
+        assert_eq!(parse("[::1]:1").unwrap().to_string(), "[::1]:1");
+        assert_eq!(
+            parse("everywhere").unwrap_err(),
+            "--metrics-listen everywhere: invalid socket address syntax (expected ADDR:PORT or PORT)"
+        );
     }
 }

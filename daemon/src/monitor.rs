@@ -24,7 +24,6 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     num::NonZeroU32,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use crossbeam_channel::Receiver;
@@ -78,12 +77,6 @@ pub struct Monitor {
     came_up: u64,
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Monitor {
     /// Starts the checker (no targets yet). Encapsulated probes leave through `interface`.
     pub fn start(interface: &str) -> std::io::Result<Monitor> {
@@ -124,7 +117,7 @@ impl Monitor {
             return false;
         }
         known.health = transition.health;
-        known.since_unix = unix_now();
+        known.since_unix = crate::controller::unix_now();
         known.reason.clone_from(&transition.reason);
         let (vip, backend) = key;
         match transition.health {

@@ -300,10 +300,7 @@ fn json_error(error: &serde_path_to_error::Error<serde_json::Error>) -> ApiError
         Some(field) => format!("{field}: {message}"),
         None => message,
     };
-    ApiError {
-        field,
-        ..ApiError::bad_request(message, None)
-    }
+    ApiError::bad_request(message, field.as_deref())
 }
 
 /// The text between `prefix` and the next backtick in `message`.

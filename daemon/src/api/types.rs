@@ -364,13 +364,6 @@ impl ApiError {
         }
     }
 
-    /// Names the body field at fault.
-    #[must_use]
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
-        self
-    }
-
     /// 400: the request is malformed or a field is invalid.
     pub fn bad_request(message: impl Into<String>, field: Option<&str>) -> Self {
         Self {
@@ -429,14 +422,6 @@ impl ApiError {
     /// 415: a body that is not `application/json`.
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, message)
-    }
-
-    /// 422: well-formed, but the change is invalid (bad address, capacity exceeded, ...).
-    pub fn unprocessable(message: impl Into<String>, field: Option<&str>) -> Self {
-        Self {
-            field: field.map(str::to_owned),
-            ..Self::new(422, message)
-        }
     }
 
     /// 431: the request head is too large or has too many headers.

@@ -7,7 +7,6 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use std::net::SocketAddr;
 use tracing::error;
 
 use xlb::{
@@ -172,12 +171,7 @@ fn tcp_listener(args: &RunArgs) -> Result<Option<TcpListenConfig>, String> {
     let Some(listen) = &args.api_listen else {
         return Ok(None);
     };
-    let address: SocketAddr = match listen.parse::<u16>() {
-        Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
-        Err(_) => listen
-            .parse()
-            .map_err(|e| format!("--api-listen {listen}: {e} (expected ADDR:PORT or PORT)"))?,
-    };
+    let address = xlb::metrics::parse_listen("--api-listen", listen)?;
     let token_file = args
         .api_token_file
         .as_ref()
@@ -196,6 +190,14 @@ fn tcp_listener(args: &RunArgs) -> Result<Option<TcpListenConfig>, String> {
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
+    // A zero period would make the stats tick always ready: the controller would spin (NaN
+    // compares false with everything, so it is named).
+    if args.stats_interval.is_nan() || args.stats_interval < 0.1 {
+        return Err(format!(
+            "--stats-interval {}: must be at least 0.1 (seconds)",
+            args.stats_interval
+        ));
+    }
     let interval = Duration::try_from_secs_f64(args.stats_interval)
         .map_err(|e| format!("--stats-interval: {e}"))?;
     let signals = Signals::block().map_err(|e| format!("blocking signals: {e}"))?;
@@ -214,7 +216,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         pin_root: (!args.no_pin).then(|| args.pin_root.clone()),
         metrics: match args.metrics_listen.as_str() {
             "off" => None,
-            text => Some(xlb::metrics::parse_listen(text)?),
+            text => Some(xlb::metrics::parse_listen("--metrics-listen", text)?),
         },
     };
     let controller = Controller::start(options).map_err(|error| match error {
