@@ -915,12 +915,16 @@ impl Controller {
                 .iter()
                 .filter_map(|v| Some((v.name.clone(), texts(v.source_ranges.as_ref()?))))
                 .collect(),
-            counters: self.dataplane.stats().map(|s| s.policy).unwrap_or_default(),
+            counters: self
+                .dataplane
+                .global_stats()
+                .map(|s| s.policy)
+                .unwrap_or_default(),
         }
     }
 
     fn status_view(&self) -> StatusView {
-        let snapshot = self.dataplane.stats().ok();
+        let snapshot = self.dataplane.global_stats().ok();
         let attachment = self.dataplane.attachment();
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -664,6 +664,12 @@ impl Dataplane {
         self.stats.snapshot(&vips)
     }
 
+    /// The datapath-wide counters only (actions, drops, load-balancing and policy events),
+    /// without the per-VIP and per-backend ones and their Maglev slot counts: what status needs.
+    pub fn global_stats(&self) -> Result<stats::Snapshot, DataplaneError> {
+        self.stats.snapshot(&[])
+    }
+
     /// Entries, capacity and evictions of the flow table (from a walk at most
     /// [`flows::MAX_AGE`] old).
     pub fn flow_table(&mut self) -> Result<flows::FlowTableView, DataplaneError> {
