@@ -888,7 +888,9 @@ impl Dataplane {
     }
 
     fn apply_vip(&mut self, key: VipKeyOrd, vip: &Arc<DesiredVip>) -> Result<(), DataplaneError> {
-        let old = self.applied.remove(&key);
+        // The record of what is applied changes only once the switch has happened: a write
+        // that fails before it leaves the VIP as it was, and still known as such.
+        let old = self.applied.get(&key).cloned();
         let vip_id = match &old {
             Some(old) => old.vip_id,
             None => {
@@ -981,6 +983,15 @@ impl Dataplane {
             }
             return Err(map_err("update", map_names::VIPS)(e));
         }
+        self.applied.insert(
+            key,
+            AppliedVip {
+                vip_id,
+                desired: vip.clone(),
+                backend_ids: backend_ids.clone(),
+                region,
+            },
+        );
 
         if let Some(old) = old {
             if old.region != region
@@ -994,25 +1005,18 @@ impl Dataplane {
                 }
             }
         }
-        self.applied.insert(
-            key,
-            AppliedVip {
-                vip_id,
-                desired: vip.clone(),
-                backend_ids,
-                region,
-            },
-        );
         Ok(())
     }
 
     fn remove_vip(&mut self, key: VipKeyOrd) -> Result<(), DataplaneError> {
-        let Some(old) = self.applied.remove(&key) else {
+        if !self.applied.contains_key(&key) {
             return Ok(());
-        };
+        }
         self.vips
             .remove(&key.to_key())
             .map_err(map_err("delete", map_names::VIPS))?;
+        // Forgotten only once its entry is gone: a failed delete leaves it known and serving.
+        let old = self.applied.remove(&key).expect("checked above");
         self.release_vip_addr(&key)?;
         self.policy.clear_vip_ranges(old.vip_id)?;
         if let Some((offset, len)) = old.region {
