@@ -75,6 +75,15 @@ impl Dataplane {
             }
         }
 
+        // Each VIP's entries, found in one pass (a scan of every entry per VIP was quadratic).
+        let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for (&id, backend) in &active {
+            by_vip
+                .entry(backend.vip_id)
+                .or_default()
+                .push((id, *backend));
+        }
+
         let mut used_vips = BTreeSet::new();
         let mut used_regions = Vec::new();
         let mut stale = BTreeMap::new();
@@ -83,11 +92,7 @@ impl Dataplane {
             used_vips.insert(meta.vip_id);
             let region = (meta.table_size > 0).then_some((meta.table_offset, meta.table_size));
             used_regions.extend(region);
-            let owned: Vec<(u32, Backend)> = active
-                .iter()
-                .filter(|(_, b)| b.vip_id == meta.vip_id)
-                .map(|(&id, b)| (id, *b))
-                .collect();
+            let owned = by_vip.get(&meta.vip_id).cloned().unwrap_or_default();
             let matched = match desired.vips.get(&key) {
                 Some(vip) => self.matching_ids(meta, &owned, vip)?,
                 None => None,

@@ -137,13 +137,24 @@ fn sum_u64(
     Ok(values.iter().sum())
 }
 
+/// The number of possible CPUs (per-CPU map values have one slot each), read from sysfs once:
+/// a change that adds 10,000 VIPs zeroes 10,000 counters.
+fn possible_cpus() -> Result<usize, DataplaneError> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&cpus) = CPUS.get() {
+        return Ok(cpus);
+    }
+    let cpus =
+        aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Cpus { what, source })?;
+    Ok(*CPUS.get_or_init(|| cpus))
+}
+
 fn zero(
     map: &mut PerCpuArray<MapData, Counter>,
     index: u32,
     name: &'static str,
 ) -> Result<(), DataplaneError> {
-    let cpus =
-        aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Cpus { what, source })?;
+    let cpus = possible_cpus()?;
     let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|source| {
         DataplaneError::Cpus {
             what: "per-CPU values",
