@@ -38,3 +38,41 @@ pub fn pin_to_last_cpu() -> Option<usize> {
             .then_some(cpu)
     }
 }
+
+/// The command line every report-writing benchmark takes: `[--quick] [--out DIR]`.
+pub struct BenchArgs {
+    /// `--quick`: the shorter plan.
+    pub quick: bool,
+    /// `--out DIR`, if given.
+    pub out: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// Parses the process's arguments for the benchmark `name`; prints the usage and returns
+    /// a failure exit code on anything else.
+    pub fn parse(name: &str) -> Result<BenchArgs, std::process::ExitCode> {
+        let mut parsed = BenchArgs {
+            quick: false,
+            out: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => parsed.quick = true,
+                "--out" if let Some(dir) = args.next() => parsed.out = Some(dir.into()),
+                _ => {
+                    eprintln!("usage: {name} [--quick] [--out DIR]");
+                    return Err(std::process::ExitCode::FAILURE);
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The output directory: `--out`, or `perf/results` in the repository.
+    pub fn out_or_results(&self) -> std::path::PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| crate::lab::repo_root().join("perf/results"))
+    }
+}

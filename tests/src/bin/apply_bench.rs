@@ -11,7 +11,6 @@
 
 use std::{
     fmt::Write as _,
-    path::PathBuf,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -331,25 +330,11 @@ fn markdown(plan: &Plan, setup: &str, rows: &[Row], date: &str, time: &str) -> S
 }
 
 fn main() -> ExitCode {
-    let mut quick = false;
-    let mut out_dir = xlb_tests::lab::repo_root().join("perf/results");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--out" => match args.next() {
-                Some(dir) => out_dir = PathBuf::from(dir),
-                None => {
-                    eprintln!("--out needs a directory");
-                    return ExitCode::FAILURE;
-                }
-            },
-            _ => {
-                eprintln!("usage: apply_bench [--quick] [--out DIR]");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
+    let args = match xlb_tests::bench_env::BenchArgs::parse("apply_bench") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let (quick, out_dir) = (args.quick, args.out_or_results());
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("apply_bench loads the XDP program and needs root");

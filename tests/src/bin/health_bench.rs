@@ -16,7 +16,6 @@ use std::{
     fmt::Write as _,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     process::ExitCode,
     sync::{
         Arc,
@@ -587,25 +586,11 @@ fn markdown(plan: &Plan, run: &Run, nofile: u64, date: &str, time: &str) -> Stri
 }
 
 fn main() -> ExitCode {
-    let mut quick = false;
-    let mut out_dir = xlb_tests::lab::repo_root().join("perf/results");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--out" => match args.next() {
-                Some(dir) => out_dir = PathBuf::from(dir),
-                None => {
-                    eprintln!("--out needs a directory");
-                    return ExitCode::FAILURE;
-                }
-            },
-            _ => {
-                eprintln!("usage: health_bench [--quick] [--out DIR]");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
+    let args = match xlb_tests::bench_env::BenchArgs::parse("health_bench") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let (quick, out_dir) = (args.quick, args.out_or_results());
     let plan = if quick {
         Plan {
             targets: 1000,

@@ -23,8 +23,7 @@
 //! directory `perf/results/<UTC date>/`).
 
 use std::{
-    collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::PathBuf, process::ExitCode,
-    time::Duration,
+    collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, process::ExitCode, time::Duration,
 };
 
 use xlb::{config::Config, dataplane::Dataplane, state::DesiredState};
@@ -162,23 +161,15 @@ struct Row {
 }
 
 fn main() -> ExitCode {
-    let mut quick = false;
-    let mut out_dir = None;
-    let mut args = std::env::args().skip(1);
+    let args = match xlb_tests::bench_env::BenchArgs::parse("policy_bench") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let (quick, out_dir) = (args.quick, args.out);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("policy_bench loads XDP programs and needs root");
         return ExitCode::FAILURE;
-    }
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            "--out" if let Some(dir) = args.next() => out_dir = Some(PathBuf::from(dir)),
-            _ => {
-                eprintln!("usage: policy_bench [--quick] [--out DIR]");
-                return ExitCode::FAILURE;
-            }
-        }
     }
     let rounds = if quick { 15 } else { 60 };
     let pinned = pin_to_last_cpu();

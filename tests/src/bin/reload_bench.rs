@@ -159,18 +159,11 @@ fn measure(ns: &NetNs, dir: &Path, vips: usize, runs: usize) -> Row {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out_dir = match args.iter().position(|a| a == "--out") {
-        Some(i) => match args.get(i + 1) {
-            Some(dir) => PathBuf::from(dir),
-            None => {
-                eprintln!("usage: reload_bench [--quick] [--out DIR]");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => xlb_tests::lab::repo_root().join("perf/results"),
+    let args = match xlb_tests::bench_env::BenchArgs::parse("reload_bench") {
+        Ok(args) => args,
+        Err(code) => return code,
     };
+    let (quick, out_dir) = (args.quick, args.out_or_results());
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("reload_bench runs xlbd and needs root");
