@@ -12,7 +12,9 @@
 //!
 //! Run with `cargo bench -p xlb-daemon --bench apply_state` (add `-- --quick` for a shorter run).
 
-use std::{hint::black_box, time::Duration};
+mod shared;
+
+use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use xlb::{config::MacAddr, dataplane::Dataplane, state::DesiredState, synthetic};
@@ -78,16 +80,9 @@ fn state_diff(c: &mut Criterion) {
     group.finish();
 }
 
-fn config_criterion() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config_criterion();
+    config = shared::criterion();
     targets = state_diff
 }
 criterion_main!(benches);

@@ -12,7 +12,9 @@
 //! Run with `cargo bench -p xlb-daemon --bench maglev` (add `-- --quick` for a shorter run).
 //! Criterion's settings are small (10 samples, 2 s) so the whole suite runs in a few minutes.
 
-use std::{hint::black_box, time::Duration};
+mod shared;
+
+use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use xlb::maglev::{MaglevBackend, build_table};
@@ -84,16 +86,9 @@ fn maglev_build(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = shared::criterion();
     targets = maglev_build
 }
 criterion_main!(benches);
