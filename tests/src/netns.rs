@@ -43,6 +43,14 @@ impl NetNs {
         run("ip", &full)
     }
 
+    /// Adds a veth pair `a` <-> `b` inside the namespace, both ends up (a link to attach XDP to,
+    /// with a peer so the kernel sees it as running).
+    pub fn veth_pair(&self, a: &str, b: &str) {
+        self.exec(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        self.exec(&["ip", "link", "set", a, "up"]);
+        self.exec(&["ip", "link", "set", b, "up"]);
+    }
+
     /// A `Command` that will run inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new("ip");

@@ -572,19 +572,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
         return;
     }
     let ns = xlb_tests::netns::NetNs::new("xlbt-sd-lb");
-    ns.exec(&[
-        "ip",
-        "link",
-        "add",
-        "xlbdemo-lb",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "xlbdemo-pe",
-    ]);
-    ns.exec(&["ip", "link", "set", "xlbdemo-lb", "up"]);
-    ns.exec(&["ip", "link", "set", "xlbdemo-pe", "up"]);
+    ns.veth_pair("xlbdemo-lb", "xlbdemo-pe");
     let dir = std::env::temp_dir().join(format!("xlbt-sd-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let notify_path = dir.join("notify.sock");

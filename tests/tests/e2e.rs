@@ -229,18 +229,7 @@ fn invalid_config_exits_with_every_error_and_attaches_nothing() {
         return;
     }
     let ns = NetNs::new("xlbt-bad-lb");
-    ns.exec(&[
-        "ip",
-        "link",
-        "add",
-        "xlbdemo-lb",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "xlbdemo-pe",
-    ]);
-    ns.exec(&["ip", "link", "set", "xlbdemo-lb", "up"]);
+    ns.veth_pair("xlbdemo-lb", "xlbdemo-pe");
     let dir = std::env::temp_dir().join(format!("xlbt-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let demo = std::fs::read_to_string(repo_root().join("config/demo-l2.toml")).unwrap();

@@ -219,11 +219,7 @@ fn debian_package_installs_keeps_edits_and_removes_cleanly() {
 
     // A datapath the installed xlbd left pinned (a stop keeps it attached)...
     let ns = NetNs::new("xsv-deb");
-    ns.exec(&[
-        "ip", "link", "add", "xsvdeb0", "type", "veth", "peer", "name", "xsvdeb1",
-    ]);
-    ns.exec(&["ip", "link", "set", "xsvdeb0", "up"]);
-    ns.exec(&["ip", "link", "set", "xsvdeb1", "up"]);
+    ns.veth_pair("xsvdeb0", "xsvdeb1");
     let dir = std::env::temp_dir().join(format!("xsv-deb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("xlb.toml");

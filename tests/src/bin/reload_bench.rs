@@ -170,11 +170,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let ns = NetNs::new("xlbrb-ns");
-    ns.exec(&[
-        "ip", "link", "add", "xlbrb-lb", "type", "veth", "peer", "name", "xlbrb-pe",
-    ]);
-    ns.exec(&["ip", "link", "set", "xlbrb-lb", "up"]);
-    ns.exec(&["ip", "link", "set", "xlbrb-pe", "up"]);
+    ns.veth_pair("xlbrb-lb", "xlbrb-pe");
     let dir = std::env::temp_dir().join(format!("xlbrb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
