@@ -76,3 +76,23 @@ impl BenchArgs {
             .unwrap_or_else(|| crate::lab::repo_root().join("perf/results"))
     }
 }
+
+/// The repository's commit for a report header: the short hash, and "(with uncommitted
+/// changes)" when the tree differs from it.
+pub fn commit() -> String {
+    let repo = crate::lab::repo_root();
+    let repo = repo.to_string_lossy();
+    let commit = command_output("git", &["-C", &repo, "rev-parse", "--short", "HEAD"]);
+    let dirty = command_output("git", &["-C", &repo, "status", "--porcelain"]);
+    if dirty.is_empty() || dirty == "unknown" {
+        commit
+    } else {
+        format!("{commit} (with uncommitted changes)")
+    }
+}
+
+/// The running kernel's release, for a report header.
+pub fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned())
+}

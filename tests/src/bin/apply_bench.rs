@@ -214,25 +214,16 @@ fn run(plan: &Plan) -> (String, Vec<Row>) {
 }
 
 fn markdown(plan: &Plan, setup: &str, rows: &[Row], date: &str, time: &str) -> String {
-    let repo = xlb_tests::lab::repo_root();
-    let repo = repo.to_string_lossy();
-    let commit = command_output("git", &["-C", &repo, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_output("git", &["-C", &repo, "status", "--porcelain"]);
-    let dirty = if dirty.is_empty() || dirty == "unknown" {
-        ""
-    } else {
-        " (with uncommitted changes)"
-    };
+    let commit = xlb_tests::bench_env::commit();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
+    let kernel = xlb_tests::bench_env::kernel();
     let live_slots = plan.vips * TABLE_SIZE as usize;
 
     let mut out = String::new();
     let title = if plan.quick { " (quick)" } else { "" };
     writeln!(out, "# Apply benchmark{title}\n").unwrap();
     writeln!(out, "- Date: {date} {time} UTC").unwrap();
-    writeln!(out, "- Commit: {commit}{dirty}").unwrap();
+    writeln!(out, "- Commit: {commit}").unwrap();
     writeln!(
         out,
         "- Machine: {cpus} CPUs (nproc), {}, kernel {kernel}",

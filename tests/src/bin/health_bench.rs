@@ -415,18 +415,9 @@ fn run(plan: &Plan) -> Run {
 }
 
 fn markdown(plan: &Plan, run: &Run, nofile: u64, date: &str, time: &str) -> String {
-    let repo = xlb_tests::lab::repo_root();
-    let repo = repo.to_string_lossy();
-    let commit = command_output("git", &["-C", &repo, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_output("git", &["-C", &repo, "status", "--porcelain"]);
-    let dirty = if dirty.is_empty() || dirty == "unknown" {
-        ""
-    } else {
-        " (with uncommitted changes)"
-    };
+    let commit = xlb_tests::bench_env::commit();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
+    let kernel = xlb_tests::bench_env::kernel();
 
     let expected = plan.targets as f64 / INTERVAL.as_secs_f64();
     let load = &run.load;
@@ -439,7 +430,7 @@ fn markdown(plan: &Plan, run: &Run, nofile: u64, date: &str, time: &str) -> Stri
     let title = if plan.quick { " (quick)" } else { "" };
     writeln!(out, "# Health checker benchmark{title}\n").unwrap();
     writeln!(out, "- Date: {date} {time} UTC").unwrap();
-    writeln!(out, "- Commit: {commit}{dirty}").unwrap();
+    writeln!(out, "- Commit: {commit}").unwrap();
     writeln!(
         out,
         "- Machine: {cpus} CPUs (nproc), {}, kernel {kernel}; load average {} at the start of \

@@ -106,9 +106,7 @@ fn measure(backends: usize, table_size: u32) -> Row {
 }
 
 fn report(rows: &[Row]) -> String {
-    let repo = xlb_tests::lab::repo_root().display().to_string();
-    let commit = command_output("git", &["-C", &repo, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_output("git", &["-C", &repo, "status", "--porcelain"]);
+    let commit = xlb_tests::bench_env::commit();
     let mut out = String::new();
     let _ = writeln!(out, "# Flows moved when one backend fails\n");
     let _ = writeln!(
@@ -116,15 +114,7 @@ fn report(rows: &[Row]) -> String {
         "- Date: {} UTC",
         command_output("date", &["-u", "+%Y-%m-%d %H:%M"])
     );
-    let _ = writeln!(
-        out,
-        "- Commit: {commit}{}",
-        if dirty.is_empty() || dirty == "unknown" {
-            ""
-        } else {
-            " (with uncommitted changes)"
-        }
-    );
+    let _ = writeln!(out, "- Commit: {commit}");
     let _ = writeln!(
         out,
         "- Method: one VIP, N backends of weight 100, table size {DEFAULT_TABLE} (the default) \

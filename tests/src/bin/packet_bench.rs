@@ -1214,26 +1214,17 @@ fn targets(plan: &Plan, results: &Results) -> String {
 }
 
 fn markdown(plan: &Plan, results: &Results, date: &str, time: &str) -> String {
-    let repo = xlb_tests::lab::repo_root();
-    let repo = repo.to_string_lossy();
-    let commit = command_output("git", &["-C", &repo, "rev-parse", "--short", "HEAD"]);
-    let dirty = command_output("git", &["-C", &repo, "status", "--porcelain"]);
-    let dirty = if dirty.is_empty() || dirty == "unknown" {
-        ""
-    } else {
-        " (with uncommitted changes)"
-    };
+    let commit = xlb_tests::bench_env::commit();
     // Not available_parallelism: the thread is pinned to one CPU by now.
     // SAFETY: sysconf has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
+    let kernel = xlb_tests::bench_env::kernel();
     let sem = &results.semantics;
 
     let mut out = String::new();
     let title = if plan.quick { " (quick)" } else { "" };
     writeln!(out, "## Per-packet cost with BPF_PROG_TEST_RUN{title}\n").unwrap();
-    writeln!(out, "- Date: {date} {time} UTC; commit {commit}{dirty}").unwrap();
+    writeln!(out, "- Date: {date} {time} UTC; commit {commit}").unwrap();
     writeln!(
         out,
         "- Machine: {cpus} CPUs (nproc), {}, kernel {kernel}; benchmark thread pinned to CPU {}",

@@ -405,19 +405,9 @@ fn main() -> ExitCode {
     let time = command_output("date", &["-u", "+%H:%M"]);
     let out_dir =
         out_dir.unwrap_or_else(|| xlb_tests::lab::repo_root().join("perf/results").join(&date));
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".to_owned(), |k| k.trim().to_owned());
+    let kernel = xlb_tests::bench_env::kernel();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let commit = command_output(
-        "git",
-        &[
-            "-C",
-            &xlb_tests::lab::repo_root().to_string_lossy(),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    );
+    let commit = xlb_tests::bench_env::commit();
     let mut md = String::new();
     let title = if quick { " (quick)" } else { "" };
     writeln!(
