@@ -91,6 +91,17 @@ pub enum ChangeError {
     /// The API state could not be saved; the change was rolled back.
     #[error("{0} (change rolled back)")]
     Persist(#[from] OverlayError),
+    /// Saving the API state failed, and so did putting back what was serving: the datapath
+    /// now holds the refused change, which is not saved.
+    #[error(
+        "{persist}; rolling the change back failed too: {rollback} (the datapath serves the unsaved change)"
+    )]
+    RollbackFailed {
+        /// Why the API state could not be saved.
+        persist: OverlayError,
+        /// Why the previous state could not be applied again.
+        rollback: DataplaneError,
+    },
 }
 
 /// Options of the controller (from the command line).
@@ -376,6 +387,9 @@ impl Controller {
                     {
                         "change failed while applying; VIPs switched before the error keep their new state, the others their old one"
                     }
+                    ChangeError::RollbackFailed { .. } => {
+                        "change could not be saved nor rolled back; the datapath serves it unsaved"
+                    }
                     _ => "change refused; the previous state keeps serving",
                 };
                 error!(source = source.name(), error = %e, "{what}");
@@ -443,7 +457,12 @@ impl Controller {
             && let Err(error) = overlay.save(&self.state_path())
         {
             // Put back what was serving, so the datapath matches what is persisted.
-            self.dataplane.apply(&self.desired)?;
+            if let Err(rollback) = self.dataplane.apply(&self.desired) {
+                return Err(ChangeError::RollbackFailed {
+                    persist: error,
+                    rollback,
+                });
+            }
             return Err(error.into());
         }
         self.event_log
