@@ -1487,3 +1487,111 @@ fn policy_changes_apply_by_difference() {
     ];
     run_table(&mut lab, &cases);
 }
+
+/// Established flows skip the global lists while their entry holds the lists' current
+/// generation; every change of the lists moves the generation, so an established flow from a
+/// source the change denies is dropped at its next packet, and one the change lets in again
+/// goes on to the backend it had.
+#[test]
+fn established_flows_meet_every_change_of_the_global_lists() {
+    if !have_root() {
+        return;
+    }
+    const BASE: &str = r#"
+[interface]
+name = "fixture3"
+
+[[vip]]
+name = "web"
+address = "10.0.0.10"
+port = 80
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.1.21"
+  mac = "02:00:00:00:01:21"
+  [[vip.backend]]
+  address = "10.0.1.22"
+  mac = "02:00:00:00:01:22"
+"#;
+    let mut lab = lab(BASE);
+    let apply = |lab: &mut Lab, policy: &str| {
+        let text = format!("{BASE}\n[policy]\n{policy}\n");
+        let config = Config::parse(&text, "changed.toml").unwrap_or_else(|e| panic!("{e}"));
+        let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+        lab.dataplane
+            .apply(&state)
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let seven = flow("198.51.100.7", "10.0.0.10", 40007, 80);
+    let eight = flow("198.51.100.8", "10.0.0.10", 40008, 80);
+    // (flow, expected action, expected drop reason) after each change, for an ACK of the flow.
+    let check = |lab: &mut Lab, step: &str, cases: &[(&Flow, u32, Option<DropReason>)]| {
+        for &(f, action, reason) in cases {
+            let before = lab.dataplane.stats().unwrap();
+            let input = packet::tcp4(&to_lb(None), f, TCP_ACK, b"");
+            let (got, output) = lab.run(&input);
+            assert_eq!(got, action, "{step}: {} -> action", f.src);
+            let after = lab.dataplane.stats().unwrap();
+            if let Some(reason) = reason {
+                assert_eq!(
+                    after.drop_packets(reason) - before.drop_packets(reason),
+                    1,
+                    "{step}: {} dropped as {}",
+                    f.src,
+                    reason.name()
+                );
+            } else {
+                let hits = after.lb_count(LbCounter::FlowHit) - before.lb_count(LbCounter::FlowHit);
+                assert_eq!(hits, 1, "{step}: {} stays on its flow entry", f.src);
+                let web = vip_key("10.0.0.10", 80, 6);
+                let first = lab.predicted_backend(&web, f, 6);
+                assert_eq!(sent_to(&output), lab.backend_mac("web", first), "{step}");
+            }
+        }
+    };
+    for f in [&seven, &eight] {
+        let (action, _) = lab.run(&packet::tcp4(&to_lb(None), f, TCP_SYN, b""));
+        assert_eq!(action, XDP_TX, "the flow opens");
+    }
+    check(
+        &mut lab,
+        "no lists",
+        &[(&seven, XDP_TX, None), (&eight, XDP_TX, None)],
+    );
+    apply(&mut lab, r#"deny = ["198.51.100.7"]"#);
+    check(
+        &mut lab,
+        "a /32 of the flows' /24 denied (a mixed /24)",
+        &[
+            (&seven, XDP_DROP, Some(DropReason::Denied)),
+            (&eight, XDP_TX, None),
+            (&eight, XDP_TX, None),
+        ],
+    );
+    apply(&mut lab, r#"deny = ["198.51.100.0/24"]"#);
+    check(
+        &mut lab,
+        "the whole /24 denied",
+        &[
+            (&eight, XDP_DROP, Some(DropReason::Denied)),
+            (&seven, XDP_DROP, Some(DropReason::Denied)),
+        ],
+    );
+    apply(&mut lab, "");
+    check(
+        &mut lab,
+        "the lists emptied",
+        &[(&seven, XDP_TX, None), (&eight, XDP_TX, None)],
+    );
+    apply(&mut lab, r#"allow = ["198.51.100.8"]"#);
+    check(
+        &mut lab,
+        "an allow list that names only one of them",
+        &[
+            (&seven, XDP_DROP, Some(DropReason::NotAllowed)),
+            (&eight, XDP_TX, None),
+        ],
+    );
+}

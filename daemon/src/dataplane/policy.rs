@@ -33,6 +33,8 @@ pub struct PolicyMaps {
     /// Source-range entries written per VIP id.
     vip_ranges: BTreeMap<u32, BTreeSet<Cidr>>,
     written: Option<DatapathPolicy>,
+    /// Whether global entries or resolved lists were written since the last settings word.
+    lists_changed: bool,
 }
 
 /// Every source: what a VIP without `source_ranges` holds in the per-VIP trie.
@@ -88,8 +90,17 @@ pub fn datapath_settings(
         flow_insert_rate: policy.flow_insert_rate.unwrap_or(0),
         drop_events_rate: events.drops_per_second,
         forward_sample: events.forward_sample,
+        // Set by `PolicyMaps::finish`, which knows whether the lists changed.
+        lists_gen: 0,
+        _pad: 0,
     }
 }
+
+/// The flags that say which global lists are in force.
+const LIST_FLAGS: u32 = policy_flags::LISTS_V4
+    | policy_flags::ALLOW_V4
+    | policy_flags::LISTS_V6
+    | policy_flags::ALLOW_V6;
 
 impl PolicyMaps {
     /// Wraps the maps of a freshly loaded program (all empty).
@@ -118,6 +129,7 @@ impl PolicyMaps {
             global: BTreeMap::new(),
             vip_ranges: BTreeMap::new(),
             written: None,
+            lists_changed: false,
         }
     }
 
@@ -170,11 +182,13 @@ impl PolicyMaps {
                 V4Verdicts::transition(&self.resolved.written, &new)
             };
             self.resolved.list = None;
+            self.lists_changed = true;
             self.resolved.write(&now)?;
             self.resolved.pending = Some((list, new));
         }
         for (cidr, value) in wanted {
             if self.global.get(&cidr) != Some(&value) {
+                self.lists_changed = true;
                 self.write_global(cidr, value)?;
                 self.global.insert(cidr, value);
             }
@@ -183,17 +197,26 @@ impl PolicyMaps {
     }
 
     /// Step 2: the settings word; then the global entries no longer wanted are removed.
+    ///
+    /// The settings word carries the lists' generation: it moves on whenever the lists or
+    /// their flags changed, which sends every established flow through the lists once more
+    /// (flows skip them while their entry holds the current generation), and once more after
+    /// the last entry of the change is written, so no flow keeps a verdict taken half way.
     pub(super) fn finish(
         &mut self,
         policy: &PolicyConfig,
-        settings: DatapathPolicy,
+        mut settings: DatapathPolicy,
     ) -> Result<(), DataplaneError> {
-        if self.written != Some(settings) {
-            self.settings
-                .set(0, settings, 0)
-                .map_err(map_err("update", map_names::POLICY))?;
-            self.written = Some(settings);
-        }
+        let generation = self.written.map_or(0, |w| w.lists_gen);
+        let flags_changed =
+            self.written.map(|w| w.flags & LIST_FLAGS) != Some(settings.flags & LIST_FLAGS);
+        settings.lists_gen = if self.lists_changed || flags_changed {
+            generation.wrapping_add(1)
+        } else {
+            generation
+        };
+        self.lists_changed = false;
+        self.write_settings(settings)?;
         let wanted = global_entries(policy);
         let stale: Vec<Cidr> = self
             .global
@@ -201,6 +224,7 @@ impl PolicyMaps {
             .filter(|c| !wanted.contains_key(c))
             .copied()
             .collect();
+        let mut written_after = !stale.is_empty();
         for cidr in stale {
             self.remove_global(cidr)?;
             self.global.remove(&cidr);
@@ -209,6 +233,22 @@ impl PolicyMaps {
         if let Some((list, new)) = self.resolved.pending.take() {
             self.resolved.write(&new)?;
             self.resolved.list = Some(list);
+            written_after = true;
+        }
+        if written_after {
+            settings.lists_gen = settings.lists_gen.wrapping_add(1);
+            self.write_settings(settings)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the settings word unless it already holds `settings`.
+    fn write_settings(&mut self, settings: DatapathPolicy) -> Result<(), DataplaneError> {
+        if self.written != Some(settings) {
+            self.settings
+                .set(0, settings, 0)
+                .map_err(map_err("update", map_names::POLICY))?;
+            self.written = Some(settings);
         }
         Ok(())
     }

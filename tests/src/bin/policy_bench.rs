@@ -249,6 +249,23 @@ fn main() -> ExitCode {
     let dropped = frames(&spread, 8080, TCP_SYN);
     let forwarded_dense = frames(&dense, 80, TCP_ACK);
     let forwarded_mixed = frames(&mixed, 80, TCP_ACK);
+    // New flows: SYNs whose source port changes with every batch, so each call adds a flow
+    // the table has never held (the port in these frames is replaced before each batch).
+    let opened_dense = frames(&dense, 80, TCP_SYN);
+    let opened_mixed = frames(&mixed, 80, TCP_SYN);
+    let mut next_port: u16 = 1024;
+    let mut fresh_ports = |frames: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        next_port = next_port.checked_add(1).expect("fewer batches than ports");
+        frames
+            .iter()
+            .map(|f| {
+                let mut f = f.clone();
+                // Ethernet (14) + IPv4 without options (20): the TCP source port.
+                f[34..36].copy_from_slice(&next_port.to_be_bytes());
+                f
+            })
+            .collect()
+    };
     let denied_whole_frames = frames(&vec![denied_whole; CLIENTS], 80, TCP_SYN);
     let denied_mixed_frames = frames(&vec![denied_mixed; CLIENTS], 80, TCP_SYN);
     // Establish the flows first: the forwarded classes are flow-table hits.
@@ -279,7 +296,7 @@ fn main() -> ExitCode {
         u32,
         bool,
     );
-    let classes: [Class<'_>; 9] = [
+    let classes: [Class<'_>; 11] = [
         (
             "control: forwarded, no policy on both sides (the noise floor)",
             &forwarded,
@@ -344,6 +361,24 @@ fn main() -> ExitCode {
             true,
         ),
         (
+            "new flow (SYN, L2), client inside the block among the prefixes (not covered)",
+            &opened_dense,
+            XDP_TX,
+            1,
+            &opened_dense,
+            XDP_TX,
+            true,
+        ),
+        (
+            "new flow (SYN, L2), client inside a mixed /24 (most reads)",
+            &opened_mixed,
+            XDP_TX,
+            1,
+            &opened_mixed,
+            XDP_TX,
+            true,
+        ),
+        (
             "dropped as denied (a /24 denied whole) vs dropped as unserved without policy",
             &dropped,
             XDP_DROP,
@@ -371,9 +406,18 @@ fn main() -> ExitCode {
                 dataplane
                     .apply(&states[policy])
                     .unwrap_or_else(|e| panic!("{e}"));
+                // New-flow classes get fresh source ports for every batch.
+                let new_flows = frames[0][47] & TCP_SYN != 0 && want == XDP_TX;
+                let mut frames = std::borrow::Cow::Borrowed(frames);
                 // Applying thousands of entries leaves the caches cold: one unmeasured pass.
-                batch(&mut dataplane, frames, want);
-                batch(&mut dataplane, frames, want)
+                if new_flows {
+                    frames = fresh_ports(&frames).into();
+                }
+                batch(&mut dataplane, &frames, want);
+                if new_flows {
+                    frames = fresh_ports(&frames).into();
+                }
+                batch(&mut dataplane, &frames, want)
             };
             let (a, b) = if round % 2 == 0 {
                 let a = side(0, a_frames, a_want);

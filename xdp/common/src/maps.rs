@@ -114,14 +114,18 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
-/// Flow table value: the backend the flow started on.
+/// Flow table value: the backend the flow started on, and the generation of the global lists
+/// its source was last checked under.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     /// Backend id.
     pub backend_id: u32,
+    /// [`crate::PolicyConfig::lists_gen`] when the flow's source last passed the global lists:
+    /// while it is the current one, the flow's packets skip the lists.
+    pub lists_gen: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 4);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 
 /// Settings of the whole datapath, one entry in `XLB_GLOBALS`.
 #[repr(C)]

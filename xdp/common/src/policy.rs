@@ -46,8 +46,15 @@ pub struct PolicyConfig {
     pub drop_events_rate: u32,
     /// One forwarded packet in this many is sent as an event; 0 = none.
     pub forward_sample: u32,
+    /// Generation of the global lists: the daemon changes it with every change of the lists
+    /// or their flags. A flow entry stores the generation its source was checked under
+    /// ([`crate::FlowValue::lists_gen`]); while the two agree, the flow's packets skip the
+    /// lists (the verdict cannot have changed), so an established flow costs no list lookup.
+    pub lists_gen: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 32);
 
 /// Words of the IPv4 /24 verdict array (`XLB_POL_V4_24`): a 2-bit [`v4_code`] per /24, 32 per
 /// word (2^24 codes, 4 MiB).

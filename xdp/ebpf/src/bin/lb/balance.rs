@@ -41,8 +41,7 @@ pub struct Choice {
     pub backend: Backend,
 }
 
-/// Keeps an established flow on its backend while that backend exists for this VIP; otherwise
-/// asks the VIP's Maglev table and remembers the answer.
+/// The flow table entry of a packet that may belong to an established flow.
 ///
 /// A packet that opens a TCP connection (SYN without ACK) skips the flow table lookup, as
 /// Katran does: it is a new flow by definition, and its entry (replacing any left by an earlier
@@ -53,20 +52,25 @@ pub struct Choice {
 /// the first one had already answered, the client's ACK reaches a backend that resets it. Only
 /// handshakes in flight during a change that moves their slot are exposed.
 #[inline(always)]
+pub fn established(flow: &FlowKey, opens_connection: bool) -> Option<*mut FlowValue> {
+    if opens_connection {
+        None
+    } else {
+        FLOWS.get_ptr_mut(flow)
+    }
+}
+
+/// Keeps an established flow (its flow table `entry`, see [`established`]) on its backend
+/// while that backend exists for this VIP; otherwise asks the VIP's Maglev table and remembers
+/// the answer.
+#[inline(always)]
 pub fn choose(
     flow: &FlowKey,
     vip: &VipMeta,
     policy: &PolicyConfig,
-    opens_connection: bool,
+    entry: Option<FlowValue>,
     hash: &mut Option<u32>,
 ) -> Result<Choice, DropReason> {
-    let entry = if opens_connection {
-        None
-    } else {
-        // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst
-        // give a backend id that is checked below like any other.
-        unsafe { FLOWS.get(flow) }
-    };
     if let Some(entry) = entry {
         let backend_id = entry.backend_id;
         // Copy first, then check the copy: the checks and the use see the same entry.
@@ -95,7 +99,13 @@ pub fn choose(
         return Err(DropReason::TableMiss);
     }
     if crate::policy::may_remember(policy) {
-        remember(flow, FlowValue { backend_id });
+        remember(
+            flow,
+            FlowValue {
+                backend_id,
+                lists_gen: policy.lists_gen,
+            },
+        );
     }
     stats::lb(LbCounter::FlowNew);
     Ok(Choice {

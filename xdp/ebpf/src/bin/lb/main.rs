@@ -82,18 +82,46 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
     let ip = parse::ipv4(ctx, l2.l3_off)?;
     // SAFETY: parse::ipv4 returned a header that lies inside the frame.
     let hdr = unsafe { *ip.hdr };
-    let policy = policy::global_v4(hdr.saddr)?;
+    let policy = policy::settings();
 
     let dst = [hdr.daddr, 0, 0, 0];
     if !may_be_vip_address(dst) {
+        policy::lists_v4(&policy, hdr.saddr)?;
         return Ok(xdp_action::XDP_PASS);
     }
+    // The global lists are asked where the packet's flow is known: an established flow whose
+    // source passed the lists of the current generation skips them. Every way out before that
+    // point leaves the frame untouched and asks the lists here, so they keep their precedence
+    // over every other verdict.
+    let mut lists_checked = false;
+    let result = to_vip_address(ctx, bytes, &l2, &ip, &policy, &mut lists_checked);
+    if !lists_checked {
+        policy::lists_v4(&policy, hdr.saddr)?;
+    }
+    result
+}
+
+/// An IPv4 packet whose destination may carry a VIP. Sets `lists_checked` once the global
+/// lists have been asked (or skipped for an established flow of the current generation);
+/// every return before that leaves the frame untouched.
+#[inline(always)]
+fn to_vip_address(
+    ctx: &XdpContext,
+    bytes: usize,
+    l2: &parse::L2,
+    ip: &parse::Ipv4,
+    policy: &PolicyConfig,
+    lists_checked: &mut bool,
+) -> Result<u32, DropReason> {
+    // SAFETY: parse::ipv4 returned a header that lies inside the frame.
+    let hdr = unsafe { *ip.hdr };
+    let dst = [hdr.daddr, 0, 0, 0];
     let frag_off = u16::from_be(hdr.frag_off);
     if frag_off & IPV4_FRAG_MASK != 0 {
         if !is_vip_address(dst) {
             return Ok(xdp_action::XDP_PASS);
         }
-        return policy::fragment(&policy);
+        return policy::fragment(policy);
     }
     let l4_off = l2.l3_off + ip.header_len;
     // The ports, and for TCP the data offset byte and the flags (read once, for the policy
@@ -111,7 +139,7 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
             ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
         }
         proto::TCP | proto::UDP => None,
-        other => return unserved(&policy, dst, other),
+        other => return unserved(policy, dst, other),
     };
     let Some((ports, tcp)) = l4 else {
         if !is_vip_address(dst) {
@@ -129,16 +157,22 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
         _pad: 0,
         _pad2: 0,
     };
-    let Some(vip) = balance::find_vip(&flow) else {
-        return unserved(&policy, dst, hdr.protocol);
-    };
-    policy::options(&policy, ip.header_len)?;
-    policy::vip(&policy, &vip, &flow, tcp)?;
     // A SYN without ACK opens a connection.
     let opens_connection =
         tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN);
+    let entry = balance::established(&flow, opens_connection);
+    *lists_checked = true;
+    policy::lists_for_flow(policy, flow.src, entry)?;
+    let Some(vip) = balance::find_vip(&flow) else {
+        return unserved(policy, dst, hdr.protocol);
+    };
+    policy::options(policy, ip.header_len)?;
+    policy::vip(policy, &vip, &flow, tcp)?;
     let mut hash = None;
-    let choice = balance::choose(&flow, &vip, &policy, opens_connection, &mut hash)?;
+    // SAFETY: the entry is copied at once; one the LRU recycles under us gives at worst a
+    // backend id that `choose` checks like any other.
+    let entry = entry.map(|entry| unsafe { *entry });
+    let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
     let action = match vip.mode {
@@ -156,7 +190,7 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
         _ => return Err(DropReason::TableMiss),
     };
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
-    events::forwarded(&policy, &flow, vip.vip_id, choice.backend_id);
+    events::forwarded(policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
 }
 

@@ -6,7 +6,8 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
 };
 use xlb_common::{
-    DropReason, FlowKey, PolicyConfig, PolicyCounter, TokenBucket, VipMeta, VipSourceKey,
+    DropReason, FlowKey, FlowValue, PolicyConfig, PolicyCounter, TokenBucket, VipMeta,
+    VipSourceKey,
     policy::{code_slot, v4_bit, v4_code, window},
     policy_flags, proto,
 };
@@ -78,15 +79,40 @@ fn v4_code_of(saddr: u32) -> u64 {
     }
 }
 
-/// Global lists for an IPv4 source; returns the settings for the later checks.
+/// Global lists for an IPv4 source (`saddr` as the packet carries it).
 #[inline(always)]
-pub fn global_v4(saddr: u32) -> Result<PolicyConfig, DropReason> {
-    let policy = settings();
+pub fn lists_v4(policy: &PolicyConfig, saddr: u32) -> Result<(), DropReason> {
     if policy.flags & policy_flags::LISTS_V4 != 0 {
         let code = v4_code_of(saddr);
         global_verdict(code, policy.flags & policy_flags::ALLOW_V4 != 0)?;
     }
-    Ok(policy)
+    Ok(())
+}
+
+/// Global lists for the source of a packet to a VIP, given its flow table entry: an entry
+/// whose source passed the lists of the current generation skips them (the verdict cannot
+/// have changed); otherwise the lists decide and a passing entry is marked with the
+/// generation, so the flow's next packets skip them.
+#[inline(always)]
+pub fn lists_for_flow(
+    policy: &PolicyConfig,
+    saddr: u32,
+    entry: Option<*mut FlowValue>,
+) -> Result<(), DropReason> {
+    match entry {
+        // SAFETY: the pointer comes from a successful lookup of the flow map, whose elements
+        // are preallocated and never freed; an entry the LRU recycles under us holds another
+        // flow's generation, which at worst makes this packet skip or redo the lists as that
+        // flow's would.
+        Some(entry) if unsafe { (*entry).lists_gen } == policy.lists_gen => Ok(()),
+        Some(entry) => {
+            lists_v4(policy, saddr)?;
+            // SAFETY: as above; the value written is the current generation, a 4-byte store.
+            unsafe { (*entry).lists_gen = policy.lists_gen };
+            Ok(())
+        }
+        None => lists_v4(policy, saddr),
+    }
 }
 
 /// Frames that are not IPv4: IPv6 sources go through the global lists (IPv6 is not balanced
