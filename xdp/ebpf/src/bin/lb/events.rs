@@ -3,8 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use xlb_common::{
-    DropReason, EVENT_NO_ID, Event, FlowKey, PolicyConfig, PolicyCounter, event_verdict, family,
-    policy::window, proto,
+    DropReason, EVENT_NO_ID, Event, FlowKey, FlowKey6, PolicyConfig, PolicyCounter, event_verdict,
+    family, policy::window, proto,
 };
 use xlb_ebpf::{
     headers::{ETH_P_IP_BE, ETH_P_IPV6_BE, IPV6_HLEN, Ipv4Hdr, Ipv6Src, PortsHdr},
@@ -43,9 +43,7 @@ pub fn dropped(ctx: &XdpContext, reason: DropReason) {
 /// Sends a forward event for one forwarded packet in `policy.forward_sample`.
 #[inline(always)]
 pub fn forwarded(policy: &PolicyConfig, flow: &FlowKey, vip_id: u32, backend_id: u32) {
-    let sample = policy.forward_sample;
-    // SAFETY: the helper has no preconditions.
-    if sample == 0 || unsafe { bpf_get_prandom_u32() } % sample != 0 {
+    if !sampled(policy) {
         return;
     }
     let mut event = Event {
@@ -61,6 +59,35 @@ pub fn forwarded(policy: &PolicyConfig, flow: &FlowKey, vip_id: u32, backend_id:
         ..Event::default()
     };
     send(&mut event);
+}
+
+/// Sends a forward event for one forwarded IPv6 packet in `policy.forward_sample`.
+#[inline(always)]
+pub fn forwarded6(policy: &PolicyConfig, flow: &FlowKey6, vip_id: u32, backend_id: u32) {
+    if !sampled(policy) {
+        return;
+    }
+    let mut event = Event {
+        src: flow.src,
+        dst: flow.dst,
+        sport: flow.sport,
+        dport: flow.dport,
+        proto: flow.proto,
+        family: family::V6,
+        verdict: event_verdict::FORWARD,
+        vip_id,
+        backend_id,
+        ..Event::default()
+    };
+    send(&mut event);
+}
+
+/// Whether this forwarded packet is the one in `policy.forward_sample` to report.
+#[inline(always)]
+fn sampled(policy: &PolicyConfig) -> bool {
+    let sample = policy.forward_sample;
+    // SAFETY: the helper has no preconditions.
+    sample != 0 && unsafe { bpf_get_prandom_u32() } % sample == 0
 }
 
 #[inline(always)]
