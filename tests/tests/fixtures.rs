@@ -2009,3 +2009,157 @@ fn established_ipv6_flows_stay_on_their_backend_in_the_ipv6_flow_table() {
         "a new connection avoids the drained backend"
     );
 }
+
+// ----- The backend-side decapsulator: every encapsulation the balancer sends.
+
+#[test]
+fn decap_table() {
+    if !have_root() {
+        return;
+    }
+    let mut decap = xlb::dataplane::decap::Decap::load().unwrap_or_else(|e| panic!("{e}"));
+    decap.add_vip(ip("10.0.0.20").into()).unwrap();
+    decap.add_vip(ip6("2001:db8::20").into()).unwrap();
+    let on_wire = |vlan| L2 {
+        dst: [0x02, 0, 0, 0, 0x02, 0x21],
+        src: IF_MAC,
+        vlan,
+    };
+    let outer4 = ip("172.16.1.2");
+    let backend4 = ip("10.0.2.21");
+    let outer6 = ip6("fd00:16::1:2");
+    let backend6 = ip6("2001:db8:2::21");
+    // The inner frames, as the client sent them (their MACs are replaced by the outer ones).
+    let inner4 = |vlan, dst: &str| {
+        packet::tcp4(
+            &to_lb(vlan),
+            &flow("192.0.2.60", dst, 40060, 80),
+            TCP_ACK,
+            b"GET /",
+        )
+    };
+    let inner6 = |vlan, dst: &str| {
+        packet::tcp6(
+            &to_lb(vlan),
+            &flow6("2001:db8:c::60", dst, 40060, 80),
+            TCP_ACK,
+            b"GET /",
+        )
+    };
+    // What the decapsulator passes up: the outer frame's MACs and tag, the inner ethertype,
+    // the inner packet.
+    let stripped = |inner: &[u8], vlan: Option<u16>, ether_type: u16| {
+        let l3_off = if vlan.is_some() { 18 } else { 14 };
+        let mut frame = packet::ethernet(&on_wire(vlan), ether_type);
+        frame.extend_from_slice(&inner[l3_off..]);
+        frame
+    };
+    let mut cases = Vec::new();
+    for vlan in [None, Some(7)] {
+        let inner = inner4(vlan, "10.0.0.20");
+        cases.push((
+            "IPv4-in-IPv4 for a local VIP: outer header stripped",
+            packet::ipip_encapsulated(&inner, &on_wire(vlan), outer4, backend4),
+            XDP_PASS,
+            Some(stripped(&inner, vlan, 0x0800)),
+        ));
+        let inner = inner6(vlan, "2001:db8::20");
+        cases.push((
+            "IPv6-in-IPv6 for a local VIP: outer header stripped",
+            packet::ip6_encapsulated(&inner, &on_wire(vlan), outer6, backend6, 0x12345),
+            XDP_PASS,
+            Some(stripped(&inner, vlan, 0x86dd)),
+        ));
+        let inner = inner4(vlan, "10.0.0.20");
+        cases.push((
+            "IPv4-in-IPv6 for a local VIP: outer header stripped, ethertype back to IPv4",
+            packet::ip6_encapsulated(&inner, &on_wire(vlan), outer6, backend6, 0x12345),
+            XDP_PASS,
+            Some(stripped(&inner, vlan, 0x0800)),
+        ));
+    }
+    cases.push((
+        "IPv6-in-IPv6 for another address: passed untouched",
+        packet::ip6_encapsulated(
+            &inner6(None, "2001:db8::99"),
+            &on_wire(None),
+            outer6,
+            backend6,
+            1,
+        ),
+        XDP_PASS,
+        None,
+    ));
+    cases.push((
+        "IPv4-in-IPv6 for another address: passed untouched",
+        packet::ip6_encapsulated(
+            &inner4(None, "10.0.0.99"),
+            &on_wire(None),
+            outer6,
+            backend6,
+            1,
+        ),
+        XDP_PASS,
+        None,
+    ));
+    cases.push((
+        "Plain IPv6 TCP to the VIP: passed untouched",
+        inner6(None, "2001:db8::20"),
+        XDP_PASS,
+        None,
+    ));
+    let cut = packet::ip6_encapsulated(
+        &inner6(None, "2001:db8::20"),
+        &on_wire(None),
+        outer6,
+        backend6,
+        1,
+    );
+    // The outer header says 20 bytes of payload: an inner IPv6 header cannot fit.
+    let mut cut = cut[..14 + 40 + 20].to_vec();
+    cut[18..20].copy_from_slice(&20u16.to_be_bytes());
+    cases.push((
+        "IPv6-in-IPv6 whose inner header is cut short: malformed, dropped",
+        cut,
+        XDP_DROP,
+        None,
+    ));
+
+    let mut failures = Vec::new();
+    for (description, input, action, expected) in &cases {
+        let before = decap.counters().unwrap();
+        let mut out = vec![0u8; input.len() + 64];
+        let (got_action, len) = decap.test_run(input, &mut out).unwrap();
+        out.truncate(len);
+        let after = decap.counters().unwrap();
+        let moved: Vec<&str> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| a.1 != b.1)
+            .map(|(_, a)| a.0)
+            .collect();
+        let expected_counter = match (action, expected) {
+            (&XDP_DROP, _) => "malformed",
+            (_, Some(_)) => "decapsulated",
+            (_, None) => "passed",
+        };
+        if moved != [expected_counter] {
+            failures.push(format!("{description}: counters moved {moved:?}"));
+        }
+        if got_action != *action {
+            failures.push(format!(
+                "{description}: action {got_action}, expected {action}"
+            ));
+            continue;
+        }
+        let expected = expected.as_ref().unwrap_or(input);
+        if &out != expected {
+            failures.push(format!(
+                "{description}: output differs\n  got      {}\n  expected {}",
+                hex(&out),
+                hex(expected)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
