@@ -1,0 +1,100 @@
+//! End-to-end over IPv6: the lab of `scripts/lab.sh` (client, balancer, three backends in
+//! namespaces on one bridge, IPv6 alongside IPv4), curl as the client, xlbd in native mode.
+//! An IPv6 VIP in mode l2 (MAC rewrite) and in mode ipip (IPv6-in-IPv6), and an IPv4 VIP with
+//! IPv6 backends (IPv4-in-IPv6); the backends' decapsulators strip both encapsulations.
+
+use xlb_tests::{
+    have_root,
+    lab::{Lab, VIP, VIP6, per_backend},
+};
+
+const REQUESTS: usize = 90;
+
+/// A config serving `vip` on port 80 in `mode` with the lab's three backends at their IPv6
+/// addresses (fd99::11..13), probed directly.
+fn config(vip: &str, mode: &str) -> String {
+    let mut text = format!(
+        "[interface]\nname = \"xlbdemo-lb\"\nattach_mode = \"native\"\n\n\
+         [encap]\nsource_prefix_v6 = \"fd99:ffff::/64\"\n\n\
+         [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n\
+         mode = \"{mode}\"\ntable_size = 251\n  [vip.health]\n  via = \"direct\"\n"
+    );
+    for i in 1..=3 {
+        text.push_str(&format!(
+            "  [[vip.backend]]\n  name = \"be{i}\"\n  address = \"fd99::1{i}\"\n  \
+             mac = \"02:99:00:00:00:1{i}\"\n"
+        ));
+    }
+    text
+}
+
+/// Brings up a lab, serves `vip` in `mode`, sends `REQUESTS` curls to `url`, and checks that
+/// every one was answered, by every backend, with nothing dropped.
+fn balance(prefix: &str, lab_mode: &str, vip: &str, mode: &str, url: &str) {
+    let mut lab = Lab::up(prefix, lab_mode);
+    let path = lab.workdir.join("ipv6.toml");
+    std::fs::write(&path, config(vip, mode)).expect("writing the config");
+    lab.start_xlbd(&path);
+    assert!(lab.lb_has_xdp());
+
+    let bodies = lab.curl(url, REQUESTS);
+    assert_eq!(bodies.len(), REQUESTS, "every request answered: {bodies:?}");
+    let shares = per_backend(&bodies);
+    assert_eq!(
+        shares.keys().collect::<Vec<_>>(),
+        ["be1", "be2", "be3"],
+        "{shares:?}"
+    );
+    // The client's own address as the backend saw it: no address translation on the way.
+    let client = if vip.contains(':') {
+        "fd99::1:"
+    } else {
+        "10.99.0.1:"
+    };
+    assert!(
+        bodies.iter().all(|b| b
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|a| a.starts_with(client))),
+        "{bodies:?}"
+    );
+
+    let stats = lab.stop_xlbd();
+    let web = stats["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "web")
+        .expect("the VIP's counters")
+        .clone();
+    let forwarded = web["counter"]["packets"].as_u64().unwrap();
+    // Each exchange sends at least SYN, ACK, request and FIN/ACK through the balancer.
+    assert!(
+        forwarded >= (REQUESTS * 4) as u64,
+        "VIP forwarded {forwarded}"
+    );
+    for reason in stats["drops"].as_array().unwrap() {
+        assert_eq!(reason[1], 0, "no drops in a clean run: {reason}");
+    }
+}
+
+#[test]
+fn ipv6_vip_in_l2_mode_answers_curl_over_ipv6_from_every_backend() {
+    if have_root() {
+        balance("x6a", "l2", VIP6, "l2", &format!("http://[{VIP6}]/"));
+    }
+}
+
+#[test]
+fn ipv6_vip_in_ipip_mode_answers_curl_over_ipv6_in_ipv6() {
+    if have_root() {
+        balance("x6b", "ipip", VIP6, "ipip", &format!("http://[{VIP6}]/"));
+    }
+}
+
+#[test]
+fn ipv4_vip_with_ipv6_backends_answers_curl_over_ipv4_in_ipv6() {
+    if have_root() {
+        balance("x6c", "ipip", VIP, "ipip", &format!("http://{VIP}/"));
+    }
+}
