@@ -429,6 +429,7 @@ impl Dataplane {
             ),
             flows: flows::FlowTable::new(
                 take_map(&mut ebpf, map_names::FLOWS)?,
+                take_map(&mut ebpf, map_names::FLOWS6)?,
                 limits.flow_table_size,
             )?,
             policy_prefixes: limits.policy_prefixes,
@@ -690,6 +691,11 @@ impl Dataplane {
     /// Counts the flow table's entries now, as the metrics do (tests and benchmarks).
     pub fn count_flows(&self) -> Result<u32, DataplaneError> {
         self.flows.count()
+    }
+
+    /// Entries in the IPv6 flow table now (`XLB_FLOWS6`), counted as [`Self::count_flows`].
+    pub fn count_flows6(&self) -> Result<u32, DataplaneError> {
+        self.flows.count6()
     }
 
     /// Counts the flow table's entries now key by key, the slow way (tests and benchmarks).
