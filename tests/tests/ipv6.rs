@@ -5,7 +5,7 @@
 
 use xlb_tests::{
     have_root,
-    lab::{Lab, VIP, VIP6, per_backend},
+    lab::{Lab, VIP, VIP6, per_backend, xlbd_path},
 };
 
 const REQUESTS: usize = 90;
@@ -58,6 +58,29 @@ fn balance(prefix: &str, lab_mode: &str, vip: &str, mode: &str, url: &str) {
             .is_some_and(|a| a.starts_with(client))),
         "{bodies:?}"
     );
+
+    // The CLI names IPv6 VIPs as [address]:port and lists the IPv6 backends.
+    let service = if vip.contains(':') {
+        format!("[{vip}]:80/tcp")
+    } else {
+        format!("{vip}:80/tcp")
+    };
+    for command in [&["vip", "list"][..], &["lb", "list"][..], &["status"][..]] {
+        let out = std::process::Command::new(xlbd_path().with_file_name("xlb"))
+            .arg("--socket")
+            .arg(lab.api_socket())
+            .args(command)
+            .output()
+            .expect("running xlb");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "xlb {command:?}: {text}");
+        if command[0] != "status" {
+            assert!(text.contains(&service), "xlb {command:?}: {text}");
+        }
+        if command[0] == "lb" {
+            assert!(text.contains("fd99::13"), "xlb lb list: {text}");
+        }
+    }
 
     let stats = lab.stop_xlbd();
     let web = stats["vips"]
