@@ -831,7 +831,8 @@ fn source_prefix_checks() {
     );
     assert_eq!(
         only_error(&with("fd00::/64")),
-        "15:17: encap.source_prefix: IPv6 source prefixes are not supported yet"
+        "15:17: encap.source_prefix: an IPv4 prefix is needed here (an IPv6 one goes in \
+         encap.source_prefix_v6)"
     );
     assert_eq!(
         parse(&with("10.1.2.3/32")).encap.source_prefix.to_string(),
@@ -1141,8 +1142,8 @@ fn vip_source_ranges_are_ipv4_and_count_against_the_limit() {
         [
             "10:17: vip[0].source_ranges: 2 source ranges across all VIPs but \
              limits.policy_prefixes is 1",
-            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6; VIPs are IPv4, so their source \
-             ranges are too",
+            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6; source ranges are IPv4-only (so \
+             are the VIPs that have them)",
             "10:51: vip[0].source_ranges[2]: duplicate prefix 192.0.2.0/24 \
              (vip[0].source_ranges[0])",
         ]

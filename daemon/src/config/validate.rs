@@ -268,7 +268,8 @@ impl Checker<'_> {
                 bad_len(network.prefix_len).unwrap_or_else(|| error.to_string())
             }
             Err(NetParseError::Prefix(_)) if text.contains(':') => {
-                "IPv6 source prefixes are not supported yet".to_owned()
+                "an IPv4 prefix is needed here (an IPv6 one goes in encap.source_prefix_v6)"
+                    .to_owned()
             }
             Err(error) => error.to_string(),
         };

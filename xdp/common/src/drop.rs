@@ -40,7 +40,7 @@ pub enum DropReason {
     TcpBadFlags = 14,
     /// A new TCP connection over the source's rate limit (`policy.rate_limit`).
     RateLimited = 15,
-    /// IPv6 ethertype but fewer bytes than the fixed IPv6 header, with IPv6 lists in use.
+    /// IPv6 ethertype but fewer bytes than the fixed IPv6 header.
     Ipv6Truncated = 16,
     /// IPv6 ethertype with a version other than 6 in the header.
     Ipv6BadHeader = 17,
