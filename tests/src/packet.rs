@@ -100,31 +100,52 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8])
     checksum(&buf)
 }
 
-/// TCP segment with a correct checksum.
-pub fn tcp_segment(flow: &Flow, flags: u8, payload: &[u8]) -> Vec<u8> {
+/// A TCP segment from `sport` to `dport`, its checksum from `sum` (over the segment with a
+/// zero checksum field: the family's pseudo-header sum).
+fn tcp_with(
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+    sum: impl Fn(&[u8]) -> u16,
+) -> Vec<u8> {
     let mut s = vec![0u8; 20];
-    s[0..2].copy_from_slice(&flow.sport.to_be_bytes());
-    s[2..4].copy_from_slice(&flow.dport.to_be_bytes());
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
     s[4..8].copy_from_slice(&1000u32.to_be_bytes());
     s[12] = 5 << 4;
     s[13] = flags;
     s[14..16].copy_from_slice(&65535u16.to_be_bytes());
     s.extend_from_slice(payload);
-    let sum = pseudo_header_sum(flow.src, flow.dst, 6, &s);
+    let sum = sum(&s);
     s[16..18].copy_from_slice(&sum.to_be_bytes());
     s
 }
 
-/// UDP datagram with a correct checksum.
-pub fn udp_datagram(flow: &Flow, payload: &[u8]) -> Vec<u8> {
+/// A UDP datagram from `sport` to `dport`, its checksum from `sum` (as in [`tcp_with`]).
+fn udp_with(sport: u16, dport: u16, payload: &[u8], sum: impl Fn(&[u8]) -> u16) -> Vec<u8> {
     let mut s = vec![0u8; 8];
-    s[0..2].copy_from_slice(&flow.sport.to_be_bytes());
-    s[2..4].copy_from_slice(&flow.dport.to_be_bytes());
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
     s[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     s.extend_from_slice(payload);
-    let sum = pseudo_header_sum(flow.src, flow.dst, 17, &s);
+    let sum = sum(&s);
     s[6..8].copy_from_slice(&sum.to_be_bytes());
     s
+}
+
+/// TCP segment with a correct checksum.
+pub fn tcp_segment(flow: &Flow, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_with(flow.sport, flow.dport, flags, payload, |s| {
+        pseudo_header_sum(flow.src, flow.dst, 6, s)
+    })
+}
+
+/// UDP datagram with a correct checksum.
+pub fn udp_datagram(flow: &Flow, payload: &[u8]) -> Vec<u8> {
+    udp_with(flow.sport, flow.dport, payload, |s| {
+        pseudo_header_sum(flow.src, flow.dst, 17, s)
+    })
 }
 
 /// A whole Ethernet + IPv4 + TCP frame.
@@ -244,29 +265,16 @@ fn pseudo_header_sum6(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, segment: &[u8]
 
 /// TCP segment over IPv6 with a correct checksum.
 pub fn tcp6_segment(flow: &Flow6, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let mut s = vec![0u8; 20];
-    s[0..2].copy_from_slice(&flow.sport.to_be_bytes());
-    s[2..4].copy_from_slice(&flow.dport.to_be_bytes());
-    s[4..8].copy_from_slice(&1000u32.to_be_bytes());
-    s[12] = 5 << 4;
-    s[13] = flags;
-    s[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    s.extend_from_slice(payload);
-    let sum = pseudo_header_sum6(flow.src, flow.dst, 6, &s);
-    s[16..18].copy_from_slice(&sum.to_be_bytes());
-    s
+    tcp_with(flow.sport, flow.dport, flags, payload, |s| {
+        pseudo_header_sum6(flow.src, flow.dst, 6, s)
+    })
 }
 
 /// UDP datagram over IPv6 with a correct checksum.
 pub fn udp6_datagram(flow: &Flow6, payload: &[u8]) -> Vec<u8> {
-    let mut s = vec![0u8; 8];
-    s[0..2].copy_from_slice(&flow.sport.to_be_bytes());
-    s[2..4].copy_from_slice(&flow.dport.to_be_bytes());
-    s[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    s.extend_from_slice(payload);
-    let sum = pseudo_header_sum6(flow.src, flow.dst, 17, &s);
-    s[6..8].copy_from_slice(&sum.to_be_bytes());
-    s
+    udp_with(flow.sport, flow.dport, payload, |s| {
+        pseudo_header_sum6(flow.src, flow.dst, 17, s)
+    })
 }
 
 /// A whole Ethernet + IPv6 frame: the fixed header with `first_next_header`, then `rest`

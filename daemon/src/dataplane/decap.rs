@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
 };
 use xlb_common::{DecapCounter, VipAddrKey, VipAddrValue, map_names, program_names};
 
-use super::{DataplaneError, map_err, objects};
+use super::{DataplaneError, map_err, objects, test_run_xdp};
 use crate::state::addr_words;
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
@@ -82,18 +82,8 @@ impl Decap {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<(u32, usize), DataplaneError> {
-        let result = xdp(&mut self.ebpf, program_names::DECAP)?
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(output),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| DataplaneError::Program {
-                action: "test-running",
-                program: program_names::DECAP,
-                source: Box::new(source),
-            })?;
-        Ok((result.return_value, result.data_size_out as usize))
+        let program = xdp(&mut self.ebpf, program_names::DECAP)?;
+        test_run_xdp(program, program_names::DECAP, input, output)
     }
 
     fn with_maps(mut ebpf: Ebpf) -> Result<Decap, DataplaneError> {

@@ -647,18 +647,12 @@ impl Dataplane {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<(u32, usize), DataplaneError> {
-        let result = lb_program(&mut self.ebpf)?
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(output),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| DataplaneError::Program {
-                action: "test-running",
-                program: program_names::LB,
-                source: Box::new(source),
-            })?;
-        Ok((result.return_value, result.data_size_out as usize))
+        test_run_xdp(
+            lb_program(&mut self.ebpf)?,
+            program_names::LB,
+            input,
+            output,
+        )
     }
 
     /// Counters summed over CPUs, labelled with the applied VIPs and backends.
@@ -1215,6 +1209,28 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Runs an XDP program once on `input` (BPF_PROG_TEST_RUN): the action and the length of the
+/// frame written to `output`.
+pub(crate) fn test_run_xdp(
+    program: &mut Xdp,
+    name: &'static str,
+    input: &[u8],
+    output: &mut [u8],
+) -> Result<(u32, usize), DataplaneError> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(output),
+            ..TestRunOptions::default()
+        })
+        .map_err(|source| DataplaneError::Program {
+            action: "test-running",
+            program: name,
+            source: Box::new(source),
+        })?;
+    Ok((result.return_value, result.data_size_out as usize))
 }
 
 fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

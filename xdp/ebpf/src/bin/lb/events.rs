@@ -43,42 +43,48 @@ pub fn dropped(ctx: &XdpContext, reason: DropReason) {
 /// Sends a forward event for one forwarded packet in `policy.forward_sample`.
 #[inline(always)]
 pub fn forwarded(policy: &PolicyConfig, flow: &FlowKey, vip_id: u32, backend_id: u32) {
-    if !sampled(policy) {
-        return;
-    }
-    let mut event = Event {
-        src: [flow.src, 0, 0, 0],
-        dst: [flow.dst, 0, 0, 0],
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        family: family::V4,
-        verdict: event_verdict::FORWARD,
-        vip_id,
-        backend_id,
-        ..Event::default()
-    };
-    send(&mut event);
+    forward_event(policy, vip_id, backend_id, |event| {
+        event.src[0] = flow.src;
+        event.dst[0] = flow.dst;
+        event.sport = flow.sport;
+        event.dport = flow.dport;
+        event.proto = flow.proto;
+        event.family = family::V4;
+    });
 }
 
 /// Sends a forward event for one forwarded IPv6 packet in `policy.forward_sample`.
 #[inline(always)]
 pub fn forwarded6(policy: &PolicyConfig, flow: &FlowKey6, vip_id: u32, backend_id: u32) {
+    forward_event(policy, vip_id, backend_id, |event| {
+        event.src = flow.src;
+        event.dst = flow.dst;
+        event.sport = flow.sport;
+        event.dport = flow.dport;
+        event.proto = flow.proto;
+        event.family = family::V6;
+    });
+}
+
+/// A forward event, if this packet is the sampled one; `tuple` fills in the addresses,
+/// ports, protocol and family.
+#[inline(always)]
+fn forward_event(
+    policy: &PolicyConfig,
+    vip_id: u32,
+    backend_id: u32,
+    tuple: impl FnOnce(&mut Event),
+) {
     if !sampled(policy) {
         return;
     }
     let mut event = Event {
-        src: flow.src,
-        dst: flow.dst,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        family: family::V6,
         verdict: event_verdict::FORWARD,
         vip_id,
         backend_id,
         ..Event::default()
     };
+    tuple(&mut event);
     send(&mut event);
 }
 
