@@ -1,8 +1,13 @@
 //! End-to-end over IPv6: the lab of `scripts/lab.sh` (client, balancer, three backends in
 //! namespaces on one bridge, IPv6 alongside IPv4), curl as the client, xlbd in native mode.
 //! An IPv6 VIP in mode l2 (MAC rewrite) and in mode ipip (IPv6-in-IPv6), and an IPv4 VIP with
-//! IPv6 backends (IPv4-in-IPv6); the backends' decapsulators strip both encapsulations.
+//! IPv6 backends (IPv4-in-IPv6); the backends' decapsulators strip both encapsulations. The
+//! backends are health-checked over IPv6 (HTTP or TCP, `via = "direct"`), and a stopped one
+//! leaves the table.
 
+use std::time::{Duration, Instant};
+
+use xlb::api::client;
 use xlb_tests::{
     have_root,
     lab::{Lab, VIP, VIP6, per_backend, xlbd_path},
@@ -11,13 +16,14 @@ use xlb_tests::{
 const REQUESTS: usize = 90;
 
 /// A config serving `vip` on port 80 in `mode` with the lab's three backends at their IPv6
-/// addresses (fd99::11..13), probed directly.
-fn config(vip: &str, mode: &str) -> String {
+/// addresses (fd99::11..13), probed directly with `check` every 500 ms.
+fn config(vip: &str, mode: &str, check: &str) -> String {
     let mut text = format!(
         "[interface]\nname = \"xlbdemo-lb\"\nattach_mode = \"native\"\n\n\
          [encap]\nsource_prefix_v6 = \"fd99:ffff::/64\"\n\n\
          [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n\
-         mode = \"{mode}\"\ntable_size = 251\n  [vip.health]\n  via = \"direct\"\n"
+         mode = \"{mode}\"\ntable_size = 251\n  [vip.health]\n  via = \"direct\"\n  \
+         check = \"{check}\"\n  interval_ms = 500\n  timeout_ms = 400\n"
     );
     for i in 1..=3 {
         text.push_str(&format!(
@@ -29,11 +35,12 @@ fn config(vip: &str, mode: &str) -> String {
 }
 
 /// Brings up a lab, serves `vip` in `mode`, sends `REQUESTS` curls to `url`, and checks that
-/// every one was answered, by every backend, with nothing dropped.
-fn balance(prefix: &str, lab_mode: &str, vip: &str, mode: &str, url: &str) {
+/// every one was answered, by every backend, with nothing dropped; then stops be3's server
+/// and checks that the health checks (`check`, to its IPv6 address) take it out.
+fn balance(prefix: &str, lab_mode: &str, vip: &str, mode: &str, check: &str, url: &str) {
     let mut lab = Lab::up(prefix, lab_mode);
     let path = lab.workdir.join("ipv6.toml");
-    std::fs::write(&path, config(vip, mode)).expect("writing the config");
+    std::fs::write(&path, config(vip, mode, check)).expect("writing the config");
     lab.start_xlbd(&path);
     assert!(lab.lb_has_xdp());
 
@@ -82,6 +89,35 @@ fn balance(prefix: &str, lab_mode: &str, vip: &str, mode: &str, url: &str) {
         }
     }
 
+    // Health checks over IPv6: be3 stops serving, its probes fail, it leaves the table.
+    lab.stop_server("be3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, view) = client::call(&lab.api_socket(), "GET", "/v1/vips/web", None)
+            .unwrap_or_else(|e| panic!("GET /v1/vips/web: {e}"));
+        assert_eq!(code, 200, "{view}");
+        let be3 = view["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["name"] == "be3"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no be3 in {view}"));
+        if be3["health"]["health"] == "down" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "be3 not down in 30 s: {be3}\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = per_backend(&lab.curl(url, 30));
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        ["be1", "be2"],
+        "{after:?}"
+    );
+
     let stats = lab.stop_xlbd();
     let web = stats["vips"]
         .as_array()
@@ -104,20 +140,41 @@ fn balance(prefix: &str, lab_mode: &str, vip: &str, mode: &str, url: &str) {
 #[test]
 fn ipv6_vip_in_l2_mode_answers_curl_over_ipv6_from_every_backend() {
     if have_root() {
-        balance("x6a", "l2", VIP6, "l2", &format!("http://[{VIP6}]/"));
+        balance(
+            "x6a",
+            "l2",
+            VIP6,
+            "l2",
+            "http",
+            &format!("http://[{VIP6}]/"),
+        );
     }
 }
 
 #[test]
 fn ipv6_vip_in_ipip_mode_answers_curl_over_ipv6_in_ipv6() {
     if have_root() {
-        balance("x6b", "ipip", VIP6, "ipip", &format!("http://[{VIP6}]/"));
+        balance(
+            "x6b",
+            "ipip",
+            VIP6,
+            "ipip",
+            "tcp",
+            &format!("http://[{VIP6}]/"),
+        );
     }
 }
 
 #[test]
 fn ipv4_vip_with_ipv6_backends_answers_curl_over_ipv4_in_ipv6() {
     if have_root() {
-        balance("x6c", "ipip", VIP, "ipip", &format!("http://{VIP}/"));
+        balance(
+            "x6c",
+            "ipip",
+            VIP,
+            "ipip",
+            "http",
+            &format!("http://{VIP}/"),
+        );
     }
 }

@@ -129,6 +129,11 @@ fn read_tuple(ctx: &XdpContext, event: &mut Event) {
             // SAFETY: ptr_at checked the bounds.
             event.dst = unsafe { *dst };
         }
+        // The ports when TCP or UDP follows the fixed header directly (after extension
+        // headers the event leaves them zero).
+        if event.proto == proto::TCP || event.proto == proto::UDP {
+            fill_ports(ctx, l2.l3_off + IPV6_HLEN, event);
+        }
         return;
     }
     if l2.ether_type != ETH_P_IP_BE {
@@ -149,11 +154,17 @@ fn read_tuple(ctx: &XdpContext, event: &mut Event) {
     if (hdr.protocol == proto::TCP || hdr.protocol == proto::UDP) && ihl >= 5 && first_fragment {
         // The header length is at most 60: the mask keeps the offset provably bounded.
         let l4_off = l2.l3_off + ((ihl * 4) & 0x3f);
-        if let Some(ports) = ptr_at::<PortsHdr>(ctx, l4_off) {
-            // SAFETY: ptr_at checked that the ports lie inside the frame.
-            let ports = unsafe { *ports };
-            event.sport = ports.sport;
-            event.dport = ports.dport;
-        }
+        fill_ports(ctx, l4_off, event);
+    }
+}
+
+/// The ports of the TCP or UDP header at `l4_off`, if the frame holds them.
+#[inline(always)]
+fn fill_ports(ctx: &XdpContext, l4_off: usize, event: &mut Event) {
+    if let Some(ports) = ptr_at::<PortsHdr>(ctx, l4_off) {
+        // SAFETY: ptr_at checked that the ports lie inside the frame.
+        let ports = unsafe { *ports };
+        event.sport = ports.sport;
+        event.dport = ports.dport;
     }
 }
