@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A lab backend: an HTTP server on ports 80 and 8080 that answers with its name (and the client's
 address:port as it saw them), and a UDP echo on port 53 that prefixes its name. Both listen on
-every address, the VIP on loopback included, so replies leave from the VIP (direct server
-return)."""
+every address of both families, the VIPs on loopback included, so replies leave from the VIP
+(direct server return)."""
 import argparse
 import http.server
 import socket
@@ -45,14 +45,28 @@ def main():
         daemon_threads = True
         allow_reuse_address = True
 
-    def udp_echo():
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("0.0.0.0", 53))
+    class Server6(Server):
+        address_family = socket.AF_INET6
+
+        def server_bind(self):
+            # IPv6 only: the IPv4 server owns 0.0.0.0 on the same port.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            super().server_bind()
+
+    def udp_echo(family, address):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, 53))
         while True:
             data, peer = sock.recvfrom(2048)
             sock.sendto(args.name.encode() + b" " + data, peer)
 
-    threading.Thread(target=udp_echo, daemon=True).start()
+    threading.Thread(target=udp_echo, args=(socket.AF_INET, "0.0.0.0"), daemon=True).start()
+    threading.Thread(target=udp_echo, args=(socket.AF_INET6, "::"), daemon=True).start()
+    for port in (80, 8080):
+        v6 = Server6(("::", port), Handler)
+        threading.Thread(target=v6.serve_forever, daemon=True).start()
     # Port 8080 too, for VIPs that tests add through the API.
     alt = Server(("0.0.0.0", 8080), Handler)
     threading.Thread(target=alt.serve_forever, daemon=True).start()

@@ -10,12 +10,18 @@
 # backend's loopback. The client routes the VIP via the balancer; backends answer the client
 # directly (direct server return). Each backend runs a real HTTP server on port 80 (and a UDP
 # echo on 53) that names itself. In ipip mode each backend runs `xlbd decap`.
+#
+# IPv6 alongside (no DAD, so the addresses are usable at once): client fd99::1, balancer
+# fd99::2, backends fd99::11.. on fd99::/64, VIP6 fd99:1::100 on every backend's loopback,
+# routed by the client via the balancer. The decapsulators strip for both VIPs (IPv4-in-IPv4,
+# IPv6-in-IPv6, IPv4-in-IPv6).
 set -euo pipefail
 
 cmd=${1:?usage: lab.sh up|down PREFIX ...}
 prefix=${2:?PREFIX}
 here=$(cd "$(dirname "$0")" && pwd)
 VIP=10.99.0.100
+VIP6=fd99:1::100
 
 ns() { ip netns exec "$1" "${@:2}"; }
 
@@ -58,9 +64,12 @@ up() {
     # checksums in hardware; here the client's kernel must do it.
     ns "${prefix}client" ethtool -K eth0 tx off >/dev/null
     ns "${prefix}client" ip route add "$VIP/32" via 10.99.0.2
+    ns "${prefix}client" ip -6 addr add fd99::1/64 dev eth0 nodad
+    ns "${prefix}client" ip -6 route add "$VIP6/128" via fd99::2
 
     attach lb lb xlbdemo-lb 02:99:00:00:00:02
     ns "${prefix}lb" ip addr add 10.99.0.2/24 dev xlbdemo-lb
+    ns "${prefix}lb" ip -6 addr add fd99::2/64 dev xlbdemo-lb nodad
     # Frames the balancer sends with XDP_TX arrive at the bridge end of its veth, which drops
     # them unless it has an XDP program of its own: give it one that passes everything.
     ns "${prefix}sw" "$xlbd" xdp-pass --interface p-lb >"$workdir/lab/xdp-pass.log" 2>&1 &
@@ -73,13 +82,15 @@ up() {
         attach "$n" "$n" eth0 "$mac"
         ns "${prefix}$n" ip addr add "$ip/24" dev eth0
         ns "${prefix}$n" ip addr add "$VIP/32" dev lo
+        ns "${prefix}$n" ip -6 addr add "fd99::1$i/64" dev eth0 nodad
+        ns "${prefix}$n" ip -6 addr add "$VIP6/128" dev lo nodad
         # The VIP lives on loopback: never answer ARP for it, never use it as ARP source.
         ns "${prefix}$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
         ns "${prefix}$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0
         ns "${prefix}$n" python3 "$here/lab-backend.py" --name "$n" \
             >"$workdir/lab/$n.log" 2>&1 &
         if [ "$mode" = ipip ]; then
-            ns "${prefix}$n" "$xlbd" decap --interface eth0 --vip "$VIP" \
+            ns "${prefix}$n" "$xlbd" decap --interface eth0 --vip "$VIP" --vip "$VIP6" \
                 >"$workdir/lab/$n-decap.log" 2>&1 &
         fi
     done
@@ -87,6 +98,10 @@ up() {
     for i in $(seq 1 "$backends"); do
         for _ in $(seq 1 50); do
             if ns "${prefix}client" curl -s --max-time 1 "http://10.99.0.1$i/" >/dev/null 2>&1; then break; fi
+            sleep 0.1
+        done
+        for _ in $(seq 1 50); do
+            if ns "${prefix}client" curl -s --max-time 1 "http://[fd99::1$i]/" >/dev/null 2>&1; then break; fi
             sleep 0.1
         done
     done

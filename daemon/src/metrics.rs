@@ -63,6 +63,8 @@ pub mod names {
     pub const FLOWS_REPLACED: &str = "xlb_flows_replaced_total";
     /// Entries in the flow table (counted by a walk at most 5 s old).
     pub const FLOW_TABLE_ENTRIES: &str = "xlb_flow_table_entries";
+    /// Entries in the IPv6 flow table (same walk).
+    pub const FLOW_TABLE_ENTRIES_V6: &str = "xlb_flow_table_entries_v6";
     /// The most entries the flow table holds.
     pub const FLOW_TABLE_CAPACITY: &str = "xlb_flow_table_capacity";
     /// Flow-table entries the LRU evicted (new keys added less entries present).
@@ -83,7 +85,7 @@ pub mod names {
     pub const VIPS: &str = "xlb_vips";
 
     /// Every name the daemon exports.
-    pub const ALL: [&str; 31] = [
+    pub const ALL: [&str; 32] = [
         VIP_PACKETS,
         VIP_BYTES,
         BACKEND_PACKETS,
@@ -104,6 +106,7 @@ pub mod names {
         FLOWS_NOT_REMEMBERED,
         FLOWS_REPLACED,
         FLOW_TABLE_ENTRIES,
+        FLOW_TABLE_ENTRIES_V6,
         FLOW_TABLE_CAPACITY,
         FLOW_TABLE_EVICTIONS,
         EVENTS_SENT,
@@ -226,6 +229,7 @@ pub fn render(
         }
         if let Some(table) = flow_table {
             gauge!(names::FLOW_TABLE_ENTRIES).set(f64::from(table.entries));
+            gauge!(names::FLOW_TABLE_ENTRIES_V6).set(f64::from(table.entries_v6));
             gauge!(names::FLOW_TABLE_CAPACITY).set(f64::from(table.capacity));
             counter!(names::FLOW_TABLE_EVICTIONS).absolute(table.evictions);
         }
@@ -410,6 +414,7 @@ mod tests {
         };
         let table = FlowTableView {
             entries: 1,
+            entries_v6: 0,
             capacity: 4096,
             evictions: 3,
         };

@@ -4,10 +4,10 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use xlb_common::{VipKey, family, forward_mode};
+use xlb_common::{VipKey, VipKey6, family, forward_mode};
 
 use crate::{
-    config::{Config, EventsConfig, ForwardMode, Ipv4Net, MacAddr, PolicyConfig, VipConfig},
+    config::{Cidr, Config, EventsConfig, ForwardMode, Ipv4Net, MacAddr, PolicyConfig, VipConfig},
     maglev::{self, MaglevBackend, MaglevError},
 };
 
@@ -23,16 +23,6 @@ pub enum StateError {
         #[source]
         source: MaglevError,
     },
-    /// An address family the datapath does not handle yet.
-    #[error("VIP {vip}: {what} {address} is IPv6, which the datapath does not support yet")]
-    Ipv6 {
-        /// Name of the VIP.
-        vip: String,
-        /// "address" or "backend".
-        what: &'static str,
-        /// The address.
-        address: IpAddr,
-    },
 }
 
 /// Everything the datapath should hold.
@@ -40,6 +30,8 @@ pub enum StateError {
 pub struct DesiredState {
     /// IPIP outer source prefix.
     pub encap_source: Ipv4Net,
+    /// Outer IPv6 source prefix of IPv6 encapsulation, if configured.
+    pub encap_source_v6: Option<Cidr>,
     /// VIPs by key; the order is the key order, so applying is deterministic.
     pub vips: BTreeMap<VipKeyOrd, Arc<DesiredVip>>,
     /// Global policy (lists, actions, rates); per-VIP source ranges are in each VIP's config.
@@ -62,8 +54,7 @@ pub struct VipKeyOrd {
 }
 
 impl VipKeyOrd {
-    /// The datapath key. Only IPv4 VIPs reach the datapath ([`StateError::Ipv6`] keeps the
-    /// others out), so the first address word is the address.
+    /// The datapath key of an IPv4 VIP (`XLB_VIPS`): the first address word is the address.
     pub fn to_key(self) -> VipKey {
         VipKey {
             addr: self.addr[0],
@@ -71,6 +62,23 @@ impl VipKeyOrd {
             proto: self.proto,
             _pad: 0,
         }
+    }
+}
+
+impl VipKeyOrd {
+    /// The datapath key of an IPv6 VIP (`XLB_VIPS6`).
+    pub fn to_key6(self) -> VipKey6 {
+        VipKey6 {
+            addr: self.addr,
+            port: self.port.to_be(),
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    /// Whether this is an IPv6 VIP (its entry is in `XLB_VIPS6`).
+    pub fn is_v6(self) -> bool {
+        self.family == family::V6
     }
 }
 
@@ -194,6 +202,7 @@ impl DesiredState {
         };
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,
+            encap_source_v6: config.encap.source_prefix_v6,
             // Two runs in key order: collecting sorts them with one merge.
             vips: reused.into_iter().chain(built).collect(),
             policy,
@@ -297,20 +306,6 @@ fn vip_key(vip: &VipConfig) -> VipKeyOrd {
 }
 
 fn build_vip(vip: &VipConfig) -> Result<(VipKeyOrd, DesiredVip), StateError> {
-    if vip.address.is_ipv6() {
-        return Err(StateError::Ipv6 {
-            vip: vip.name.clone(),
-            what: "address",
-            address: vip.address,
-        });
-    }
-    if let Some(backend) = vip.backends.iter().find(|b| b.address.is_ipv6()) {
-        return Err(StateError::Ipv6 {
-            vip: vip.name.clone(),
-            what: "backend",
-            address: backend.address,
-        });
-    }
     let key = vip_key(vip);
     let backends: Vec<DesiredBackend> = vip
         .backends

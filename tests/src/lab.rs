@@ -9,6 +9,8 @@ use std::{
 
 /// The VIP every lab serves.
 pub const VIP: &str = "10.99.0.100";
+/// The IPv6 VIP every lab's backends hold (on loopback), routed by the client via the balancer.
+pub const VIP6: &str = "fd99:1::100";
 /// The balancer's MAC address in the lab.
 pub const LB_MAC: &str = "02:99:00:00:00:02";
 
@@ -296,11 +298,16 @@ impl Lab {
     /// `count` HTTP GETs of the VIP from the client with curl, each on a new connection.
     /// Returns the response bodies (one line each: "beN client-ip:port").
     pub fn curl_vip(&self, count: usize) -> Vec<String> {
-        let url = format!("http://{VIP}/");
+        self.curl(&format!("http://{VIP}/"), count)
+    }
+
+    /// `count` HTTP GETs of `url` from the client with curl, each on a new connection (as
+    /// [`Lab::curl_vip`]; `http://[fd99:1::100]/` for the IPv6 VIP).
+    pub fn curl(&self, url: &str, count: usize) -> Vec<String> {
         let mut command = self.command("client", "curl");
         command.args(["-s", "--max-time", "5", "-H", "Connection: close"]);
         for _ in 0..count {
-            command.arg(&url);
+            command.arg(url);
         }
         let out = command.stderr(Stdio::inherit()).output().expect("curl");
         assert!(out.status.success(), "curl failed: {:?}", out.status);

@@ -1,7 +1,7 @@
 //! Building test frames byte by byte. Checksums are computed here with a plain RFC 1071 sum,
 //! not with the datapath's code, so a wrong checksum in the datapath cannot hide.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// TCP SYN flag.
 pub const TCP_SYN: u8 = 0x02;
@@ -100,31 +100,52 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8])
     checksum(&buf)
 }
 
-/// TCP segment with a correct checksum.
-pub fn tcp_segment(flow: &Flow, flags: u8, payload: &[u8]) -> Vec<u8> {
+/// A TCP segment from `sport` to `dport`, its checksum from `sum` (over the segment with a
+/// zero checksum field: the family's pseudo-header sum).
+fn tcp_with(
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+    sum: impl Fn(&[u8]) -> u16,
+) -> Vec<u8> {
     let mut s = vec![0u8; 20];
-    s[0..2].copy_from_slice(&flow.sport.to_be_bytes());
-    s[2..4].copy_from_slice(&flow.dport.to_be_bytes());
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
     s[4..8].copy_from_slice(&1000u32.to_be_bytes());
     s[12] = 5 << 4;
     s[13] = flags;
     s[14..16].copy_from_slice(&65535u16.to_be_bytes());
     s.extend_from_slice(payload);
-    let sum = pseudo_header_sum(flow.src, flow.dst, 6, &s);
+    let sum = sum(&s);
     s[16..18].copy_from_slice(&sum.to_be_bytes());
     s
 }
 
-/// UDP datagram with a correct checksum.
-pub fn udp_datagram(flow: &Flow, payload: &[u8]) -> Vec<u8> {
+/// A UDP datagram from `sport` to `dport`, its checksum from `sum` (as in [`tcp_with`]).
+fn udp_with(sport: u16, dport: u16, payload: &[u8], sum: impl Fn(&[u8]) -> u16) -> Vec<u8> {
     let mut s = vec![0u8; 8];
-    s[0..2].copy_from_slice(&flow.sport.to_be_bytes());
-    s[2..4].copy_from_slice(&flow.dport.to_be_bytes());
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
     s[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     s.extend_from_slice(payload);
-    let sum = pseudo_header_sum(flow.src, flow.dst, 17, &s);
+    let sum = sum(&s);
     s[6..8].copy_from_slice(&sum.to_be_bytes());
     s
+}
+
+/// TCP segment with a correct checksum.
+pub fn tcp_segment(flow: &Flow, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_with(flow.sport, flow.dport, flags, payload, |s| {
+        pseudo_header_sum(flow.src, flow.dst, 6, s)
+    })
+}
+
+/// UDP datagram with a correct checksum.
+pub fn udp_datagram(flow: &Flow, payload: &[u8]) -> Vec<u8> {
+    udp_with(flow.sport, flow.dport, payload, |s| {
+        pseudo_header_sum(flow.src, flow.dst, 17, s)
+    })
 }
 
 /// A whole Ethernet + IPv4 + TCP frame.
@@ -194,4 +215,125 @@ pub fn ipip_encapsulated(
 pub fn ipv4_checksum_ok(frame: &[u8], l3_off: usize) -> bool {
     let header_len = usize::from(frame[l3_off] & 0x0f) * 4;
     checksum(&frame[l3_off..l3_off + header_len]) == 0
+}
+
+/// An IPv6 flow's addressing.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow6 {
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
+/// The fixed IPv6 header (traffic class and flow label zero, hop limit 64).
+pub fn ipv6_header(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload_len: usize) -> Vec<u8> {
+    let mut h = vec![0u8; 40];
+    h[0] = 0x60;
+    h[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    h[6] = next_header;
+    h[7] = 64;
+    h[8..24].copy_from_slice(&src.octets());
+    h[24..40].copy_from_slice(&dst.octets());
+    h
+}
+
+/// One IPv6 extension header of `8 * (len + 1)` bytes: next header, length, then `first`
+/// (the routing header's type and segments left, or option bytes), the rest zero (PadN-free
+/// padding is fine for the balancer, which never reads options).
+pub fn ipv6_ext_header(next_header: u8, len: u8, first: [u8; 2]) -> Vec<u8> {
+    let mut h = vec![0u8; 8 * (usize::from(len) + 1)];
+    h[0] = next_header;
+    h[1] = len;
+    h[2..4].copy_from_slice(&first);
+    h
+}
+
+fn pseudo_header_sum6(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, segment: &[u8]) -> u16 {
+    let mut buf = Vec::with_capacity(40 + segment.len());
+    buf.extend_from_slice(&src.octets());
+    buf.extend_from_slice(&dst.octets());
+    buf.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&[0, 0, 0, protocol]);
+    buf.extend_from_slice(segment);
+    checksum(&buf)
+}
+
+/// TCP segment over IPv6 with a correct checksum.
+pub fn tcp6_segment(flow: &Flow6, flags: u8, payload: &[u8]) -> Vec<u8> {
+    tcp_with(flow.sport, flow.dport, flags, payload, |s| {
+        pseudo_header_sum6(flow.src, flow.dst, 6, s)
+    })
+}
+
+/// UDP datagram over IPv6 with a correct checksum.
+pub fn udp6_datagram(flow: &Flow6, payload: &[u8]) -> Vec<u8> {
+    udp_with(flow.sport, flow.dport, payload, |s| {
+        pseudo_header_sum6(flow.src, flow.dst, 17, s)
+    })
+}
+
+/// A whole Ethernet + IPv6 frame: the fixed header with `first_next_header`, then `rest`
+/// (extension headers and the upper-layer header, as built by the caller).
+pub fn ipv6_frame(l2: &L2, flow: &Flow6, first_next_header: u8, rest: &[u8]) -> Vec<u8> {
+    let mut frame = ethernet(l2, 0x86dd);
+    frame.extend(ipv6_header(
+        flow.src,
+        flow.dst,
+        first_next_header,
+        rest.len(),
+    ));
+    frame.extend_from_slice(rest);
+    frame
+}
+
+/// A whole Ethernet + IPv6 + TCP frame.
+pub fn tcp6(l2: &L2, flow: &Flow6, flags: u8, payload: &[u8]) -> Vec<u8> {
+    ipv6_frame(l2, flow, 6, &tcp6_segment(flow, flags, payload))
+}
+
+/// A whole Ethernet + IPv6 + UDP frame.
+pub fn udp6(l2: &L2, flow: &Flow6, payload: &[u8]) -> Vec<u8> {
+    ipv6_frame(l2, flow, 17, &udp6_datagram(flow, payload))
+}
+
+/// The frame an IPv6 encapsulation should emit for `inner_frame` (an Ethernet frame carrying
+/// IPv4 or IPv6, possibly tagged): same tag, new MACs, ethertype IPv6, a 40-byte outer header
+/// (RFC 2473) from `outer_src` to `outer_dst` with next header 4 (IPv4 inside) or 41 (IPv6),
+/// the inner traffic class, `flow_label`, hop limit 64, in front of the inner packet (without
+/// Ethernet padding). Written from the RFC, independently of the datapath.
+pub fn ip6_encapsulated(
+    inner_frame: &[u8],
+    new_l2: &L2,
+    outer_src: Ipv6Addr,
+    outer_dst: Ipv6Addr,
+    flow_label: u32,
+) -> Vec<u8> {
+    let l3_off = if new_l2.vlan.is_some() { 18 } else { 14 };
+    let inner = &inner_frame[l3_off..];
+    let (next_header, traffic_class, inner_len) = if inner[0] >> 4 == 4 {
+        (
+            4u8,
+            inner[1],
+            usize::from(u16::from_be_bytes([inner[2], inner[3]])),
+        )
+    } else {
+        let tc = (inner[0] << 4) | (inner[1] >> 4);
+        (
+            41,
+            tc,
+            40 + usize::from(u16::from_be_bytes([inner[4], inner[5]])),
+        )
+    };
+    let mut outer = ipv6_header(outer_src, outer_dst, next_header, inner_len);
+    let vtc_flow = (6u32 << 28) | (u32::from(traffic_class) << 20) | (flow_label & 0xf_ffff);
+    outer[0..4].copy_from_slice(&vtc_flow.to_be_bytes());
+    let mut frame = ethernet(new_l2, 0x86dd);
+    frame.extend(outer);
+    frame.extend_from_slice(&inner[..inner_len]);
+    frame
 }

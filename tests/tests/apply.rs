@@ -915,3 +915,98 @@ fn adopted_policy_lists_change_by_difference() {
         "new deny prefix"
     );
 }
+
+/// IPv6 VIPs (their entries in `XLB_VIPS6`), an IPv4 VIP with IPv6 backends, and the IPv6
+/// outer source in the globals: applied, removed and adopted after a restart like IPv4 ones,
+/// with an IPv6 flow kept on its backend across the restart.
+#[test]
+fn ipv6_vips_apply_by_difference_and_are_adopted_with_their_flows() {
+    if !have_root() {
+        return;
+    }
+    let vip6 = |name: &str, address: &str, port: u16, mode: &str, backends: &[&str]| {
+        let mut text = format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\n\
+             protocol = \"tcp\"\nmode = \"{mode}\"\ntable_size = 251\n  [vip.health]\n  \
+             via = \"direct\"\n"
+        );
+        for (i, b) in backends.iter().enumerate() {
+            write!(
+                text,
+                "  [[vip.backend]]\n  address = \"{b}\"\n  mac = \"02:00:00:00:06:{i:02x}\"\n"
+            )
+            .unwrap();
+        }
+        text
+    };
+    let head = "[interface]\nname = \"apply6\"\n\n[limits]\nflow_table_size = 1024\n\
+                max_vips = 512\nmax_backends = 4096\nmaglev_slots = 2097152\n\n\
+                [encap]\nsource_prefix = \"172.16.0.0/16\"\nsource_prefix_v6 = \"fd00:16::/64\"\n";
+    let web = vip6(
+        "web6",
+        "2001:db8::10",
+        80,
+        "l2",
+        &["2001:db8:1::1", "2001:db8:1::2"],
+    );
+    let tunnel = vip6("tunnel6", "2001:db8::20", 443, "ipip", &["2001:db8:2::1"]);
+    let mixed = vip6(
+        "mixed",
+        "10.0.0.50",
+        80,
+        "ipip",
+        &["2001:db8:3::1", "2001:db8:3::2"],
+    );
+    let state = |text: &str| {
+        let config = Config::parse(text, "ipv6.toml").unwrap_or_else(|e| panic!("{e}"));
+        DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let all = state(&format!("{head}{web}{tunnel}{mixed}"));
+    let two = state(&format!("{head}{web}{mixed}"));
+
+    let pins = TestPins::new("apply6");
+    let dir = PinDir::new(pins.root(), "apply6");
+    let limits = LIMITS;
+    let mut live = load_pinned(limits, &dir).unwrap_or_else(|e| panic!("loading: {e}"));
+    assert_eq!(live.apply(&all).unwrap(), report(3, 0, 0, 0));
+    assert_dump_is(&dump(&live), &all, "three VIPs, two IPv6");
+    assert_eq!(live.apply(&two).unwrap(), report(0, 0, 1, 2));
+    assert_dump_is(&dump(&live), &two, "the IPv6 ipip VIP removed");
+    assert_eq!(live.apply(&all).unwrap(), report(1, 0, 0, 2));
+    let before = dump(&live);
+
+    // An IPv6 connection starts on some backend.
+    let to_lb = L2 {
+        dst: IF_MAC,
+        src: [0x02, 0, 0, 0, 0, 0xcc],
+        vlan: None,
+    };
+    let flow = packet::Flow6 {
+        src: "2001:db8:c::1".parse().unwrap(),
+        dst: "2001:db8::10".parse().unwrap(),
+        sport: 40000,
+        dport: 80,
+    };
+    let run = |dataplane: &mut Dataplane, flags: u8| {
+        let input = packet::tcp6(&to_lb, &flow, flags, b"");
+        let mut out = vec![0u8; input.len() + 64];
+        let (action, len) = dataplane.test_run(&input, &mut out).unwrap();
+        assert_eq!(action, 3, "XDP_TX");
+        out[..len][0..6].to_vec()
+    };
+    let first = run(&mut live, TCP_SYN);
+    assert_eq!(
+        live.count_flows6().unwrap(),
+        1,
+        "the flow is in the IPv6 table"
+    );
+
+    // A restart adopts everything as it is, the flow included.
+    drop(live);
+    let mut live = load_pinned(limits, &dir).unwrap_or_else(|e| panic!("adopting: {e}"));
+    assert!(live.adopting(), "the pinned maps were not adopted");
+    assert_eq!(live.apply(&all).unwrap(), report(0, 0, 0, 3));
+    assert_eq!(dump(&live), before, "adoption changed the maps");
+    assert_eq!(live.count_flows6().unwrap(), 1, "the IPv6 flow survived");
+    assert_eq!(run(&mut live, 0x10), first, "the flow stays on its backend");
+}

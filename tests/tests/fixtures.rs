@@ -2,7 +2,7 @@
 //! the expected output frame, run through BPF_PROG_TEST_RUN on the real program with maps filled
 //! by the real control plane. Every drop must move exactly its reason's counter by one.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use xlb::{
     config::Config,
@@ -10,12 +10,12 @@ use xlb::{
     state::{DesiredState, VipKeyOrd, addr_words},
 };
 use xlb_common::{
-    DropReason, Event, FlowKey, LbCounter, PolicyCounter, event_verdict, hash,
+    DropReason, Event, FlowKey, FlowKey6, LbCounter, PolicyCounter, event_verdict, hash,
     hash::vip_filter_slot,
 };
 use xlb_tests::{
     have_root,
-    packet::{self, Flow, L2, TCP_ACK, TCP_SYN},
+    packet::{self, Flow, Flow6, L2, TCP_ACK, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
@@ -456,7 +456,7 @@ fn cases(lab: &Lab) -> Vec<Case> {
     ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 64]);
     ipv6.extend_from_slice(&[0u8; 32]);
     cases.push(Case {
-        description: "IPv6 passes (not balanced yet)",
+        description: "IPv6 to a non-VIP address passes",
         input: ipv6,
         action: XDP_PASS,
         output: Expected::Unchanged,
@@ -704,12 +704,20 @@ fn run_table(lab: &mut Lab, cases: &[Case]) {
             ));
         }
         if action == XDP_TX {
-            let l3_off = if output[12..14] == [0x81, 0x00] {
-                18
+            let (l3_off, ether_type) = if output[12..14] == [0x81, 0x00] {
+                (18, [output[16], output[17]])
             } else {
-                14
+                (14, [output[12], output[13]])
             };
-            if !packet::ipv4_checksum_ok(&output, l3_off) {
+            // The IPv4 header to check: the packet's, or the one inside IPv4-in-IPv6.
+            let ipv4_off = match ether_type {
+                [0x08, 0x00] => Some(l3_off),
+                [0x86, 0xdd] if output[l3_off + 6] == 4 => Some(l3_off + 40),
+                _ => None,
+            };
+            if let Some(off) = ipv4_off
+                && !packet::ipv4_checksum_ok(&output, off)
+            {
                 failures.push(format!("{}: bad IPv4 header checksum", case.description));
             }
         }
@@ -1275,8 +1283,11 @@ fn policy_table() {
     let mut lab = lab(POLICY_CONFIG);
     let cases = policy_cases(&lab);
     run_table(&mut lab, &cases);
-    // Every reason of the policy stage (the ones from `denied` on) is covered by the table.
-    for &reason in &DropReason::ALL[DropReason::Denied as usize..] {
+    // Every reason of the policy stage (`denied` to `ipv6_truncated`) is covered by the table;
+    // the IPv6 parsing reasons after it by `ipv6_table`.
+    for &reason in
+        &DropReason::ALL[DropReason::Denied as usize..=DropReason::Ipv6Truncated as usize]
+    {
         assert!(
             cases.iter().any(|c| c.drop == Some(reason)),
             "no case for {}",
@@ -1486,6 +1497,671 @@ fn policy_changes_apply_by_difference() {
         },
     ];
     run_table(&mut lab, &cases);
+}
+
+// ----- IPv6: VIPs, backends, extension headers, IPv4-in-IPv6.
+
+const V6_CONFIG: &str = r#"
+[interface]
+name = "fixture6"
+
+[limits]
+flow_table_size = 4096
+max_vips = 64
+max_backends = 256
+maglev_slots = 262144
+
+[encap]
+source_prefix = "172.16.0.0/16"
+source_prefix_v6 = "fd00:16::/64"
+next_hop_mac = "02:00:00:00:fe:01"
+
+[[vip]]
+name = "web6-l2"
+address = "2001:db8::10"
+port = 80
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "2001:db8:1::21"
+  mac = "02:00:00:00:01:21"
+  [[vip.backend]]
+  address = "2001:db8:1::22"
+  mac = "02:00:00:00:01:22"
+
+[[vip]]
+name = "web6-ipip"
+address = "2001:db8::20"
+port = 80
+protocol = "tcp"
+mode = "ipip"
+table_size = 251
+  [vip.health]
+  via = "direct"
+  [[vip.backend]]
+  address = "2001:db8:2::21"
+  [[vip.backend]]
+  address = "2001:db8:2::22"
+  mac = "02:00:00:00:02:22"
+
+[[vip]]
+name = "dns6-ipip"
+address = "2001:db8::20"
+port = 53
+protocol = "udp"
+mode = "ipip"
+table_size = 251
+  [[vip.backend]]
+  address = "2001:db8:2::31"
+
+[[vip]]
+name = "web4-in-6"
+address = "10.0.0.50"
+port = 80
+protocol = "tcp"
+mode = "ipip"
+table_size = 251
+  [vip.health]
+  via = "direct"
+  [[vip.backend]]
+  address = "2001:db8:3::1"
+  [[vip.backend]]
+  address = "2001:db8:3::2"
+"#;
+
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().expect("test address")
+}
+
+fn flow6(src: &str, dst: &str, sport: u16, dport: u16) -> Flow6 {
+    Flow6 {
+        src: ip6(src),
+        dst: ip6(dst),
+        sport,
+        dport,
+    }
+}
+
+fn flow_key6(flow: &Flow6, proto: u8) -> FlowKey6 {
+    FlowKey6 {
+        src: addr_words(flow.src.into()).0,
+        dst: addr_words(flow.dst.into()).0,
+        sport: flow.sport.to_be(),
+        dport: flow.dport.to_be(),
+        proto,
+        _pad: 0,
+        _pad2: 0,
+    }
+}
+
+/// The IPv6 outer source for a flow hash: fd00:16::/64 with the host bits from the hash, as
+/// documented for encap.source_prefix_v6.
+fn ip6_source(flow_hash: u32) -> Ipv6Addr {
+    let prefix = addr_words(ip6("fd00:16::").into()).0;
+    let mask = addr_words(ip6("::ffff:ffff:ffff:ffff").into()).0;
+    let words = hash::ip6_source(prefix, mask, flow_hash);
+    let mut bytes = [0u8; 16];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(bytes)
+}
+
+impl Lab {
+    /// The backend index the control plane's table picks for a flow hash.
+    fn predicted_by_hash(&self, vip: &VipKeyOrd, flow_hash: u32) -> usize {
+        let table = self.dataplane.table(vip).unwrap().expect("VIP applied");
+        let id = table[(flow_hash % table.len() as u32) as usize];
+        (0..)
+            .find(|&i| self.dataplane.backend_id(vip, i) == Some(id))
+            .expect("slot holds one of the VIP's backends")
+    }
+
+    fn backend_addr6(&self, vip_name: &str, index: usize) -> Ipv6Addr {
+        let vip = self
+            .config
+            .vips
+            .iter()
+            .find(|v| v.name == vip_name)
+            .unwrap();
+        match vip.backends[index].address {
+            std::net::IpAddr::V6(a) => a,
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+fn vip_key6(address: &str, port: u16, proto: u8) -> VipKeyOrd {
+    let (addr, fam) = addr_words(ip6(address).into());
+    VipKeyOrd {
+        addr,
+        port,
+        proto,
+        family: fam,
+    }
+}
+
+/// Protocol numbers of the extension headers used below.
+const HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const DEST: u8 = 60;
+const ESP: u8 = 50;
+
+fn ipv6_cases(lab: &Lab) -> Vec<Case> {
+    let web6_l2 = vip_key6("2001:db8::10", 80, 6);
+    let web6_ipip = vip_key6("2001:db8::20", 80, 6);
+    let dns6_ipip = vip_key6("2001:db8::20", 53, 17);
+    let web4_in_6 = vip_key("10.0.0.50", 80, 6);
+    let mut cases = Vec::new();
+
+    // --- L2 DSR, with every skipped extension header kind.
+    let f = flow6("2001:db8:c::1", "2001:db8::10", 40000, 80);
+    let segment = packet::tcp6_segment(&f, TCP_SYN, b"");
+    let b = lab.predicted_by_hash(&web6_l2, hash::flow_hash6(&flow_key6(&f, 6)));
+    let mac = lab.backend_mac("web6-l2", b);
+    let with_headers = |headers: &[(u8, u8, [u8; 2])]| {
+        // Each entry: (this header's kind, length, first bytes); chained in order, then TCP.
+        let mut rest = Vec::new();
+        for (i, &(_, len, first)) in headers.iter().enumerate() {
+            let next = headers.get(i + 1).map_or(6, |h| h.0);
+            rest.extend(packet::ipv6_ext_header(next, len, first));
+        }
+        rest.extend_from_slice(&segment);
+        packet::ipv6_frame(&to_lb(None), &f, headers.first().map_or(6, |h| h.0), &rest)
+    };
+    for (description, headers) in [
+        (
+            "TCP SYN to an IPv6 L2 VIP: destination MAC becomes the Maglev backend's",
+            &[][..],
+        ),
+        (
+            "IPv6 hop-by-hop options (first) skipped",
+            &[(HOP, 0, [1, 4])][..],
+        ),
+        (
+            "IPv6 destination options (16 bytes) skipped",
+            &[(DEST, 1, [1, 12])][..],
+        ),
+        (
+            "IPv6 routing header with no segments left skipped",
+            &[(ROUTING, 0, [4, 0])][..],
+        ),
+        (
+            "IPv6 hop-by-hop, destination options, routing, destination options (four) skipped",
+            &[
+                (HOP, 0, [1, 4]),
+                (DEST, 0, [1, 4]),
+                (ROUTING, 2, [4, 0]),
+                (DEST, 0, [1, 4]),
+            ][..],
+        ),
+    ] {
+        let input = with_headers(headers);
+        cases.push(Case {
+            description,
+            output: Expected::Bytes(l2_rewritten(&input, mac)),
+            input,
+            action: XDP_TX,
+            drop: None,
+        });
+    }
+
+    // --- IPv6-in-IPv6 and IPv4-in-IPv6.
+    for (description, vlan, f, proto, vip, name) in [
+        (
+            "TCP to an IPv6 ipip VIP: IPv6-in-IPv6 to the backend",
+            None,
+            flow6("2001:db8:c::10", "2001:db8::20", 40010, 80),
+            6u8,
+            web6_ipip,
+            "web6-ipip",
+        ),
+        (
+            "UDP to an IPv6 ipip VIP",
+            None,
+            flow6("2001:db8:c::11", "2001:db8::20", 5353, 53),
+            17,
+            dns6_ipip,
+            "dns6-ipip",
+        ),
+        (
+            "VLAN-tagged TCP to an IPv6 ipip VIP: tag stays in front of the outer header",
+            Some(7),
+            flow6("2001:db8:c::12", "2001:db8::20", 40011, 80),
+            6,
+            web6_ipip,
+            "web6-ipip",
+        ),
+    ] {
+        let mut input = if proto == 6 {
+            packet::tcp6(&to_lb(vlan), &f, TCP_SYN, b"")
+        } else {
+            packet::udp6(&to_lb(vlan), &f, b"query")
+        };
+        // A traffic class (DSCP 10, ECT(0)) to see it copied to the outer header.
+        let l3 = if vlan.is_some() { 18 } else { 14 };
+        input[l3] = 0x62;
+        input[l3 + 1] = 0xa0;
+        let flow_hash = hash::flow_hash6(&flow_key6(&f, proto));
+        let b = lab.predicted_by_hash(&vip, flow_hash);
+        let new_l2 = L2 {
+            dst: lab.backend_mac(name, b),
+            src: IF_MAC,
+            vlan,
+        };
+        cases.push(Case {
+            description,
+            output: Expected::Bytes(packet::ip6_encapsulated(
+                &input,
+                &new_l2,
+                ip6_source(flow_hash),
+                lab.backend_addr6(name, b),
+                hash::flow_label(flow_hash),
+            )),
+            input,
+            action: XDP_TX,
+            drop: None,
+        });
+    }
+    for (description, vlan) in [
+        ("TCP to an IPv4 VIP with IPv6 backends: IPv4-in-IPv6", None),
+        (
+            "VLAN-tagged IPv4-in-IPv6: the tag's ethertype becomes IPv6",
+            Some(9),
+        ),
+    ] {
+        let f = flow("192.0.2.50", "10.0.0.50", 40050, 80);
+        let input = packet::tcp4(&to_lb(vlan), &f, TCP_SYN, b"");
+        let flow_hash = hash::flow_hash(&flow_key(&f, 6));
+        let b = lab.predicted_by_hash(&web4_in_6, flow_hash);
+        let new_l2 = L2 {
+            dst: lab.backend_mac("web4-in-6", b),
+            src: IF_MAC,
+            vlan,
+        };
+        cases.push(Case {
+            description,
+            output: Expected::Bytes(packet::ip6_encapsulated(
+                &input,
+                &new_l2,
+                ip6_source(flow_hash),
+                lab.backend_addr6("web4-in-6", b),
+                hash::flow_label(flow_hash),
+            )),
+            input,
+            action: XDP_TX,
+            drop: None,
+        });
+    }
+
+    // --- Passed untouched.
+    let other = flow6("2001:db8:c::20", "2001:db8::99", 40020, 80);
+    cases.push(Case {
+        description: "IPv6 TCP to a non-VIP address passes",
+        input: packet::tcp6(&to_lb(None), &other, TCP_SYN, b""),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    let mut rest = packet::ipv6_ext_header(6, 0, [0, 0]);
+    rest.extend(packet::tcp6_segment(&other, TCP_SYN, b""));
+    cases.push(Case {
+        description: "IPv6 fragment to a non-VIP address passes",
+        input: packet::ipv6_frame(&to_lb(None), &other, FRAGMENT, &rest),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    let mut rest = packet::ipv6_ext_header(6, 0, [0, 0]);
+    rest.extend(packet::tcp6_segment(&other, TCP_SYN, b""));
+    cases.push(Case {
+        description: "IPv6 ESP to a non-VIP address passes",
+        input: packet::ipv6_frame(&to_lb(None), &other, ESP, &rest),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+    let to_vip = flow6("2001:db8:c::21", "2001:db8::10", 40021, 80);
+    cases.push(Case {
+        description: "ICMPv6 echo to an IPv6 VIP address passes to the stack",
+        input: packet::ipv6_frame(&to_lb(None), &to_vip, 58, &[128, 0, 0, 0, 0, 0, 0, 0]),
+        action: XDP_PASS,
+        output: Expected::Unchanged,
+        drop: None,
+    });
+
+    // --- Dropped with a reason.
+    let f = flow6("2001:db8:c::30", "2001:db8::10", 40030, 80);
+    let good = packet::tcp6(&to_lb(None), &f, TCP_SYN, b"");
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x40;
+    cases.push(Case {
+        description: "IPv6 ethertype with version 4 in the header",
+        input: bad_version,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv6BadHeader),
+    });
+    let mut too_long = good.clone();
+    too_long[18..20].copy_from_slice(&1500u16.to_be_bytes());
+    cases.push(Case {
+        description: "IPv6 payload length longer than the frame",
+        input: too_long,
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv6BadLength),
+    });
+    // Destination options of length 3 (32 bytes) in a 16-byte payload.
+    let mut rest = packet::ipv6_ext_header(6, 0, [1, 4]);
+    rest[1] = 3;
+    rest.extend_from_slice(&[0u8; 8]);
+    cases.push(Case {
+        description: "IPv6 destination options running past the payload, to a VIP",
+        input: packet::ipv6_frame(&to_lb(None), &f, DEST, &rest),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Ipv6BadLength),
+    });
+    let segment = packet::tcp6_segment(&f, TCP_SYN, b"");
+    let chain = |kinds: &[u8], firsts: &[[u8; 2]]| {
+        let mut rest = Vec::new();
+        for (i, first) in firsts.iter().enumerate() {
+            let next = kinds.get(i + 1).copied().unwrap_or(6);
+            rest.extend(packet::ipv6_ext_header(next, 0, *first));
+        }
+        rest.extend_from_slice(&segment);
+        packet::ipv6_frame(&to_lb(None), &f, kinds[0], &rest)
+    };
+    for (description, input, reason) in [
+        (
+            "IPv6 routing header with segments left, to a VIP",
+            chain(&[ROUTING], &[[4, 1]]),
+            DropReason::Ipv6ExtHeader,
+        ),
+        (
+            "IPv6 hop-by-hop options not first, to a VIP",
+            chain(&[DEST, HOP], &[[1, 4], [1, 4]]),
+            DropReason::Ipv6ExtHeader,
+        ),
+        (
+            "Five IPv6 extension headers, to a VIP",
+            chain(&[DEST; 5], &[[1, 4]; 5]),
+            DropReason::Ipv6ExtHeader,
+        ),
+        (
+            "IPv6 ESP, to a VIP",
+            chain(&[ESP], &[[0, 0]]),
+            DropReason::Ipv6ExtHeader,
+        ),
+        (
+            "IPv6 fragment, to a VIP",
+            chain(&[FRAGMENT], &[[0, 0]]),
+            DropReason::Ipv6Fragment,
+        ),
+        (
+            "IPv6 TCP header cut short, to a VIP",
+            packet::ipv6_frame(&to_lb(None), &f, 6, &segment[..12]),
+            DropReason::L4Truncated,
+        ),
+        (
+            "IPv6 TCP to a VIP address on a port no VIP serves: unserved",
+            packet::tcp6(
+                &to_lb(None),
+                &flow6("2001:db8:c::31", "2001:db8::10", 40031, 8080),
+                TCP_SYN,
+                b"",
+            ),
+            DropReason::Unserved,
+        ),
+        (
+            "IPv6 TCP to a VIP with SYN and FIN",
+            packet::tcp6(&to_lb(None), &f, TCP_SYN | 0x01, b""),
+            DropReason::TcpBadFlags,
+        ),
+        (
+            "IPv6 shorter than its fixed header",
+            good[..14 + 30].to_vec(),
+            DropReason::Ipv6Truncated,
+        ),
+    ] {
+        cases.push(Case {
+            description,
+            input,
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(reason),
+        });
+    }
+    cases
+}
+
+#[test]
+fn ipv6_table() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(V6_CONFIG);
+    let cases = ipv6_cases(&lab);
+    run_table(&mut lab, &cases);
+    // Every IPv6 parsing reason is covered by the table.
+    for &reason in &DropReason::ALL[DropReason::Ipv6BadHeader as usize..] {
+        assert!(
+            cases.iter().any(|c| c.drop == Some(reason)),
+            "no case for {}",
+            reason.name()
+        );
+    }
+}
+
+#[test]
+fn established_ipv6_flows_stay_on_their_backend_in_the_ipv6_flow_table() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(V6_CONFIG);
+    let f = flow6("2001:db8:c::40", "2001:db8::10", 40040, 80);
+    let (action, first) = lab.run(&packet::tcp6(&to_lb(None), &f, TCP_SYN, b""));
+    assert_eq!(action, XDP_TX);
+    let before = lab.dataplane.stats().unwrap();
+    // Remove the backend the flow is on... from the table only: drain it (weight 0), so
+    // the flow's entry stays valid and a new flow cannot land on it.
+    let on = sent_to(&first);
+    let index = (0..2)
+        .find(|&i| lab.backend_mac("web6-l2", i) == on)
+        .unwrap();
+    let drained = V6_CONFIG.replacen(
+        &format!(
+            "address = \"2001:db8:1::2{}\"\n  mac = \"02:00:00:00:01:2{}\"",
+            index + 1,
+            index + 1
+        ),
+        &format!(
+            "address = \"2001:db8:1::2{}\"\n  mac = \"02:00:00:00:01:2{}\"\n  weight = 0",
+            index + 1,
+            index + 1
+        ),
+        1,
+    );
+    assert_ne!(drained, V6_CONFIG, "the backend to drain is in the config");
+    let config = xlb::config::Config::parse(&drained, "drained.toml").unwrap();
+    let state = DesiredState::from_config(&config).unwrap();
+    lab.dataplane.apply(&state).unwrap();
+    let (action, next) = lab.run(&packet::tcp6(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        sent_to(&next),
+        on,
+        "the established flow stays on its backend"
+    );
+    let after = lab.dataplane.stats().unwrap();
+    assert_eq!(
+        after.lb_count(LbCounter::FlowHit) - before.lb_count(LbCounter::FlowHit),
+        1,
+        "found in the IPv6 flow table"
+    );
+    let (action, fresh) = lab.run(&packet::tcp6(&to_lb(None), &f, TCP_SYN, b""));
+    assert_eq!(action, XDP_TX);
+    assert_ne!(
+        sent_to(&fresh),
+        on,
+        "a new connection avoids the drained backend"
+    );
+}
+
+// ----- The backend-side decapsulator: every encapsulation the balancer sends.
+
+#[test]
+fn decap_table() {
+    if !have_root() {
+        return;
+    }
+    let mut decap = xlb::dataplane::decap::Decap::load().unwrap_or_else(|e| panic!("{e}"));
+    decap.add_vip(ip("10.0.0.20").into()).unwrap();
+    decap.add_vip(ip6("2001:db8::20").into()).unwrap();
+    let on_wire = |vlan| L2 {
+        dst: [0x02, 0, 0, 0, 0x02, 0x21],
+        src: IF_MAC,
+        vlan,
+    };
+    let outer4 = ip("172.16.1.2");
+    let backend4 = ip("10.0.2.21");
+    let outer6 = ip6("fd00:16::1:2");
+    let backend6 = ip6("2001:db8:2::21");
+    // The inner frames, as the client sent them (their MACs are replaced by the outer ones).
+    let inner4 = |vlan, dst: &str| {
+        packet::tcp4(
+            &to_lb(vlan),
+            &flow("192.0.2.60", dst, 40060, 80),
+            TCP_ACK,
+            b"GET /",
+        )
+    };
+    let inner6 = |vlan, dst: &str| {
+        packet::tcp6(
+            &to_lb(vlan),
+            &flow6("2001:db8:c::60", dst, 40060, 80),
+            TCP_ACK,
+            b"GET /",
+        )
+    };
+    // What the decapsulator passes up: the outer frame's MACs and tag, the inner ethertype,
+    // the inner packet.
+    let stripped = |inner: &[u8], vlan: Option<u16>, ether_type: u16| {
+        let l3_off = if vlan.is_some() { 18 } else { 14 };
+        let mut frame = packet::ethernet(&on_wire(vlan), ether_type);
+        frame.extend_from_slice(&inner[l3_off..]);
+        frame
+    };
+    let mut cases = Vec::new();
+    for vlan in [None, Some(7)] {
+        let inner = inner4(vlan, "10.0.0.20");
+        cases.push((
+            "IPv4-in-IPv4 for a local VIP: outer header stripped",
+            packet::ipip_encapsulated(&inner, &on_wire(vlan), outer4, backend4),
+            XDP_PASS,
+            Some(stripped(&inner, vlan, 0x0800)),
+        ));
+        let inner = inner6(vlan, "2001:db8::20");
+        cases.push((
+            "IPv6-in-IPv6 for a local VIP: outer header stripped",
+            packet::ip6_encapsulated(&inner, &on_wire(vlan), outer6, backend6, 0x12345),
+            XDP_PASS,
+            Some(stripped(&inner, vlan, 0x86dd)),
+        ));
+        let inner = inner4(vlan, "10.0.0.20");
+        cases.push((
+            "IPv4-in-IPv6 for a local VIP: outer header stripped, ethertype back to IPv4",
+            packet::ip6_encapsulated(&inner, &on_wire(vlan), outer6, backend6, 0x12345),
+            XDP_PASS,
+            Some(stripped(&inner, vlan, 0x0800)),
+        ));
+    }
+    cases.push((
+        "IPv6-in-IPv6 for another address: passed untouched",
+        packet::ip6_encapsulated(
+            &inner6(None, "2001:db8::99"),
+            &on_wire(None),
+            outer6,
+            backend6,
+            1,
+        ),
+        XDP_PASS,
+        None,
+    ));
+    cases.push((
+        "IPv4-in-IPv6 for another address: passed untouched",
+        packet::ip6_encapsulated(
+            &inner4(None, "10.0.0.99"),
+            &on_wire(None),
+            outer6,
+            backend6,
+            1,
+        ),
+        XDP_PASS,
+        None,
+    ));
+    cases.push((
+        "Plain IPv6 TCP to the VIP: passed untouched",
+        inner6(None, "2001:db8::20"),
+        XDP_PASS,
+        None,
+    ));
+    let cut = packet::ip6_encapsulated(
+        &inner6(None, "2001:db8::20"),
+        &on_wire(None),
+        outer6,
+        backend6,
+        1,
+    );
+    // The outer header says 20 bytes of payload: an inner IPv6 header cannot fit.
+    let mut cut = cut[..14 + 40 + 20].to_vec();
+    cut[18..20].copy_from_slice(&20u16.to_be_bytes());
+    cases.push((
+        "IPv6-in-IPv6 whose inner header is cut short: malformed, dropped",
+        cut,
+        XDP_DROP,
+        None,
+    ));
+
+    let mut failures = Vec::new();
+    for (description, input, action, expected) in &cases {
+        let before = decap.counters().unwrap();
+        let mut out = vec![0u8; input.len() + 64];
+        let (got_action, len) = decap.test_run(input, &mut out).unwrap();
+        out.truncate(len);
+        let after = decap.counters().unwrap();
+        let moved: Vec<&str> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| a.1 != b.1)
+            .map(|(_, a)| a.0)
+            .collect();
+        let expected_counter = match (action, expected) {
+            (&XDP_DROP, _) => "malformed",
+            (_, Some(_)) => "decapsulated",
+            (_, None) => "passed",
+        };
+        if moved != [expected_counter] {
+            failures.push(format!("{description}: counters moved {moved:?}"));
+        }
+        if got_action != *action {
+            failures.push(format!(
+                "{description}: action {got_action}, expected {action}"
+            ));
+            continue;
+        }
+        let expected = expected.as_ref().unwrap_or(input);
+        if &out != expected {
+            failures.push(format!(
+                "{description}: output differs\n  got      {}\n  expected {}",
+                hex(&out),
+                hex(expected)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Established flows skip the global lists while their entry holds the lists' current

@@ -235,11 +235,6 @@ fn run(args: RunArgs) -> Result<(), String> {
 
 fn run_decap(interface: &str, vips: &[std::net::IpAddr], native: bool) -> Result<(), String> {
     let signals = Signals::block().map_err(|e| format!("blocking signals: {e}"))?;
-    if let Some(v6) = vips.iter().find(|vip| vip.is_ipv6()) {
-        return Err(format!(
-            "--vip {v6}: IPv6 is not supported by the decapsulator yet"
-        ));
-    }
     let mut decap = Decap::attach(interface, native).map_err(|e| e.to_string())?;
     for vip in vips {
         decap.add_vip(*vip).map_err(|e| e.to_string())?;

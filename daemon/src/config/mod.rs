@@ -101,6 +101,9 @@ impl Default for Limits {
 pub struct EncapConfig {
     /// Outer source addresses: host bits are filled from the flow hash so backends spread by RSS.
     pub source_prefix: Ipv4Net,
+    /// Outer IPv6 source addresses of IPv6 encapsulation (IPv6-in-IPv6, IPv4-in-IPv6), host
+    /// bits from the flow hash; required when a VIP in mode `ipip` has an IPv6 backend.
+    pub source_prefix_v6: Option<Cidr>,
     /// Destination MAC of IPIP frames for backends without their own `mac`.
     pub next_hop_mac: Option<MacAddr>,
 }
@@ -113,6 +116,7 @@ impl Default for EncapConfig {
                 addr: Ipv4Addr::new(172, 16, 0, 0),
                 prefix_len: 16,
             },
+            source_prefix_v6: None,
             next_hop_mac: None,
         }
     }
@@ -123,7 +127,7 @@ impl Default for EncapConfig {
 pub struct VipConfig {
     /// Unique label, used in logs and stats.
     pub name: String,
-    /// The virtual address (IPv4 for now).
+    /// The virtual address (IPv4 or IPv6).
     pub address: IpAddr,
     /// Destination port; 0 matches every port of the protocol.
     pub port: u16,

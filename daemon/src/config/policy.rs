@@ -435,7 +435,7 @@ impl Checker<'_> {
                 self.error_at(
                     span,
                     field,
-                    format!("{cidr} is IPv6; VIPs are IPv4, so their source ranges are too"),
+                    format!("{cidr} is IPv6; source ranges are IPv4-only (so are the VIPs that have them)"),
                 );
             }
         }

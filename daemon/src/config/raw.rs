@@ -44,6 +44,7 @@ pub(super) struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEncap {
     pub source_prefix: Option<Spanned<String>>,
+    pub source_prefix_v6: Option<Spanned<String>>,
     pub next_hop_mac: Option<Spanned<String>>,
 }
 

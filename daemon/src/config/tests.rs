@@ -160,6 +160,7 @@ fn full_config_reads_into_the_exact_struct() {
                 addr: Ipv4Addr::new(10, 200, 0, 0),
                 prefix_len: 24,
             },
+            source_prefix_v6: None,
             next_hop_mac: Some(MacAddr([2, 0, 0, 0, 0, 0xfe])),
         },
         vips: vec![
@@ -436,9 +437,16 @@ fn bad_interface_name_and_attach_mode() {
 #[test]
 fn bad_vip_address() {
     let cases = [
-        ("\"10.0.0\"", "`10.0.0` is not an IPv4 address"),
-        ("\"fd00::10\"", "IPv6 VIPs are not supported yet"),
-        ("\"0.0.0.0\"", "0.0.0.0 cannot be a VIP address"),
+        ("\"10.0.0\"", "`10.0.0` is not an IPv4 or IPv6 address"),
+        (
+            "\"0.0.0.0\"",
+            "0.0.0.0 (unspecified) cannot be a VIP address",
+        ),
+        ("\"::\"", ":: (unspecified) cannot be a VIP address"),
+        (
+            "\"ff02::1\"",
+            "ff02::1 is a multicast address and cannot be a VIP address",
+        ),
         (
             "\"224.0.0.1\"",
             "224.0.0.1 is a multicast address and cannot be a VIP address",
@@ -459,13 +467,102 @@ fn bad_vip_address() {
 #[test]
 fn bad_backend_address() {
     assert_eq!(
-        only_error(&base_with("\"10.0.0.21\"", "\"2001:db8::21\"")),
-        "12:11: vip[0].backend[0].address: IPv6 backends are not supported yet"
-    );
-    assert_eq!(
         only_error(&base_with("\"10.0.0.21\"", "\"web-1\"")),
-        "12:11: vip[0].backend[0].address: `web-1` is not an IPv4 address"
+        "12:11: vip[0].backend[0].address: `web-1` is not an IPv4 or IPv6 address"
     );
+}
+
+#[test]
+fn ipv6_vips_and_backends() {
+    // An IPv6 VIP with IPv6 backends in mode l2: valid.
+    let v6 = base_with("\"10.0.0.10\"", "\"2001:db8::10\"").replacen(
+        "\"10.0.0.21\"",
+        "\"2001:db8::21\"",
+        1,
+    );
+    let config = Config::parse(&v6, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.vips[0].address,
+        "2001:db8::10".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(config.encap.source_prefix_v6, None);
+
+    // An IPv6 VIP with an IPv4 backend: nothing carries IPv6 in IPv4.
+    assert_eq!(
+        only_error(&base_with("\"10.0.0.10\"", "\"2001:db8::10\"")),
+        "12:11: vip[0].backend[0].address: IPv6 VIP 2001:db8::10 cannot have the IPv4 backend \
+         10.0.0.21: no encapsulation carries IPv6 in IPv4"
+    );
+    // Mode l2 needs the VIP's family.
+    assert_eq!(
+        only_error(&base_with("\"10.0.0.21\"", "\"2001:db8::21\"")),
+        "12:11: vip[0].backend[0].address: mode \"l2\" needs backends of the VIP's address \
+         family: IPv4 VIP 10.0.0.10, IPv6 backend 2001:db8::21 (mode \"ipip\" sends \
+         IPv4-in-IPv6)"
+    );
+    // Source ranges are IPv4-only.
+    assert_eq!(
+        only_error(&v6.replacen(
+            "mode = \"l2\"",
+            "mode = \"l2\"\nsource_ranges = [\"192.0.2.0/24\"]",
+            1
+        )),
+        "10:17: vip[0].source_ranges: source_ranges are IPv4-only and cannot be set on an IPv6 \
+         VIP (not supported yet; the global [policy] lists do filter IPv6 sources)"
+    );
+}
+
+#[test]
+fn ipv6_backends_in_mode_ipip() {
+    let ipip = |encap: &str, health: &str| {
+        format!(
+            "[interface]\nname = \"eth0\"\n{encap}\n[[vip]]\nname = \"web\"\n\
+             address = \"10.0.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"ipip\"\n\
+             {health}\n[[vip.backend]]\naddress = \"2001:db8::21\"\nmac = \"02:00:00:00:01:01\"\n"
+        )
+    };
+    let encap = "[encap]\nsource_prefix_v6 = \"fd00:16::/64\"";
+    let direct = "[vip.health]\nvia = \"direct\"";
+    let config = Config::parse(&ipip(encap, direct), "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.encap.source_prefix_v6,
+        Some("fd00:16::/64".parse().unwrap())
+    );
+    // Without the IPv6 outer source.
+    assert_eq!(
+        only_error(&ipip("", direct)),
+        "12:1: vip[0].backend[0].address: IPv6 backend 2001:db8::21 in mode \"ipip\" needs \
+         encap.source_prefix_v6 (the outer IPv6 source of IPv6-in-IPv6 and IPv4-in-IPv6 \
+         packets), which is not set"
+    );
+    // Probes through the encapsulation (the default in mode ipip) are IPv4-only.
+    assert_eq!(
+        only_error(&ipip(encap, "")),
+        "12:1: vip[0].backend[0].health.via: IPv6 backend 2001:db8::21: health checks through \
+         the encapsulation (via = \"encap\", the default in mode \"ipip\") are IPv4-only; set \
+         via = \"direct\" in [vip.health] or the backend's health"
+    );
+    // The IPv6 prefix: an IPv6 network of /32 or longer.
+    for (value, message) in [
+        (
+            "\"10.0.0.0/8\"",
+            "an IPv6 prefix is needed here (the IPv4 one is encap.source_prefix)",
+        ),
+        (
+            "\"fd00::/16\"",
+            "prefix length /16 is out of range 32..=128",
+        ),
+        (
+            "\"fd00::1/64\"",
+            "`fd00::1/64` has host bits set; the network is fd00::/64",
+        ),
+    ] {
+        let text = ipip(&format!("[encap]\nsource_prefix_v6 = {value}"), direct);
+        assert_eq!(
+            only_error(&text),
+            format!("4:20: encap.source_prefix_v6: {message}")
+        );
+    }
 }
 
 #[test]
@@ -734,7 +831,8 @@ fn source_prefix_checks() {
     );
     assert_eq!(
         only_error(&with("fd00::/64")),
-        "15:17: encap.source_prefix: IPv6 source prefixes are not supported yet"
+        "15:17: encap.source_prefix: an IPv4 prefix is needed here (an IPv6 one goes in \
+         encap.source_prefix_v6)"
     );
     assert_eq!(
         parse(&with("10.1.2.3/32")).encap.source_prefix.to_string(),
@@ -1044,8 +1142,8 @@ fn vip_source_ranges_are_ipv4_and_count_against_the_limit() {
         [
             "10:17: vip[0].source_ranges: 2 source ranges across all VIPs but \
              limits.policy_prefixes is 1",
-            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6; VIPs are IPv4, so their source \
-             ranges are too",
+            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6; source ranges are IPv4-only (so \
+             are the VIPs that have them)",
             "10:51: vip[0].source_ranges[2]: duplicate prefix 192.0.2.0/24 \
              (vip[0].source_ranges[0])",
         ]

@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::diagnostic::{Diagnostic, line_column};
 use super::raw::{RawBackend, RawConfig, RawEncap, RawInterface, RawLimits, RawVip};
 use super::{
-    AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig, InterfaceConfig,
-    Ipv4Net, Limits, MacAddr, NetParseError, Protocol, VipConfig,
+    AttachMode, BackendConfig, Cidr, Config, EncapConfig, ForwardMode, HealthConfig,
+    InterfaceConfig, Ipv4Net, Limits, MacAddr, NetParseError, ProbeVia, Protocol, VipConfig,
 };
 use crate::maglev::is_prime;
 
@@ -40,6 +40,9 @@ const DEFAULT_WEIGHT: u32 = 100;
 /// Accepted prefix lengths of `encap.source_prefix`: /8 or longer, so hashes spread over a
 /// sane block, and /32 for a single fixed source.
 const SOURCE_PREFIX_LEN_RANGE: RangeInclusive<u8> = 8..=32;
+/// Accepted prefix lengths of `encap.source_prefix_v6`: /32 or longer (the flow hash fills at
+/// most the low 96 bits), and /128 for a single fixed source.
+const SOURCE_PREFIX_V6_LEN_RANGE: RangeInclusive<u8> = 32..=128;
 /// Longest VIP or backend name.
 const NAME_MAX_CHARS: usize = 63;
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
@@ -91,7 +94,7 @@ enum NextHop {
 }
 
 /// What makes a VIP unique: address, port and protocol.
-type Service = (Ipv4Addr, u16, Protocol);
+type Service = (IpAddr, u16, Protocol);
 
 /// The limits that were valid; a limit given out of range takes part in no further check.
 struct CheckedLimits {
@@ -107,6 +110,14 @@ impl Checker<'_> {
         let (limits, checked) = self.limits(raw.limits.as_ref());
         let (encap, next_hop) = self.encap(raw.encap.as_ref());
         let vips = self.vips(&raw.vip, next_hop);
+        // An invalid prefix is reported already: only a missing one is reported here.
+        let given_v6 = raw
+            .encap
+            .as_ref()
+            .is_some_and(|e| e.get_ref().source_prefix_v6.is_some());
+        if !given_v6 {
+            self.needs_source_prefix_v6(&raw.vip, &vips);
+        }
         self.capacity(&raw.vip, &vips, &checked);
         let policy = self.policy(raw.policy.as_ref(), checked.policy_prefixes);
         let events = self.events(raw.events.as_ref());
@@ -224,8 +235,13 @@ impl Checker<'_> {
             NextHop::Valid(mac) => Some(mac),
             NextHop::Absent | NextHop::Invalid => None,
         };
+        let source_prefix_v6 = raw
+            .source_prefix_v6
+            .as_ref()
+            .and_then(|prefix| self.source_prefix_v6(prefix));
         let encap = EncapConfig {
             source_prefix,
+            source_prefix_v6,
             next_hop_mac,
         };
         (encap, next_hop)
@@ -252,12 +268,53 @@ impl Checker<'_> {
                 bad_len(network.prefix_len).unwrap_or_else(|| error.to_string())
             }
             Err(NetParseError::Prefix(_)) if text.contains(':') => {
-                "IPv6 source prefixes are not supported yet".to_owned()
+                "an IPv4 prefix is needed here (an IPv6 one goes in encap.source_prefix_v6)"
+                    .to_owned()
             }
             Err(error) => error.to_string(),
         };
         self.error_at(raw, "encap.source_prefix", problem);
         None
+    }
+
+    fn source_prefix_v6(&mut self, raw: &Spanned<String>) -> Option<Cidr> {
+        let problem = match raw.get_ref().parse::<Cidr>() {
+            Ok(prefix) if prefix.addr.is_ipv4() => {
+                "an IPv6 prefix is needed here (the IPv4 one is encap.source_prefix)".to_owned()
+            }
+            Ok(prefix) if !SOURCE_PREFIX_V6_LEN_RANGE.contains(&prefix.prefix_len) => format!(
+                "prefix length /{} is out of range {}..={}",
+                prefix.prefix_len,
+                SOURCE_PREFIX_V6_LEN_RANGE.start(),
+                SOURCE_PREFIX_V6_LEN_RANGE.end()
+            ),
+            Ok(prefix) => return Some(prefix),
+            Err(error) => error.to_string(),
+        };
+        self.error_at(raw, "encap.source_prefix_v6", problem);
+        None
+    }
+
+    /// Without `encap.source_prefix_v6`, a VIP in mode `ipip` with an IPv6 backend has no
+    /// outer IPv6 source: reported at its first IPv6 backend.
+    fn needs_source_prefix_v6(&mut self, raw: &[Spanned<RawVip>], vips: &[VipConfig]) {
+        for (index, (raw_vip, vip)) in raw.iter().zip(vips).enumerate() {
+            if vip.mode != ForwardMode::Ipip {
+                continue;
+            }
+            let Some(position) = vip.backends.iter().position(|b| b.address.is_ipv6()) else {
+                continue;
+            };
+            self.error(
+                Some(raw_vip.get_ref().backend[position].span()),
+                &format!("vip[{index}].backend[{position}].address"),
+                format!(
+                    "IPv6 backend {} in mode \"ipip\" needs encap.source_prefix_v6 (the outer \
+                     IPv6 source of IPv6-in-IPv6 and IPv4-in-IPv6 packets), which is not set",
+                    vip.backends[position].address
+                ),
+            );
+        }
     }
 
     fn vips(&mut self, raw: &[Spanned<RawVip>], next_hop: NextHop) -> Vec<VipConfig> {
@@ -315,7 +372,7 @@ impl Checker<'_> {
             .filter(|name| self.label(name, &format!("{path}.name")).is_some());
         let address = self
             .required(&vip.address, span.clone(), path, "address")
-            .and_then(|address| self.ipv4(address, &format!("{path}.address"), "VIP"));
+            .and_then(|address| self.ip_address(address, &format!("{path}.address"), "VIP"));
         let port = self
             .required(&vip.port, span.clone(), path, "port")
             .and_then(|port| self.integer::<u16>(port, &format!("{path}.port"), PORT_RANGE));
@@ -344,6 +401,19 @@ impl Checker<'_> {
         let (health, on_all_down) =
             self.vip_health(vip.health.as_ref(), span.clone(), path, &context);
         let backends = self.backends(&vip.backend, path, next_hop, &health, &context);
+        if let Some(address) = address {
+            self.families(vip, path, address, mode, &backends, &health);
+            if address.is_ipv6()
+                && let Some(ranges) = &vip.source_ranges
+            {
+                self.error_at(
+                    ranges,
+                    &format!("{path}.source_ranges"),
+                    "source_ranges are IPv4-only and cannot be set on an IPv6 VIP (not \
+                     supported yet; the global [policy] lists do filter IPv6 sources)",
+                );
+            }
+        }
 
         let service = match (address, port, protocol) {
             (Some(address), Some(port), Some(protocol)) => Some((address, port, protocol)),
@@ -351,7 +421,7 @@ impl Checker<'_> {
         };
         let config = VipConfig {
             name: name.map(|name| name.get_ref().clone()).unwrap_or_default(),
-            address: IpAddr::V4(address.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             port: port.unwrap_or_default(),
             protocol: protocol.unwrap_or(Protocol::Tcp),
             mode: mode.unwrap_or(ForwardMode::L2),
@@ -420,7 +490,7 @@ impl Checker<'_> {
     ) -> Vec<BackendConfig> {
         let mode = context.mode;
         // First occurrence of each address and each name within this VIP, for duplicates.
-        let mut addresses: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, usize> = HashMap::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.len());
         for (index, backend) in raw.iter().enumerate() {
@@ -432,7 +502,10 @@ impl Checker<'_> {
             let address = self
                 .required(&be.address, span.clone(), &path, "address")
                 .and_then(|address| {
-                    Some((address, self.ipv4(address, &address_field, "backend")?))
+                    Some((
+                        address,
+                        self.ip_address(address, &address_field, "backend")?,
+                    ))
                 });
             let mut duplicate_address = false;
             if let Some((raw_address, address)) = address {
@@ -490,7 +563,7 @@ impl Checker<'_> {
             let health = self.backend_health(be.health.as_ref(), &path, vip_health, context);
             backends.push(BackendConfig {
                 name: name.unwrap_or_default(),
-                address: IpAddr::V4(address.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                address: address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 mac: mac.unwrap_or(MacAddr([0; 6])),
                 weight: weight.unwrap_or_default(),
                 health,
@@ -720,25 +793,99 @@ impl Checker<'_> {
         found
     }
 
-    /// An IPv4 address usable as a destination; `role` ("VIP", "backend") names it in messages.
-    fn ipv4(&mut self, value: &Spanned<String>, field: &str, role: &str) -> Option<Ipv4Addr> {
+    /// An IPv4 or IPv6 address usable as a destination; `role` ("VIP", "backend") names it in
+    /// messages.
+    fn ip_address(&mut self, value: &Spanned<String>, field: &str, role: &str) -> Option<IpAddr> {
         let text = value.get_ref();
         let problem = match text.parse::<IpAddr>() {
-            Err(_) => format!("`{text}` is not an IPv4 address"),
-            Ok(IpAddr::V6(_)) => format!("IPv6 {role}s are not supported yet"),
-            Ok(IpAddr::V4(address)) if address.is_unspecified() => {
-                format!("0.0.0.0 cannot be a {role} address")
+            Err(_) => format!("`{text}` is not an IPv4 or IPv6 address"),
+            Ok(address) if address.is_unspecified() => {
+                format!("{address} (unspecified) cannot be a {role} address")
             }
             Ok(IpAddr::V4(address)) if address.is_broadcast() => {
                 format!("255.255.255.255 (broadcast) cannot be a {role} address")
             }
-            Ok(IpAddr::V4(address)) if address.is_multicast() => {
+            Ok(address) if address.is_multicast() => {
                 format!("{address} is a multicast address and cannot be a {role} address")
             }
-            Ok(IpAddr::V4(address)) => return Some(address),
+            Ok(address) => return Some(address),
         };
         self.error_at(value, field, problem);
         None
+    }
+
+    /// The address families of a VIP and its backends fit its mode: an IPv6 VIP has IPv6
+    /// backends (nothing carries IPv6 in IPv4), mode `l2` has backends of the VIP's family,
+    /// an IPv6 backend in mode `ipip` has `encap.source_prefix_v6` (checked in [`Self::config`])
+    /// and is not probed through the encapsulation (IPv4-only).
+    fn families(
+        &mut self,
+        vip: &RawVip,
+        path: &str,
+        address: IpAddr,
+        mode: Option<ForwardMode>,
+        backends: &[BackendConfig],
+        vip_health: &HealthConfig,
+    ) {
+        for (index, (raw, backend)) in vip.backend.iter().zip(backends).enumerate() {
+            let Some(raw_address) = &raw.get_ref().address else {
+                continue;
+            };
+            // A backend whose address was invalid holds a placeholder: reported already.
+            if backend.address.is_unspecified() || backend.address.is_ipv6() == address.is_ipv6() {
+                if backend.address.is_ipv6() {
+                    self.encap_probe_v6(raw, path, index, backend, vip_health);
+                }
+                continue;
+            }
+            let field = format!("{path}.backend[{index}].address");
+            match (address, mode) {
+                (IpAddr::V6(_), _) => self.error_at(
+                    raw_address,
+                    &field,
+                    format!(
+                        "IPv6 VIP {address} cannot have the IPv4 backend {}: no encapsulation \
+                         carries IPv6 in IPv4",
+                        backend.address
+                    ),
+                ),
+                (IpAddr::V4(_), Some(ForwardMode::L2)) => self.error_at(
+                    raw_address,
+                    &field,
+                    format!(
+                        "mode \"l2\" needs backends of the VIP's address family: IPv4 VIP \
+                         {address}, IPv6 backend {} (mode \"ipip\" sends IPv4-in-IPv6)",
+                        backend.address
+                    ),
+                ),
+                (IpAddr::V4(_), _) => self.encap_probe_v6(raw, path, index, backend, vip_health),
+            }
+        }
+    }
+
+    /// Health checks through the encapsulation are IPv4-only: an IPv6 backend probed
+    /// `via = "encap"` (the default in mode `ipip`) is refused.
+    fn encap_probe_v6(
+        &mut self,
+        raw: &Spanned<RawBackend>,
+        path: &str,
+        index: usize,
+        backend: &BackendConfig,
+        vip_health: &HealthConfig,
+    ) {
+        let health = backend.health.as_ref().unwrap_or(vip_health);
+        if health.check.is_some() && health.via == ProbeVia::Encap {
+            self.error(
+                Some(raw.span()),
+                &format!("{path}.backend[{index}].health.via"),
+                format!(
+                    "IPv6 backend {}: health checks through the encapsulation (via = \"encap\", \
+                     the default in mode \"ipip\") are IPv4-only; set via = \"direct\" in \
+                     [vip.health] or the backend's health",
+                    backend.address
+                ),
+            );
+        }
     }
 
     /// A unicast MAC address.

@@ -17,16 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tracing::info;
-use xlb_common::{Backend, VipKey, VipMeta, backend_flags, map_names};
+use xlb_common::{Backend, VipMeta, backend_flags, map_names};
 
 use super::{
-    AppliedVip, Dataplane, DataplaneError,
+    AppliedVip, Dataplane, DataplaneError, EncapSources,
     alloc::{IdAllocator, RegionAllocator},
-    dump::key_ord,
     map_err,
 };
 use crate::{
-    config::Ipv4Net,
+    config::{Cidr, Ipv4Net},
     state::{DesiredState, DesiredVip, addr_words},
 };
 
@@ -39,7 +38,7 @@ struct Stale {
 
 impl Dataplane {
     /// The encapsulation source the pinned globals hold, as the config would name it.
-    pub(super) fn read_encap_source(&self) -> Result<Option<Ipv4Net>, DataplaneError> {
+    pub(super) fn read_encap_source(&self) -> Result<Option<EncapSources>, DataplaneError> {
         let globals = self
             .globals
             .get(&0, 0)
@@ -48,10 +47,26 @@ impl Dataplane {
             return Ok(None);
         }
         let host_bits = u32::from_be_bytes(globals.ipip_src_host_mask.to_ne_bytes()).count_ones();
-        Ok(Some(Ipv4Net {
+        let v4 = Ipv4Net {
             addr: std::net::Ipv4Addr::from(globals.ipip_src_prefix.to_ne_bytes()),
             prefix_len: (32 - host_bits) as u8,
-        }))
+        };
+        let words_to_bytes = |words: [u32; 4]| -> [u8; 16] {
+            let mut bytes = [0u8; 16];
+            for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            bytes
+        };
+        let v6 =
+            (globals.ip6_src_prefix != [0; 4] || globals.ip6_src_host_mask != [0; 4]).then(|| {
+                let mask = u128::from_be_bytes(words_to_bytes(globals.ip6_src_host_mask));
+                Cidr {
+                    addr: std::net::Ipv6Addr::from(words_to_bytes(globals.ip6_src_prefix)).into(),
+                    prefix_len: (128 - mask.count_ones()) as u8,
+                }
+            });
+        Ok(Some((v4, v6)))
     }
 
     /// Matches the adopted maps to `desired` (see the module comment). Returns how many VIPs
@@ -59,11 +74,7 @@ impl Dataplane {
     pub(super) fn adopt(&mut self, desired: &DesiredState) -> Result<usize, DataplaneError> {
         self.policy.adopt_live()?;
         self.adopt_filter()?;
-        let live: Vec<(VipKey, VipMeta)> = self
-            .vips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err("iterate", map_names::VIPS))?;
+        let live = self.live_vips()?;
         let mut active: BTreeMap<u32, Backend> = BTreeMap::new();
         for id in 0..self.backend_ids.capacity() {
             let entry = self
@@ -88,7 +99,7 @@ impl Dataplane {
         let mut used_regions = Vec::new();
         let mut stale = BTreeMap::new();
         for (key, meta) in &live {
-            let key = key_ord(*key);
+            let key = *key;
             used_vips.insert(meta.vip_id);
             let region = (meta.table_size > 0).then_some((meta.table_offset, meta.table_size));
             used_regions.extend(region);
@@ -154,9 +165,7 @@ impl Dataplane {
                     );
                 }
                 None => {
-                    self.vips
-                        .remove(&key.to_key())
-                        .map_err(map_err("delete", map_names::VIPS))?;
+                    self.remove_vip_entry(key)?;
                     self.release_vip_addr(&key)?;
                     info!(?key, "adopted VIP no longer configured: removed");
                 }

@@ -10,7 +10,7 @@ use aya::{
 };
 use xlb_common::{DecapCounter, VipAddrKey, VipAddrValue, map_names, program_names};
 
-use super::{DataplaneError, map_err, objects};
+use super::{DataplaneError, map_err, objects, test_run_xdp};
 use crate::state::addr_words;
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
@@ -43,7 +43,7 @@ fn load_and_attach(
 
 /// The decapsulator attached to a backend's interface; detached when dropped.
 pub struct Decap {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     vips: HashMap<MapData, VipAddrKey, VipAddrValue>,
     stats: PerCpuArray<MapData, u64>,
 }
@@ -59,6 +59,34 @@ impl Decap {
             XdpMode::Skb
         };
         load_and_attach(&mut ebpf, program_names::DECAP, interface, mode)?;
+        Self::with_maps(ebpf)
+    }
+
+    /// Loads the decapsulator without attaching it, for [`Decap::test_run`] (fixtures).
+    pub fn load() -> Result<Decap, DataplaneError> {
+        let mut ebpf = Ebpf::load(objects::DECAP).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        xdp(&mut ebpf, program_names::DECAP)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                action: "loading",
+                program: program_names::DECAP,
+                source: Box::new(source),
+            })?;
+        Self::with_maps(ebpf)
+    }
+
+    /// Runs the program once on `input` (BPF_PROG_TEST_RUN): the action and the length of the
+    /// frame written to `output`.
+    pub fn test_run(
+        &mut self,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<(u32, usize), DataplaneError> {
+        let program = xdp(&mut self.ebpf, program_names::DECAP)?;
+        test_run_xdp(program, program_names::DECAP, input, output)
+    }
+
+    fn with_maps(mut ebpf: Ebpf) -> Result<Decap, DataplaneError> {
         let vips = ebpf
             .take_map(map_names::DECAP_VIPS)
             .ok_or(DataplaneError::Missing(map_names::DECAP_VIPS))?;
@@ -68,7 +96,7 @@ impl Decap {
         Ok(Decap {
             vips: HashMap::try_from(vips).map_err(map_err("open", map_names::DECAP_VIPS))?,
             stats: PerCpuArray::try_from(stats).map_err(map_err("open", map_names::DECAP_STATS))?,
-            _ebpf: ebpf,
+            ebpf,
         })
     }
 

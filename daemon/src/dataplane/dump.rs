@@ -9,7 +9,7 @@ use std::{
 };
 
 use xlb_common::{
-    Backend, Globals, VipKey, backend_flags, family, forward_mode,
+    Backend, Globals, VipKey, VipKey6, backend_flags, family, forward_mode,
     hash::{VIP_FILTER_WORDS, vip_filter_slot},
     map_names,
 };
@@ -145,6 +145,16 @@ pub(super) fn key_ord(key: VipKey) -> VipKeyOrd {
     }
 }
 
+/// The ordered key of an IPv6 VIP entry.
+pub(super) fn key_ord6(key: VipKey6) -> VipKeyOrd {
+    VipKeyOrd {
+        addr: key.addr,
+        port: u16::from_be(key.port),
+        proto: key.proto,
+        family: family::V6,
+    }
+}
+
 impl Dataplane {
     /// Reads the kernel maps into a [`DatapathDump`]: every VIP entry, its table through the
     /// slot mapping with each slot resolved to its backend's identity, and the address set.
@@ -160,9 +170,7 @@ impl Dataplane {
         let mut entries: HashMap<u32, Option<Backend>> = HashMap::new();
         let mut vip_ids: BTreeMap<u32, VipKeyOrd> = BTreeMap::new();
         let mut vips = BTreeMap::new();
-        for item in self.vips.iter() {
-            let (key, meta) = item.map_err(map_err("iterate", map_names::VIPS))?;
-            let vip = key_ord(key);
+        for (vip, meta) in self.live_vips()? {
             if let Some(&first) = vip_ids.get(&meta.vip_id) {
                 let (first, second) = (first.min(vip), first.max(vip));
                 inconsistencies.push(Inconsistency::SharedVipId { first, second });

@@ -30,7 +30,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xlb_common::{
-    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipMeta, backend_flags,
+    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipKey6, VipMeta,
+    backend_flags,
     hash::{VIP_FILTER_WORDS, vip_filter_slot},
     map_names, program_names,
 };
@@ -233,10 +234,15 @@ pub struct ApplyReport {
     pub unchanged: usize,
 }
 
+/// The outer source prefixes of the encapsulations: IPv4 (`encap.source_prefix`) and IPv6
+/// (`encap.source_prefix_v6`, if set).
+pub(super) type EncapSources = (crate::config::Ipv4Net, Option<crate::config::Cidr>);
+
 /// The loaded load balancer and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vips6: HashMap<MapData, VipKey6, VipMeta>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
     vip_filter: Array<MapData, u64>,
     /// VIP addresses per filter bit (the datapath sees only whether the count is zero).
@@ -254,7 +260,8 @@ pub struct Dataplane {
     events: Option<aya::maps::RingBuf<MapData>>,
     applied: BTreeMap<VipKeyOrd, AppliedVip>,
     if_mac: MacAddr,
-    encap_source: Option<crate::config::Ipv4Net>,
+    /// The encapsulation sources the globals hold (IPv4, IPv6), once written or adopted.
+    encap_source: Option<EncapSources>,
     attachment: Option<Attachment>,
     /// Where the maps and the link are pinned (`None`: nothing pinned, detach at exit).
     pins: Option<PinDir>,
@@ -346,6 +353,8 @@ impl Dataplane {
             (map_names::BACKENDS, limits.max_backends),
             (map_names::MAGLEV, limits.maglev_slots.div_ceil(2)),
             (map_names::FLOWS, limits.flow_table_size),
+            (map_names::VIPS6, limits.max_vips),
+            (map_names::FLOWS6, limits.flow_table_size),
             (map_names::STATS_VIPS, limits.max_vips),
             (map_names::STATS_BACKENDS, limits.max_backends),
             (map_names::POLICY_V4, limits.policy_prefixes),
@@ -394,6 +403,7 @@ impl Dataplane {
         };
         let mut dataplane = Dataplane {
             vips: typed(&mut ebpf, map_names::VIPS)?,
+            vips6: typed(&mut ebpf, map_names::VIPS6)?,
             vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
             vip_filter: typed(&mut ebpf, map_names::VIP_FILTER)?,
             filter_counts: BTreeMap::new(),
@@ -419,6 +429,7 @@ impl Dataplane {
             ),
             flows: flows::FlowTable::new(
                 take_map(&mut ebpf, map_names::FLOWS)?,
+                take_map(&mut ebpf, map_names::FLOWS6)?,
                 limits.flow_table_size,
             )?,
             policy_prefixes: limits.policy_prefixes,
@@ -636,18 +647,12 @@ impl Dataplane {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<(u32, usize), DataplaneError> {
-        let result = lb_program(&mut self.ebpf)?
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(output),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| DataplaneError::Program {
-                action: "test-running",
-                program: program_names::LB,
-                source: Box::new(source),
-            })?;
-        Ok((result.return_value, result.data_size_out as usize))
+        test_run_xdp(
+            lb_program(&mut self.ebpf)?,
+            program_names::LB,
+            input,
+            output,
+        )
     }
 
     /// Counters summed over CPUs, labelled with the applied VIPs and backends.
@@ -682,6 +687,11 @@ impl Dataplane {
         self.flows.count()
     }
 
+    /// Entries in the IPv6 flow table now (`XLB_FLOWS6`), counted as [`Self::count_flows`].
+    pub fn count_flows6(&self) -> Result<u32, DataplaneError> {
+        self.flows.count6()
+    }
+
     /// Counts the flow table's entries now key by key, the slow way (tests and benchmarks).
     pub fn count_flows_key_by_key(&self) -> Result<u32, DataplaneError> {
         self.flows.count_keys()
@@ -704,12 +714,9 @@ impl Dataplane {
         }
     }
 
-    fn write_globals(
-        &mut self,
-        encap: Option<crate::config::Ipv4Net>,
-    ) -> Result<(), DataplaneError> {
+    fn write_globals(&mut self, encap: Option<EncapSources>) -> Result<(), DataplaneError> {
         let (prefix, host_mask) = match encap {
-            Some(net) => {
+            Some((net, _)) => {
                 let mask = if net.prefix_len >= 32 {
                     0
                 } else {
@@ -722,12 +729,26 @@ impl Dataplane {
             }
             None => (0, 0),
         };
+        let (ip6_prefix, ip6_host_mask) = match encap.and_then(|(_, v6)| v6) {
+            Some(net) => {
+                let mask = u128::MAX
+                    .checked_shr(u32::from(net.prefix_len))
+                    .unwrap_or(0);
+                (
+                    addr_words(net.addr).0,
+                    addr_words(std::net::Ipv6Addr::from(mask).into()).0,
+                )
+            }
+            None => ([0; 4], [0; 4]),
+        };
         let globals = Globals {
             if_mac: self.if_mac.0,
             _pad: [0; 2],
             ipip_src_prefix: prefix,
             ipip_src_host_mask: host_mask,
             layout_version: LAYOUT_VERSION,
+            ip6_src_prefix: ip6_prefix,
+            ip6_src_host_mask: ip6_host_mask,
         };
         self.globals
             .set(0, globals, 0)
@@ -750,8 +771,9 @@ impl Dataplane {
         let diff = self.diff(desired);
         self.check_capacity(desired, &diff)?;
 
-        if self.encap_source != Some(desired.encap_source) {
-            self.write_globals(Some(desired.encap_source))?;
+        let encap = (desired.encap_source, desired.encap_source_v6);
+        if self.encap_source != Some(encap) {
+            self.write_globals(Some(encap))?;
         }
         self.policy.add_global(&desired.policy)?;
 
@@ -977,11 +999,11 @@ impl Dataplane {
             self.add_vip_addr(&key)?;
         }
         // The switch: one update of the VIP entry.
-        if let Err(e) = self.vips.insert(key.to_key(), meta, 0) {
+        if let Err(e) = self.write_vip_entry(key, meta) {
             if old.is_none() {
                 self.release_vip_addr(&key)?;
             }
-            return Err(map_err("update", map_names::VIPS)(e));
+            return Err(e);
         }
         self.applied.insert(
             key,
@@ -1012,9 +1034,7 @@ impl Dataplane {
         if !self.applied.contains_key(&key) {
             return Ok(());
         }
-        self.vips
-            .remove(&key.to_key())
-            .map_err(map_err("delete", map_names::VIPS))?;
+        self.remove_vip_entry(key)?;
         // Forgotten only once its entry is gone: a failed delete leaves it known and serving.
         let old = self.applied.remove(&key).expect("checked above");
         self.release_vip_addr(&key)?;
@@ -1027,6 +1047,46 @@ impl Dataplane {
         }
         self.vip_ids.free(old.vip_id);
         Ok(())
+    }
+
+    /// Writes a VIP's entry in the VIP map of its family: the switch of [`Self::apply_vip`].
+    fn write_vip_entry(&mut self, key: VipKeyOrd, meta: VipMeta) -> Result<(), DataplaneError> {
+        if key.is_v6() {
+            self.vips6
+                .insert(key.to_key6(), meta, 0)
+                .map_err(map_err("update", map_names::VIPS6))
+        } else {
+            self.vips
+                .insert(key.to_key(), meta, 0)
+                .map_err(map_err("update", map_names::VIPS))
+        }
+    }
+
+    /// Deletes a VIP's entry from the VIP map of its family.
+    fn remove_vip_entry(&mut self, key: VipKeyOrd) -> Result<(), DataplaneError> {
+        if key.is_v6() {
+            self.vips6
+                .remove(&key.to_key6())
+                .map_err(map_err("delete", map_names::VIPS6))
+        } else {
+            self.vips
+                .remove(&key.to_key())
+                .map_err(map_err("delete", map_names::VIPS))
+        }
+    }
+
+    /// Every VIP entry of both families, as ordered keys.
+    fn live_vips(&self) -> Result<Vec<(VipKeyOrd, VipMeta)>, DataplaneError> {
+        let mut live = Vec::new();
+        for item in self.vips.iter() {
+            let (key, meta) = item.map_err(map_err("iterate", map_names::VIPS))?;
+            live.push((dump::key_ord(key), meta));
+        }
+        for item in self.vips6.iter() {
+            let (key, meta) = item.map_err(map_err("iterate", map_names::VIPS6))?;
+            live.push((dump::key_ord6(key), meta));
+        }
+        Ok(live)
     }
 
     /// Clears a backend's ACTIVE flag (flows pinned to it get rehashed) and frees its id. Only
@@ -1149,6 +1209,28 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Runs an XDP program once on `input` (BPF_PROG_TEST_RUN): the action and the length of the
+/// frame written to `output`.
+pub(crate) fn test_run_xdp(
+    program: &mut Xdp,
+    name: &'static str,
+    input: &[u8],
+    output: &mut [u8],
+) -> Result<(u32, usize), DataplaneError> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(output),
+            ..TestRunOptions::default()
+        })
+        .map_err(|source| DataplaneError::Program {
+            action: "test-running",
+            program: name,
+            source: Box::new(source),
+        })?;
+    Ok((result.return_value, result.data_size_out as usize))
 }
 
 fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

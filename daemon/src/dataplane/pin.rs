@@ -22,8 +22,9 @@ use xlb_common::{Globals, LAYOUT_VERSION, map_names};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/xlb";
 
 /// Maps of the load balancer that are pinned (all of them: state, flows and counters).
-pub const PINNED_MAPS: [&str; 23] = [
+pub const PINNED_MAPS: [&str; 25] = [
     map_names::VIPS,
+    map_names::VIPS6,
     map_names::VIP_ADDRS,
     map_names::VIP_FILTER,
     map_names::POLICY,
@@ -40,6 +41,7 @@ pub const PINNED_MAPS: [&str; 23] = [
     map_names::BACKENDS,
     map_names::MAGLEV,
     map_names::FLOWS,
+    map_names::FLOWS6,
     map_names::GLOBALS,
     map_names::STATS_ACTIONS,
     map_names::STATS_DROPS,

@@ -40,13 +40,23 @@ pub enum DropReason {
     TcpBadFlags = 14,
     /// A new TCP connection over the source's rate limit (`policy.rate_limit`).
     RateLimited = 15,
-    /// IPv6 ethertype but fewer bytes than the fixed IPv6 header, with IPv6 lists in use.
+    /// IPv6 ethertype but fewer bytes than the fixed IPv6 header.
     Ipv6Truncated = 16,
+    /// IPv6 ethertype with a version other than 6 in the header.
+    Ipv6BadHeader = 17,
+    /// IPv6 payload length longer than the frame, or an extension header running past it.
+    Ipv6BadLength = 18,
+    /// IPv6 to a VIP address with an extension header the balancer does not skip (a routing
+    /// header with segments left, hop-by-hop not first, ESP/AH/mobility...) or more than
+    /// four of them.
+    Ipv6ExtHeader = 19,
+    /// An IPv6 fragment (fragment header) addressed to a VIP address.
+    Ipv6Fragment = 20,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::EthTruncated,
         DropReason::Ipv4Truncated,
         DropReason::Ipv4BadHeader,
@@ -64,6 +74,10 @@ impl DropReason {
         DropReason::TcpBadFlags,
         DropReason::RateLimited,
         DropReason::Ipv6Truncated,
+        DropReason::Ipv6BadHeader,
+        DropReason::Ipv6BadLength,
+        DropReason::Ipv6ExtHeader,
+        DropReason::Ipv6Fragment,
     ];
     /// Number of reasons: the size of the per-CPU drop counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -88,6 +102,10 @@ impl DropReason {
             DropReason::TcpBadFlags => "tcp_bad_flags",
             DropReason::RateLimited => "rate_limited",
             DropReason::Ipv6Truncated => "ipv6_truncated",
+            DropReason::Ipv6BadHeader => "ipv6_bad_header",
+            DropReason::Ipv6BadLength => "ipv6_bad_length",
+            DropReason::Ipv6ExtHeader => "ipv6_ext_header",
+            DropReason::Ipv6Fragment => "ipv6_fragment",
         }
     }
 
@@ -115,6 +133,14 @@ impl DropReason {
             }
             DropReason::RateLimited => "new TCP connection over the per-source rate limit",
             DropReason::Ipv6Truncated => "IPv6 packet shorter than the fixed IPv6 header",
+            DropReason::Ipv6BadHeader => "IPv6 ethertype but the header's version is not 6",
+            DropReason::Ipv6BadLength => {
+                "IPv6 payload length or an extension header runs past the frame"
+            }
+            DropReason::Ipv6ExtHeader => {
+                "IPv6 extension header to a VIP address that is not skipped, or too many"
+            }
+            DropReason::Ipv6Fragment => "IPv6 fragment addressed to a VIP address",
         }
     }
 

@@ -3,7 +3,7 @@
 //! Murmur3's 32-bit mixing over the key's words with a fixed seed: cheap in eBPF (no loops
 //! that the verifier has to walk more than ten times, no tables) and deterministic everywhere.
 
-use crate::FlowKey;
+use crate::{FlowKey, FlowKey6};
 
 /// Fixed seed: every node of a tier must pick the same slot for the same flow.
 pub const FLOW_HASH_SEED: u32 = 0x786c_6221;
@@ -36,6 +36,44 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     h = mix(h, ((key.sport as u32) << 16) | key.dport as u32);
     h = mix(h, key.proto as u32);
     finish(h)
+}
+
+/// Hash of an IPv6 flow's 5-tuple: the same mixing over the eight address words.
+#[inline(always)]
+pub const fn flow_hash6(key: &FlowKey6) -> u32 {
+    let mut h = FLOW_HASH_SEED;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, key.src[i]);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, key.dst[i]);
+        i += 1;
+    }
+    h = mix(h, ((key.sport as u32) << 16) | key.dport as u32);
+    h = mix(h, key.proto as u32);
+    finish(h)
+}
+
+/// Outer IPv6 source of an IPv6 encapsulation: as [`ipip_source`] word by word (the host
+/// bits of every word are taken from the same hash).
+#[inline(always)]
+pub const fn ip6_source(prefix: [u32; 4], host_mask: [u32; 4], hash: u32) -> [u32; 4] {
+    [
+        prefix[0] | (hash & host_mask[0]),
+        prefix[1] | (hash & host_mask[1]),
+        prefix[2] | (hash & host_mask[2]),
+        prefix[3] | (hash & host_mask[3]),
+    ]
+}
+
+/// The 20-bit IPv6 flow label of an encapsulated flow, from its hash: routers and NICs that
+/// hash on (source, destination, flow label) spread the flows of one outer address pair.
+#[inline(always)]
+pub const fn flow_label(hash: u32) -> u32 {
+    hash & 0x000f_ffff
 }
 
 /// Outer IPv4 source of an IPIP packet: the configured prefix with its host bits taken from the
@@ -87,6 +125,28 @@ mod tests {
         let mut other = key;
         other.sport = 0x3931;
         assert_ne!(flow_hash(&key), flow_hash(&other));
+    }
+
+    #[test]
+    fn hash6_covers_every_word() {
+        let key = FlowKey6 {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            sport: 0x3930,
+            dport: 0x5000,
+            proto: 6,
+            _pad: 0,
+            _pad2: 0,
+        };
+        for word in 0..4 {
+            let mut other = key;
+            other.src[word] ^= 1;
+            assert_ne!(flow_hash6(&key), flow_hash6(&other));
+            let mut other = key;
+            other.dst[word] ^= 1;
+            assert_ne!(flow_hash6(&key), flow_hash6(&other));
+        }
+        assert!(flow_label(flow_hash6(&key)) <= 0xf_ffff);
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub use policy::{
 /// daemon that finds maps pinned by another build can refuse them instead of misreading them.
 /// 3: the IPv4 /24 bitmap became a 2-bit verdict per /24 (`XLB_POL_V4_24`) with per-address
 /// tables for mixed /24s (`XLB_POL_V4_MIX`), and `XLB_ST_LB` gained `flow_replaced` (5 entries).
-/// 4: flow entries and the policy settings carry the global lists' generation (`lists_gen`).
+/// 4: flow entries and the policy settings carry the global lists' generation (`lists_gen`);
+/// IPv6 VIPs: `XLB_VIPS6` and `XLB_FLOWS6` were added, `Globals` gained the IPv6 outer
+/// source (52 bytes), and the drop counters gained the IPv6 reasons (21 entries).
 pub const LAYOUT_VERSION: u32 = 4;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -41,7 +43,8 @@ pub mod family {
 pub mod forward_mode {
     /// Direct server return on the same L2 segment: rewrite the destination MAC to the backend's.
     pub const L2: u32 = 1;
-    /// Direct server return through IPv4-in-IPv4 encapsulation towards the backend's address.
+    /// Direct server return through IP-in-IP encapsulation towards the backend's address:
+    /// IPv4-in-IPv4, IPv6-in-IPv6, or IPv4-in-IPv6 when an IPv4 VIP's backend is IPv6.
     pub const IPIP: u32 = 2;
 }
 
@@ -55,6 +58,10 @@ pub mod proto {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// IPv6-in-IPv6 encapsulation (the outer header's next header).
+    pub const IPV6: u8 = 41;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Names of the maps in the load balancer object, so both sides agree on them. Kernel map names
@@ -74,6 +81,10 @@ pub mod map_names {
     pub const MAGLEV: &str = "XLB_MAGLEV";
     /// Flow table: [`crate::FlowKey`] -> [`crate::FlowValue`], LRU with per-CPU eviction lists.
     pub const FLOWS: &str = "XLB_FLOWS";
+    /// IPv6 VIP (address, port, protocol) -> [`crate::VipMeta`].
+    pub const VIPS6: &str = "XLB_VIPS6";
+    /// IPv6 flow table: [`crate::FlowKey6`] -> [`crate::FlowValue`], LRU like [`FLOWS`].
+    pub const FLOWS6: &str = "XLB_FLOWS6";
     /// One [`crate::Globals`] entry: interface MAC, encapsulation source, layout version.
     pub const GLOBALS: &str = "XLB_GLOBALS";
     /// Per-CPU [`crate::Counter`] per XDP action.

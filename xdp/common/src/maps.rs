@@ -5,7 +5,9 @@
 //!
 //! The per-packet maps (`XLB_VIPS`, `XLB_FLOWS`) have IPv4-sized keys: every lookup hashes and
 //! compares the whole key, and a key with room for IPv6 addresses costs an IPv4 packet more
-//! than twice the hashing and a larger flow entry. IPv6 gets maps of its own (as Katran does).
+//! than twice the hashing and a larger flow entry. IPv6 gets maps of its own (as Katran does):
+//! `XLB_VIPS6` ([`VipKey6`]) and `XLB_FLOWS6` ([`FlowKey6`]); the backends, the Maglev slots
+//! and the counters are shared by both families.
 
 /// Key of the VIP map: one IPv4 service.
 #[repr(C)]
@@ -21,6 +23,21 @@ pub struct VipKey {
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<VipKey>() == 8);
+
+/// Key of the IPv6 VIP map (`XLB_VIPS6`): one IPv6 service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey6 {
+    /// VIP address (network byte order words).
+    pub addr: [u32; 4],
+    /// Destination port in network byte order; 0 means every port of this protocol.
+    pub port: u16,
+    /// IP protocol ([`crate::proto`]).
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<VipKey6>() == 20);
 
 /// What the datapath needs to balance one VIP.
 #[repr(C)]
@@ -114,6 +131,27 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
+/// IPv6 flow table key (`XLB_FLOWS6`): the IPv6 5-tuple as the packet carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    /// Source address (network byte order words).
+    pub src: [u32; 4],
+    /// Destination address (network byte order words).
+    pub dst: [u32; 4],
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// IP protocol (the upper-layer header after any extension headers).
+    pub proto: u8,
+    /// Explicit padding, always zero (a byte and a half-word, as in [`FlowKey`]).
+    pub _pad: u8,
+    /// Explicit padding, always zero.
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+
 /// Flow table value: the backend the flow started on, and the generation of the global lists
 /// its source was last checked under.
 #[repr(C)]
@@ -142,8 +180,13 @@ pub struct Globals {
     pub ipip_src_host_mask: u32,
     /// [`crate::LAYOUT_VERSION`] of the daemon that wrote the maps.
     pub layout_version: u32,
+    /// Outer IPv6 source prefix of IPv6 encapsulation (IPv6-in-IPv6, IPv4-in-IPv6), network
+    /// byte order words; all zero when no `encap.source_prefix_v6` is configured.
+    pub ip6_src_prefix: [u32; 4],
+    /// Host bits of the outer IPv6 source filled from the flow hash (network byte order words).
+    pub ip6_src_host_mask: [u32; 4],
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 20);
+const _: () = assert!(core::mem::size_of::<Globals>() == 52);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -165,6 +208,10 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipKey6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Globals {}
     // SAFETY: as above.

@@ -109,6 +109,67 @@ pub struct Ipv6Src {
 }
 const _: () = assert!(core::mem::size_of::<Ipv6Src>() == 24);
 
+/// The fixed IPv6 header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20), network byte order.
+    pub vtc_flow: u32,
+    /// Payload length (everything after this header), network byte order.
+    pub payload_len: u16,
+    /// Next header: an extension header or the upper-layer protocol.
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Source address, network byte order words.
+    pub saddr: [u32; 4],
+    /// Destination address, network byte order words.
+    pub daddr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
+
+/// The first two bytes of every skippable IPv6 extension header (hop-by-hop, routing,
+/// destination options), and for a routing header its type and segments left.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6ExtHdr {
+    /// Next header.
+    pub next_header: u8,
+    /// Length in 8-byte units, not counting the first 8 bytes.
+    pub len: u8,
+    /// Routing header: routing type (other headers: option bytes, not read).
+    pub routing_type: u8,
+    /// Routing header: segments left (other headers: option bytes, not read).
+    pub segments_left: u8,
+}
+const _: () = assert!(core::mem::size_of::<Ipv6ExtHdr>() == 4);
+
+/// IPv6 next-header numbers of the extension headers the balancer knows.
+pub mod ipv6_ext {
+    /// Hop-by-hop options (only directly after the fixed header).
+    pub const HOP_BY_HOP: u8 = 0;
+    /// Routing header.
+    pub const ROUTING: u8 = 43;
+    /// Fragment header.
+    pub const FRAGMENT: u8 = 44;
+    /// Destination options.
+    pub const DEST_OPTS: u8 = 60;
+    /// Encapsulating security payload.
+    pub const ESP: u8 = 50;
+    /// Authentication header.
+    pub const AUTH: u8 = 51;
+    /// Mobility header.
+    pub const MOBILITY: u8 = 135;
+    /// Host identity protocol.
+    pub const HIP: u8 = 139;
+    /// Shim6.
+    pub const SHIM6: u8 = 140;
+    /// Reserved for experimentation and testing (RFC 3692).
+    pub const EXPERIMENT1: u8 = 253;
+    /// Reserved for experimentation and testing (RFC 3692).
+    pub const EXPERIMENT2: u8 = 254;
+}
+
 /// Ethertype of IPv6, network byte order.
 pub const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 /// Length of the fixed IPv6 header.

@@ -1,15 +1,50 @@
 //! Load-balancing stage: VIP lookup, flow table, Maglev table.
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::LruHashMap,
+};
 use xlb_common::{
-    Backend, DropReason, FlowKey, FlowValue, LbCounter, PolicyConfig, VipKey, VipMeta,
-    backend_flags, hash::flow_hash,
+    Backend, DropReason, FlowKey, FlowKey6, FlowValue, LbCounter, PolicyConfig, VipKey, VipKey6,
+    VipMeta, backend_flags,
+    hash::{flow_hash, flow_hash6},
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, MAGLEV, VIPS},
+    maps::{BACKENDS, FLOWS, FLOWS6, MAGLEV, VIPS, VIPS6},
     stats,
 };
+
+/// A flow's 5-tuple of either family: its hash and the flow table of its family. The rest of
+/// the balancing (Maglev table, backends) is the same for both.
+pub trait Flow: Sized + 'static {
+    /// The flow hash ([`flow_hash`] or [`flow_hash6`]).
+    fn hash(&self) -> u32;
+    /// The flow table of this family.
+    fn table() -> &'static LruHashMap<Self, FlowValue>;
+}
+
+impl Flow for FlowKey {
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash(self)
+    }
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, FlowValue> {
+        &FLOWS
+    }
+}
+
+impl Flow for FlowKey6 {
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash6(self)
+    }
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, FlowValue> {
+        &FLOWS6
+    }
+}
 
 /// The VIP a flow is addressed to: an exact (address, port, protocol) match first, then the
 /// VIP that serves every port of that protocol on the address.
@@ -33,6 +68,24 @@ pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
     unsafe { VIPS.get(key) }.copied()
 }
 
+/// The IPv6 VIP a flow is addressed to, looked up as [`find_vip`] does in `XLB_VIPS6`.
+#[inline(always)]
+pub fn find_vip6(flow: &FlowKey6) -> Option<VipMeta> {
+    let mut key = VipKey6 {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied at once; see find_vip for why a racing reuse is harmless.
+    if let Some(meta) = unsafe { VIPS6.get(key) } {
+        return Some(*meta);
+    }
+    key.port = 0;
+    // SAFETY: as above.
+    unsafe { VIPS6.get(key) }.copied()
+}
+
 /// The backend chosen for a flow.
 pub struct Choice {
     /// Backend id: index into the backend map and the backend counters.
@@ -52,11 +105,11 @@ pub struct Choice {
 /// the first one had already answered, the client's ACK reaches a backend that resets it. Only
 /// handshakes in flight during a change that moves their slot are exposed.
 #[inline(always)]
-pub fn established(flow: &FlowKey, opens_connection: bool) -> Option<*mut FlowValue> {
+pub fn established<F: Flow>(flow: &F, opens_connection: bool) -> Option<*mut FlowValue> {
     if opens_connection {
         None
     } else {
-        FLOWS.get_ptr_mut(flow)
+        F::table().get_ptr_mut(flow)
     }
 }
 
@@ -64,8 +117,8 @@ pub fn established(flow: &FlowKey, opens_connection: bool) -> Option<*mut FlowVa
 /// while that backend exists for this VIP; otherwise asks the VIP's Maglev table and remembers
 /// the answer.
 #[inline(always)]
-pub fn choose(
-    flow: &FlowKey,
+pub fn choose<F: Flow>(
+    flow: &F,
     vip: &VipMeta,
     policy: &PolicyConfig,
     entry: Option<FlowValue>,
@@ -90,7 +143,7 @@ pub fn choose(
     if vip.backend_count == 0 || vip.table_size == 0 {
         return Err(DropReason::NoBackend);
     }
-    let flow_hash = *hash.get_or_insert_with(|| flow_hash(flow));
+    let flow_hash = *hash.get_or_insert_with(|| flow.hash());
     let slot = vip.table_offset + flow_hash % vip.table_size;
     let pair = MAGLEV.get(slot / 2).ok_or(DropReason::TableMiss)?;
     let backend_id = pair[(slot & 1) as usize];
@@ -123,11 +176,12 @@ const EEXIST: i32 = -17;
 /// table's evictions from new keys added less the entries present, which the kernel does not
 /// count for LRU maps. A fresh key costs one update, as before; only a replacement costs two.
 #[inline(always)]
-fn remember(flow: &FlowKey, value: FlowValue) {
-    let result = match FLOWS.insert(flow, value, u64::from(BPF_NOEXIST)) {
+fn remember<F: Flow>(flow: &F, value: FlowValue) {
+    let table = F::table();
+    let result = match table.insert(flow, value, u64::from(BPF_NOEXIST)) {
         Err(EEXIST) => {
             stats::lb(LbCounter::FlowReplaced);
-            FLOWS.insert(flow, value, u64::from(BPF_ANY))
+            table.insert(flow, value, u64::from(BPF_ANY))
         }
         other => other,
     };

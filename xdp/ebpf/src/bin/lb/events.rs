@@ -3,8 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_get_prandom_u32, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use xlb_common::{
-    DropReason, EVENT_NO_ID, Event, FlowKey, PolicyConfig, PolicyCounter, event_verdict, family,
-    policy::window, proto,
+    DropReason, EVENT_NO_ID, Event, FlowKey, FlowKey6, PolicyConfig, PolicyCounter, event_verdict,
+    family, policy::window, proto,
 };
 use xlb_ebpf::{
     headers::{ETH_P_IP_BE, ETH_P_IPV6_BE, IPV6_HLEN, Ipv4Hdr, Ipv6Src, PortsHdr},
@@ -43,24 +43,57 @@ pub fn dropped(ctx: &XdpContext, reason: DropReason) {
 /// Sends a forward event for one forwarded packet in `policy.forward_sample`.
 #[inline(always)]
 pub fn forwarded(policy: &PolicyConfig, flow: &FlowKey, vip_id: u32, backend_id: u32) {
-    let sample = policy.forward_sample;
-    // SAFETY: the helper has no preconditions.
-    if sample == 0 || unsafe { bpf_get_prandom_u32() } % sample != 0 {
+    forward_event(policy, vip_id, backend_id, |event| {
+        event.src[0] = flow.src;
+        event.dst[0] = flow.dst;
+        event.sport = flow.sport;
+        event.dport = flow.dport;
+        event.proto = flow.proto;
+        event.family = family::V4;
+    });
+}
+
+/// Sends a forward event for one forwarded IPv6 packet in `policy.forward_sample`.
+#[inline(always)]
+pub fn forwarded6(policy: &PolicyConfig, flow: &FlowKey6, vip_id: u32, backend_id: u32) {
+    forward_event(policy, vip_id, backend_id, |event| {
+        event.src = flow.src;
+        event.dst = flow.dst;
+        event.sport = flow.sport;
+        event.dport = flow.dport;
+        event.proto = flow.proto;
+        event.family = family::V6;
+    });
+}
+
+/// A forward event, if this packet is the sampled one; `tuple` fills in the addresses,
+/// ports, protocol and family.
+#[inline(always)]
+fn forward_event(
+    policy: &PolicyConfig,
+    vip_id: u32,
+    backend_id: u32,
+    tuple: impl FnOnce(&mut Event),
+) {
+    if !sampled(policy) {
         return;
     }
     let mut event = Event {
-        src: [flow.src, 0, 0, 0],
-        dst: [flow.dst, 0, 0, 0],
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        family: family::V4,
         verdict: event_verdict::FORWARD,
         vip_id,
         backend_id,
         ..Event::default()
     };
+    tuple(&mut event);
     send(&mut event);
+}
+
+/// Whether this forwarded packet is the one in `policy.forward_sample` to report.
+#[inline(always)]
+fn sampled(policy: &PolicyConfig) -> bool {
+    let sample = policy.forward_sample;
+    // SAFETY: the helper has no preconditions.
+    sample != 0 && unsafe { bpf_get_prandom_u32() } % sample == 0
 }
 
 #[inline(always)]
@@ -96,6 +129,11 @@ fn read_tuple(ctx: &XdpContext, event: &mut Event) {
             // SAFETY: ptr_at checked the bounds.
             event.dst = unsafe { *dst };
         }
+        // The ports when TCP or UDP follows the fixed header directly (after extension
+        // headers the event leaves them zero).
+        if event.proto == proto::TCP || event.proto == proto::UDP {
+            fill_ports(ctx, l2.l3_off + IPV6_HLEN, event);
+        }
         return;
     }
     if l2.ether_type != ETH_P_IP_BE {
@@ -116,11 +154,17 @@ fn read_tuple(ctx: &XdpContext, event: &mut Event) {
     if (hdr.protocol == proto::TCP || hdr.protocol == proto::UDP) && ihl >= 5 && first_fragment {
         // The header length is at most 60: the mask keeps the offset provably bounded.
         let l4_off = l2.l3_off + ((ihl * 4) & 0x3f);
-        if let Some(ports) = ptr_at::<PortsHdr>(ctx, l4_off) {
-            // SAFETY: ptr_at checked that the ports lie inside the frame.
-            let ports = unsafe { *ports };
-            event.sport = ports.sport;
-            event.dport = ports.dport;
-        }
+        fill_ports(ctx, l4_off, event);
+    }
+}
+
+/// The ports of the TCP or UDP header at `l4_off`, if the frame holds them.
+#[inline(always)]
+fn fill_ports(ctx: &XdpContext, l4_off: usize, event: &mut Event) {
+    if let Some(ports) = ptr_at::<PortsHdr>(ctx, l4_off) {
+        // SAFETY: ptr_at checked that the ports lie inside the frame.
+        let ports = unsafe { *ports };
+        event.sport = ports.sport;
+        event.dport = ports.dport;
     }
 }

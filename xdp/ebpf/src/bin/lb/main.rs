@@ -11,9 +11,11 @@
 mod balance;
 mod events;
 mod forward;
+mod forward6;
 mod maps;
 mod policy;
 mod stats;
+mod v6;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use xlb_common::{
@@ -23,8 +25,8 @@ use xlb_common::{
 };
 use xlb_ebpf::{
     headers::{
-        ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN,
-        tcp_flags,
+        ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr,
+        UDP_HLEN, tcp_flags,
     },
     packet::{frame_len, ptr_at},
     parse,
@@ -77,7 +79,10 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
 fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
     let l2 = parse::l2(ctx)?;
     if l2.ether_type != ETH_P_IP_BE {
-        return policy::not_ipv4(ctx, &l2);
+        if l2.ether_type == ETH_P_IPV6_BE {
+            return v6::process(ctx, l2.l3_off, bytes);
+        }
+        return Ok(xdp_action::XDP_PASS);
     }
     let ip = parse::ipv4(ctx, l2.l3_off)?;
     // SAFETY: parse::ipv4 returned a header that lies inside the frame.
@@ -177,6 +182,16 @@ fn to_vip_address(
 
     let action = match vip.mode {
         forward_mode::L2 => forward::l2(ctx, &choice.backend, &globals)?,
+        forward_mode::IPIP if choice.backend.family == family::V6 => {
+            let inner = forward6::Inner {
+                l3_off: l2.l3_off,
+                traffic_class: hdr.tos,
+                len: ip.total_len,
+                next_header: proto::IPIP,
+            };
+            let flow_hash = *hash.get_or_insert_with(|| flow_hash(&flow));
+            forward6::encap(ctx, &inner, &choice.backend, &globals, flow_hash)?
+        }
         forward_mode::IPIP => {
             let inner = forward::Inner {
                 l3_off: l2.l3_off,
@@ -196,7 +211,7 @@ fn to_vip_address(
 
 /// Whether `addr` may carry a VIP: false for certain when its filter bit is clear.
 #[inline(always)]
-fn may_be_vip_address(addr: [u32; 4]) -> bool {
+pub(crate) fn may_be_vip_address(addr: [u32; 4]) -> bool {
     let slot = vip_filter_slot(addr);
     VIP_FILTER
         .get(slot / 64)
@@ -207,9 +222,15 @@ fn may_be_vip_address(addr: [u32; 4]) -> bool {
 /// that cannot be balanced, and a wrong answer would drop someone else's packet.
 #[inline(always)]
 fn is_vip_address(addr: [u32; 4]) -> bool {
+    is_vip_address_of(addr, family::V4)
+}
+
+/// As [`is_vip_address`] for an address of either family.
+#[inline(always)]
+pub(crate) fn is_vip_address_of(addr: [u32; 4], family: u8) -> bool {
     let key = VipAddrKey {
         addr,
-        family: family::V4,
+        family,
         _pad: [0; 3],
     };
     // SAFETY: only presence is tested; the value is not read.

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use xlb_common::{
-    Backend, Counter, DropReason, FlowKey, FlowValue, Globals, LbCounter, PolicyConfig,
-    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipMeta,
+    Backend, Counter, DropReason, FlowKey, FlowKey6, FlowValue, Globals, LbCounter, PolicyConfig,
+    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipKey6, VipMeta,
     VipSourceKey, XDP_ACTION_COUNT,
     hash::VIP_FILTER_WORDS,
     policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, window},
@@ -49,6 +49,15 @@ pub static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MM
 /// Established flows -> backend. LRU with per-CPU eviction lists (no cross-CPU lock on insert).
 #[map(name = "XLB_FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(262_144, BPF_F_NO_COMMON_LRU);
+
+/// IPv6 VIP (address, port, protocol) -> how to balance it; switched like [`VIPS`].
+#[map(name = "XLB_VIPS6")]
+pub static VIPS6: HashMap<VipKey6, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// Established IPv6 flows -> backend, LRU like [`FLOWS`] and sized like it.
+#[map(name = "XLB_FLOWS6")]
+pub static FLOWS6: LruHashMap<FlowKey6, FlowValue> =
     LruHashMap::with_max_entries(262_144, BPF_F_NO_COMMON_LRU);
 
 /// Datapath-wide settings, one entry.

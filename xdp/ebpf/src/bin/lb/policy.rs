@@ -2,20 +2,14 @@
 //! a flag or a rate in [`PolicyConfig`], so a policy left empty costs one array read.
 //! Precedence and reasons are documented in docs/policy.md.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use xlb_common::{
     DropReason, FlowKey, FlowValue, PolicyConfig, PolicyCounter, TokenBucket, VipMeta,
     VipSourceKey,
     policy::{code_slot, v4_bit, v4_code, window},
     policy_flags, proto,
 };
-use xlb_ebpf::{
-    headers::{ETH_P_IPV6_BE, IPV4_HLEN, IPV6_HLEN, Ipv6Src, tcp_flags},
-    packet::ptr_at,
-    parse::L2,
-};
+use xlb_ebpf::headers::{IPV4_HLEN, tcp_flags};
 
 use crate::maps::{
     POLICY, POLICY_V4, POLICY_V4_24, POLICY_V4_B16, POLICY_V4_MIX, POLICY_V6, POLICY_VIP, RATE,
@@ -115,26 +109,18 @@ pub fn lists_for_flow(
     }
 }
 
-/// Frames that are not IPv4: IPv6 sources go through the global lists (IPv6 is not balanced
-/// yet, so what survives passes to the kernel); anything else passes.
+/// Global lists for an IPv6 source (`saddr` as the packet carries it); returns the settings
+/// for the later checks.
 #[inline(always)]
-pub fn not_ipv4(ctx: &XdpContext, l2: &L2) -> Result<u32, DropReason> {
-    if l2.ether_type == ETH_P_IPV6_BE {
-        let policy = settings();
-        if policy.flags & policy_flags::LISTS_V6 != 0 {
-            if ptr_at::<[u8; IPV6_HLEN]>(ctx, l2.l3_off).is_none() {
-                return Err(DropReason::Ipv6Truncated);
-            }
-            let hdr: *const Ipv6Src = ptr_at(ctx, l2.l3_off).ok_or(DropReason::Ipv6Truncated)?;
-            // SAFETY: ptr_at checked that the fixed header lies inside the frame.
-            let saddr = unsafe { (*hdr).saddr };
-            let code = POLICY_V6
-                .get(Key::new(128, saddr))
-                .map_or(v4_code::NONE, |&v| u64::from(v));
-            global_verdict(code, policy.flags & policy_flags::ALLOW_V6 != 0)?;
-        }
+pub fn global_v6(saddr: [u32; 4]) -> Result<PolicyConfig, DropReason> {
+    let policy = settings();
+    if policy.flags & policy_flags::LISTS_V6 != 0 {
+        let code = POLICY_V6
+            .get(Key::new(128, saddr))
+            .map_or(v4_code::NONE, |&v| u64::from(v));
+        global_verdict(code, policy.flags & policy_flags::ALLOW_V6 != 0)?;
     }
-    Ok(xdp_action::XDP_PASS)
+    Ok(policy)
 }
 
 /// An IPv4 fragment addressed to a VIP: dropped, or passed when the policy says so.
@@ -177,13 +163,7 @@ pub fn vip(
     flow: &FlowKey,
     tcp: Option<(u8, u8)>,
 ) -> Result<(), DropReason> {
-    let mut syn = false;
-    if let Some((doff, flags)) = tcp {
-        if doff >> 4 < 5 || bad_tcp_flags(flags) {
-            return Err(DropReason::TcpBadFlags);
-        }
-        syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
-    }
+    let syn = tcp_sane(tcp)?;
     if policy.flags & policy_flags::VIP_RANGES != 0 {
         let key = Key::new(
             64,
@@ -200,6 +180,19 @@ pub fn vip(
         return Err(DropReason::RateLimited);
     }
     Ok(())
+}
+
+/// TCP sanity (data offset, flag combination) of a packet to a VIP of either family; true
+/// when it opens a connection (SYN without ACK). `tcp` as in [`vip`].
+#[inline(always)]
+pub fn tcp_sane(tcp: Option<(u8, u8)>) -> Result<bool, DropReason> {
+    let Some((doff, flags)) = tcp else {
+        return Ok(false);
+    };
+    if doff >> 4 < 5 || bad_tcp_flags(flags) {
+        return Err(DropReason::TcpBadFlags);
+    }
+    Ok(flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
 }
 
 /// Flag combinations no TCP stack sends: none at all (null scan), SYN with FIN or RST, FIN

@@ -1,0 +1,186 @@
+//! The IPv6 path: parse (fixed header, then the extension headers a packet to a service may
+//! carry) -> global lists -> VIP -> flow table -> Maglev -> forward (L2, or IPv6-in-IPv6).
+//! It mirrors the IPv4 path in main.rs with IPv6's own maps (`XLB_VIPS6`, `XLB_FLOWS6`); the
+//! backends, Maglev slots and counters are shared.
+//!
+//! Traffic that is not for a VIP address passes to the kernel untouched, whatever its
+//! extension headers: only packets to a VIP address are dropped for them.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use xlb_common::{DropReason, FlowKey6, PolicyConfig, family, forward_mode, policy_flags, proto};
+use xlb_ebpf::{
+    headers::{IPV6_HLEN, Ipv6ExtHdr, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, ipv6_ext},
+    packet::ptr_at,
+    parse,
+};
+
+use crate::{balance, events, forward, forward6, maps::GLOBALS, may_be_vip_address, policy, stats};
+
+/// Extension headers skipped before the upper-layer header; a packet to a VIP with more is
+/// dropped (`ipv6_ext_header`). Real traffic to a service carries none, or one or two.
+pub const MAX_EXT_HEADERS: usize = 4;
+
+/// Balances an IPv6 packet whose fixed header starts at `l3_off`.
+#[inline(always)]
+pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, DropReason> {
+    let ip = parse::ipv6(ctx, l3_off)?;
+    // SAFETY: parse::ipv6 returned a header that lies inside the frame.
+    let hdr = unsafe { *ip.hdr };
+    let policy = policy::global_v6(hdr.saddr)?;
+
+    let dst = hdr.daddr;
+    if !may_be_vip_address(dst) {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let end = l3_off + IPV6_HLEN + ip.payload_len;
+    let (upper, l4_off) = match skip_extensions(ctx, l3_off + IPV6_HLEN, hdr.next_header, end) {
+        Ok(upper) => upper,
+        Err(_) if !is_vip_address6(dst) => return Ok(xdp_action::XDP_PASS),
+        Err(DropReason::Ipv6Fragment) if policy.flags & policy_flags::PASS_FRAGMENTS != 0 => {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        Err(reason) => return Err(reason),
+    };
+    // As in the IPv4 path: the ports, and for TCP the data offset byte and the flags.
+    let l4: Option<(PortsHdr, Option<(u8, u8)>)> = match upper {
+        proto::TCP if l4_off + TCP_MIN_HLEN <= end => {
+            ptr_at::<TcpStartHdr>(ctx, l4_off).map(|tcp| {
+                // SAFETY: ptr_at checked that the header start lies inside the frame.
+                let tcp = unsafe { *tcp };
+                (tcp.ports, Some((tcp.data_offset, tcp.flags)))
+            })
+        }
+        proto::UDP if l4_off + UDP_HLEN <= end => {
+            // SAFETY: ptr_at checked that the ports lie inside the frame.
+            ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
+        }
+        proto::TCP | proto::UDP => None,
+        other => return unserved(&policy, dst, other),
+    };
+    let Some((ports, tcp)) = l4 else {
+        if !is_vip_address6(dst) {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        return Err(DropReason::L4Truncated);
+    };
+
+    let flow = FlowKey6 {
+        src: hdr.saddr,
+        dst,
+        sport: ports.sport,
+        dport: ports.dport,
+        proto: upper,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let Some(vip) = balance::find_vip6(&flow) else {
+        return unserved(&policy, dst, upper);
+    };
+    // Per-VIP source ranges and the per-source SYN rate are IPv4-only: the config refuses
+    // source ranges on an IPv6 VIP, and IPv6 sources are not rate limited.
+    let opens_connection = policy::tcp_sane(tcp)?;
+    // The IPv6 lists were asked above, for every packet: established flows do not skip them
+    // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
+    // SAFETY: the entry is copied at once; one the LRU recycles under us gives at worst a
+    // backend id that `choose` checks like any other.
+    let entry = balance::established(&flow, opens_connection).map(|entry| unsafe { *entry });
+    let mut hash = None;
+    let choice = balance::choose(&flow, &vip, &policy, entry, &mut hash)?;
+    let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
+
+    let action = match vip.mode {
+        forward_mode::L2 => forward::l2(ctx, &choice.backend, &globals)?,
+        forward_mode::IPIP if choice.backend.family == family::V6 => {
+            let inner = forward6::Inner {
+                l3_off,
+                traffic_class: (u32::from_be(hdr.vtc_flow) >> 20) as u8,
+                len: IPV6_HLEN + ip.payload_len,
+                next_header: proto::IPV6,
+            };
+            let flow_hash = *hash.get_or_insert_with(|| balance::Flow::hash(&flow));
+            forward6::encap(ctx, &inner, &choice.backend, &globals, flow_hash)?
+        }
+        _ => return Err(DropReason::TableMiss),
+    };
+    stats::forwarded(vip.vip_id, choice.backend_id, bytes);
+    events::forwarded6(&policy, &flow, vip.vip_id, choice.backend_id);
+    Ok(action)
+}
+
+/// Skips the extension headers a packet to a service may carry: hop-by-hop options (first
+/// only), destination options, and a routing header with no segments left (the packet has
+/// reached its final destination). The other extension headers ([`unskipped`]) end the
+/// walk. Returns the upper-layer protocol and its offset, or why the
+/// packet cannot be balanced: a fragment, a header the balancer does not skip (or more than
+/// [`MAX_EXT_HEADERS`]), or a header running past the payload (`end`).
+#[inline(always)]
+fn skip_extensions(
+    ctx: &XdpContext,
+    mut off: usize,
+    mut next: u8,
+    end: usize,
+) -> Result<(u8, usize), DropReason> {
+    for i in 0..MAX_EXT_HEADERS {
+        match next {
+            ipv6_ext::HOP_BY_HOP if i == 0 => {}
+            ipv6_ext::ROUTING | ipv6_ext::DEST_OPTS => {}
+            ipv6_ext::FRAGMENT => return Err(DropReason::Ipv6Fragment),
+            ipv6_ext::HOP_BY_HOP => return Err(DropReason::Ipv6ExtHeader),
+            other if unskipped(other) => return Err(DropReason::Ipv6ExtHeader),
+            upper => return Ok((upper, off)),
+        }
+        let ext: *const Ipv6ExtHdr = ptr_at(ctx, off).ok_or(DropReason::Ipv6BadLength)?;
+        // SAFETY: ptr_at checked that the 4 bytes lie inside the frame.
+        let ext = unsafe { *ext };
+        if next == ipv6_ext::ROUTING && ext.segments_left != 0 {
+            return Err(DropReason::Ipv6ExtHeader);
+        }
+        off += (ext.len as usize + 1) * 8;
+        if off > end {
+            return Err(DropReason::Ipv6BadLength);
+        }
+        next = ext.next_header;
+    }
+    match next {
+        ipv6_ext::HOP_BY_HOP | ipv6_ext::ROUTING | ipv6_ext::DEST_OPTS | ipv6_ext::FRAGMENT => {
+            Err(DropReason::Ipv6ExtHeader)
+        }
+        other if unskipped(other) => Err(DropReason::Ipv6ExtHeader),
+        upper => Ok((upper, off)),
+    }
+}
+
+/// Extension headers (RFC 7045's list) the balancer does not look past: the ports behind
+/// them are encrypted (ESP), or the header has no place in traffic to a service.
+#[inline(always)]
+fn unskipped(next: u8) -> bool {
+    matches!(
+        next,
+        ipv6_ext::ESP
+            | ipv6_ext::AUTH
+            | ipv6_ext::MOBILITY
+            | ipv6_ext::HIP
+            | ipv6_ext::SHIM6
+            | ipv6_ext::EXPERIMENT1
+            | ipv6_ext::EXPERIMENT2
+    )
+}
+
+/// Whether `addr` carries an IPv6 VIP, exactly (see `is_vip_address`).
+#[inline(always)]
+fn is_vip_address6(addr: [u32; 4]) -> bool {
+    crate::is_vip_address_of(addr, family::V6)
+}
+
+/// An IPv6 packet no VIP serves: as the IPv4 path's `unserved`, with ICMPv6 (neighbour
+/// discovery, packet too big, unreachable) always passed.
+#[inline(always)]
+fn unserved(policy: &PolicyConfig, addr: [u32; 4], protocol: u8) -> Result<u32, DropReason> {
+    if protocol == proto::ICMPV6 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    match policy::unserved(policy, protocol) {
+        Err(reason) if is_vip_address6(addr) => Err(reason),
+        _ => Ok(xdp_action::XDP_PASS),
+    }
+}
