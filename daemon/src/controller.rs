@@ -321,6 +321,10 @@ impl Controller {
             None => Dataplane::load(limits, if_mac)?,
         };
         let started = Instant::now();
+        match crate::dataplane::interface_mtu(&interface) {
+            Ok(mtu) => dataplane.set_interface_mtu(mtu),
+            Err(error) => warn!(%error, "encap.mtu defaults to 1500"),
+        }
         let report = dataplane.apply(&desired)?;
         let event_log = EventLog::new(layered.config.events.keep as usize);
         let event_reader = match dataplane.take_events() {

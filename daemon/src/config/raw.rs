@@ -45,6 +45,8 @@ pub(super) struct RawLimits {
 pub(super) struct RawEncap {
     pub source_prefix: Option<Spanned<String>>,
     pub next_hop_mac: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+    pub on_too_big: Option<Spanned<String>>,
 }
 
 /// One `[[vip]]`.

@@ -25,10 +25,7 @@ use super::{
     dump::key_ord,
     map_err,
 };
-use crate::{
-    config::Ipv4Net,
-    state::{DesiredState, DesiredVip, addr_words},
-};
+use crate::state::{DesiredState, DesiredVip, addr_words};
 
 /// A live VIP that does not match the desired state.
 struct Stale {
@@ -38,20 +35,11 @@ struct Stale {
 }
 
 impl Dataplane {
-    /// The encapsulation source the pinned globals hold, as the config would name it.
-    pub(super) fn read_encap_source(&self) -> Result<Option<Ipv4Net>, DataplaneError> {
-        let globals = self
-            .globals
+    /// The settings entry the pinned globals hold.
+    pub(super) fn read_globals(&self) -> Result<xlb_common::Globals, DataplaneError> {
+        self.globals
             .get(&0, 0)
-            .map_err(map_err("lookup", map_names::GLOBALS))?;
-        if globals.ipip_src_prefix == 0 && globals.ipip_src_host_mask == 0 {
-            return Ok(None);
-        }
-        let host_bits = u32::from_be_bytes(globals.ipip_src_host_mask.to_ne_bytes()).count_ones();
-        Ok(Some(Ipv4Net {
-            addr: std::net::Ipv4Addr::from(globals.ipip_src_prefix.to_ne_bytes()),
-            prefix_len: (32 - host_bits) as u8,
-        }))
+            .map_err(map_err("lookup", map_names::GLOBALS))
     }
 
     /// Matches the adopted maps to `desired` (see the module comment). Returns how many VIPs

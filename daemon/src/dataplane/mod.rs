@@ -144,6 +144,15 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// The interface's MTU could not be read.
+    #[error("reading the MTU of interface {interface}: {source}")]
+    InterfaceMtu {
+        /// Interface name.
+        interface: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Turns a map error into a [`DataplaneError`] naming the operation and the map.
@@ -254,7 +263,10 @@ pub struct Dataplane {
     events: Option<aya::maps::RingBuf<MapData>>,
     applied: BTreeMap<VipKeyOrd, AppliedVip>,
     if_mac: MacAddr,
-    encap_source: Option<crate::config::Ipv4Net>,
+    /// The settings entry as last written (or found pinned): rewritten when it would differ.
+    globals_written: Globals,
+    /// The interface's MTU: `encap.mtu` when the config leaves it out.
+    interface_mtu: u16,
     attachment: Option<Attachment>,
     /// Where the maps and the link are pinned (`None`: nothing pinned, detach at exit).
     pins: Option<PinDir>,
@@ -274,19 +286,40 @@ fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(
     T::try_from(take_map(ebpf, name)?).map_err(map_err("open", name))
 }
 
-/// Reads an interface's MAC address from sysfs.
-pub fn interface_mac(interface: &str) -> Result<MacAddr, DataplaneError> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&path).map_err(|source| DataplaneError::InterfaceMac {
+/// `encap.mtu` when neither the config nor the interface gives one.
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// Reads an interface's MTU from sysfs (capped at 65535, the largest IPv4 packet).
+pub fn interface_mtu(interface: &str) -> Result<u16, DataplaneError> {
+    let error = |source| DataplaneError::InterfaceMtu {
         interface: interface.to_owned(),
         source,
-    })?;
-    text.trim()
+    };
+    let text = interface_attribute(interface, "mtu").map_err(error)?;
+    let mtu: u32 = text
         .parse()
-        .map_err(|_| DataplaneError::InterfaceMac {
-            interface: interface.to_owned(),
-            source: std::io::Error::other(format!("unexpected address {:?}", text.trim())),
-        })
+        .map_err(|_| error(std::io::Error::other(format!("unexpected MTU {text:?}"))))?;
+    Ok(mtu.min(u32::from(u16::MAX)) as u16)
+}
+
+/// Reads an interface's MAC address from sysfs.
+pub fn interface_mac(interface: &str) -> Result<MacAddr, DataplaneError> {
+    let error = |source| DataplaneError::InterfaceMac {
+        interface: interface.to_owned(),
+        source,
+    };
+    let text = interface_attribute(interface, "address").map_err(error)?;
+    text.parse().map_err(|_| {
+        error(std::io::Error::other(format!(
+            "unexpected address {text:?}"
+        )))
+    })
+}
+
+/// One attribute file of an interface in sysfs, trimmed.
+fn interface_attribute(interface: &str, name: &str) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/{name}"))?;
+    Ok(text.trim().to_owned())
 }
 
 impl Dataplane {
@@ -429,17 +462,19 @@ impl Dataplane {
             regions: RegionAllocator::new(limits.maglev_slots),
             applied: BTreeMap::new(),
             if_mac,
-            encap_source: None,
+            globals_written: Globals::default(),
+            interface_mtu: DEFAULT_MTU,
             attachment: None,
             pins,
             pending_adoption: adopting,
         };
         if adopting {
             // The live datapath keeps its settings until the first apply compares them.
-            dataplane.encap_source = dataplane.read_encap_source()?;
+            dataplane.globals_written = dataplane.read_globals()?;
             info!("adopting pinned maps: established flows and counters are kept");
         } else {
-            dataplane.write_globals(None)?;
+            let globals = dataplane.globals_for(None);
+            dataplane.write_globals(globals)?;
         }
         Ok(dataplane)
     }
@@ -704,11 +739,10 @@ impl Dataplane {
         }
     }
 
-    fn write_globals(
-        &mut self,
-        encap: Option<crate::config::Ipv4Net>,
-    ) -> Result<(), DataplaneError> {
-        let (prefix, host_mask) = match encap {
+    /// The settings entry for `desired` (`None`: before the first apply, no encapsulation
+    /// source and no MTU check).
+    fn globals_for(&self, desired: Option<&DesiredState>) -> Globals {
+        let (prefix, host_mask) = match desired.map(|d| d.encap_source) {
             Some(net) => {
                 let mask = if net.prefix_len >= 32 {
                     0
@@ -722,18 +756,32 @@ impl Dataplane {
             }
             None => (0, 0),
         };
-        let globals = Globals {
+        let encap_flags = match desired.map(|d| d.on_too_big) {
+            Some(crate::config::TooBig::Drop) => xlb_common::encap_flags::TOO_BIG_DROP,
+            _ => 0,
+        };
+        Globals {
             if_mac: self.if_mac.0,
-            _pad: [0; 2],
+            encap_mtu: desired.map_or(0, |d| d.encap_mtu.unwrap_or(self.interface_mtu)),
             ipip_src_prefix: prefix,
             ipip_src_host_mask: host_mask,
             layout_version: LAYOUT_VERSION,
-        };
+            encap_flags,
+        }
+    }
+
+    fn write_globals(&mut self, globals: Globals) -> Result<(), DataplaneError> {
         self.globals
             .set(0, globals, 0)
             .map_err(map_err("update", map_names::GLOBALS))?;
-        self.encap_source = encap;
+        self.globals_written = globals;
         Ok(())
+    }
+
+    /// Sets the interface's MTU, the `encap.mtu` of configs that leave it out (1500 until
+    /// set). Takes effect at the next apply.
+    pub fn set_interface_mtu(&mut self, mtu: u16) {
+        self.interface_mtu = mtu;
     }
 
     /// Makes the maps hold `desired`, touching only VIPs that differ. Each VIP switches with one
@@ -750,8 +798,9 @@ impl Dataplane {
         let diff = self.diff(desired);
         self.check_capacity(desired, &diff)?;
 
-        if self.encap_source != Some(desired.encap_source) {
-            self.write_globals(Some(desired.encap_source))?;
+        let globals = self.globals_for(Some(desired));
+        if self.globals_written != globals {
+            self.write_globals(globals)?;
         }
         self.policy.add_global(&desired.policy)?;
 

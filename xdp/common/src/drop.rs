@@ -30,8 +30,8 @@ pub enum DropReason {
     NotAllowed = 10,
     /// The source is outside the `source_ranges` of the VIP it is addressed to.
     VipSourceDenied = 11,
-    /// TCP/UDP to a VIP address on a port no VIP serves, or another protocol (not ICMP) to a
-    /// VIP address, with `policy.unserved = "drop"`.
+    /// TCP/UDP to a VIP address on a port no VIP serves, or another protocol (not ICMP, which
+    /// has rules of its own) to a VIP address, with `policy.unserved = "drop"`.
     Unserved = 12,
     /// IPv4 with options addressed to a VIP, with `policy.ipv4_options = "drop"`.
     Ipv4Options = 13,
@@ -42,11 +42,23 @@ pub enum DropReason {
     RateLimited = 15,
     /// IPv6 ethertype but fewer bytes than the fixed IPv6 header, with IPv6 lists in use.
     Ipv6Truncated = 16,
+    /// ICMP echo request to a VIP address, with `policy.icmp_echo = "drop"`.
+    IcmpEcho = 17,
+    /// ICMP to a VIP address that no rule answers or routes (not an echo request, not an error
+    /// about a VIP flow), with `policy.icmp_other = "drop"`.
+    IcmpUnhandled = 18,
+    /// ICMP error to a VIP address whose embedded (quoted) header is cut short, not IPv4, a
+    /// fragment without ports, or not sent from the address the error is addressed to.
+    IcmpBadQuote = 19,
+    /// Encapsulation would make the packet larger than `encap.mtu`, and it could not be
+    /// answered with "fragmentation needed" (DF clear, an ICMP error itself, or
+    /// `encap.on_too_big = "drop"`).
+    EncapTooBig = 20,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::EthTruncated,
         DropReason::Ipv4Truncated,
         DropReason::Ipv4BadHeader,
@@ -64,6 +76,10 @@ impl DropReason {
         DropReason::TcpBadFlags,
         DropReason::RateLimited,
         DropReason::Ipv6Truncated,
+        DropReason::IcmpEcho,
+        DropReason::IcmpUnhandled,
+        DropReason::IcmpBadQuote,
+        DropReason::EncapTooBig,
     ];
     /// Number of reasons: the size of the per-CPU drop counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -88,6 +104,10 @@ impl DropReason {
             DropReason::TcpBadFlags => "tcp_bad_flags",
             DropReason::RateLimited => "rate_limited",
             DropReason::Ipv6Truncated => "ipv6_truncated",
+            DropReason::IcmpEcho => "icmp_echo",
+            DropReason::IcmpUnhandled => "icmp_unhandled",
+            DropReason::IcmpBadQuote => "icmp_bad_quote",
+            DropReason::EncapTooBig => "encap_too_big",
         }
     }
 
@@ -115,6 +135,16 @@ impl DropReason {
             }
             DropReason::RateLimited => "new TCP connection over the per-source rate limit",
             DropReason::Ipv6Truncated => "IPv6 packet shorter than the fixed IPv6 header",
+            DropReason::IcmpEcho => "ICMP echo request to a VIP address (policy drops them)",
+            DropReason::IcmpUnhandled => {
+                "ICMP to a VIP address that is neither an echo request nor an error about a VIP flow"
+            }
+            DropReason::IcmpBadQuote => {
+                "ICMP error to a VIP address whose quoted header is cut short or inconsistent"
+            }
+            DropReason::EncapTooBig => {
+                "encapsulated packet would exceed encap.mtu and cannot be answered with an ICMP error"
+            }
         }
     }
 

@@ -26,7 +26,9 @@ pub use policy::{
 /// daemon that finds maps pinned by another build can refuse them instead of misreading them.
 /// 3: the IPv4 /24 bitmap became a 2-bit verdict per /24 (`XLB_POL_V4_24`) with per-address
 /// tables for mixed /24s (`XLB_POL_V4_MIX`), and `XLB_ST_LB` gained `flow_replaced` (5 entries).
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: ICMP and MTU: `XLB_ST_LB` gained four ICMP counters (9 entries), `XLB_ST_DROPS` four
+/// reasons (21), and `Globals` the encapsulation MTU and flags (24 bytes).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {

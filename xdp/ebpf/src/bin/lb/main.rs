@@ -11,14 +11,15 @@
 mod balance;
 mod events;
 mod forward;
+mod icmp;
 mod maps;
+mod mtu;
 mod policy;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use xlb_common::{
-    DropReason, FlowKey, PolicyConfig, VipAddrKey, family, forward_mode,
-    hash::{flow_hash, vip_filter_slot},
+    DropReason, FlowKey, PolicyConfig, VipAddrKey, family, forward_mode, hash::vip_filter_slot,
     proto,
 };
 use xlb_ebpf::{
@@ -111,6 +112,11 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
             ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
         }
         proto::TCP | proto::UDP => None,
+        // ICMP has rules of its own (icmp.rs), for VIP addresses only: the filter may let
+        // ICMP to another address through, and that is none of the balancer's business.
+        proto::ICMP if is_vip_address(dst) => {
+            return icmp::to_vip(ctx, &l2, &ip, &hdr, &policy, bytes);
+        }
         other => return unserved(&policy, dst, other),
     };
     let Some((ports, tcp)) = l4 else {
@@ -141,20 +147,24 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
     let choice = balance::choose(&flow, &vip, &policy, opens_connection, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
-    let action = match vip.mode {
-        forward_mode::L2 => forward::l2(ctx, &choice.backend, &globals)?,
-        forward_mode::IPIP => {
-            let inner = forward::Inner {
-                l3_off: l2.l3_off,
-                tos: hdr.tos,
-                total_len: ip.total_len,
-                dont_fragment: frag_off & IPV4_DF != 0,
-            };
-            let flow_hash = *hash.get_or_insert_with(|| flow_hash(&flow));
-            forward::ipip(ctx, &inner, &choice.backend, &globals, flow_hash)?
-        }
-        _ => return Err(DropReason::TableMiss),
+    let inner = forward::Inner {
+        l3_off: l2.l3_off,
+        tos: hdr.tos,
+        total_len: ip.total_len,
+        dont_fragment: frag_off & IPV4_DF != 0,
     };
+    if vip.mode == forward_mode::IPIP && mtu::exceeds(&globals, ip.total_len) {
+        return mtu::too_big(ctx, &inner, &globals);
+    }
+    let action = forward::to_backend(
+        ctx,
+        &vip,
+        &inner,
+        &choice.backend,
+        &globals,
+        &flow,
+        &mut hash,
+    )?;
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
     events::forwarded(&policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
@@ -170,7 +180,7 @@ fn may_be_vip_address(addr: [u32; 4]) -> bool {
 }
 
 /// Whether `addr` carries a VIP, exactly: asked only where the filter let a packet through
-/// that cannot be balanced, and a wrong answer would drop someone else's packet.
+/// that cannot be balanced (or is ICMP), and a wrong answer would touch someone else's packet.
 #[inline(always)]
 fn is_vip_address(addr: [u32; 4]) -> bool {
     let key = VipAddrKey {
