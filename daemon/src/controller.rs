@@ -930,6 +930,19 @@ impl Controller {
             unserved: action(policy.unserved),
             ipv4_options: action(policy.ipv4_options),
             fragments: action(policy.fragments),
+            icmp_echo: match policy.icmp_echo {
+                crate::config::IcmpEcho::Reply => "reply",
+                crate::config::IcmpEcho::Pass => "pass",
+                crate::config::IcmpEcho::Drop => "drop",
+            }
+            .to_owned(),
+            icmp_other: action(policy.icmp_other),
+            encap_mtu: self.dataplane.encap_mtu(),
+            on_too_big: match self.config.encap.on_too_big {
+                crate::config::TooBig::Icmp => "icmp",
+                crate::config::TooBig::Drop => "drop",
+            }
+            .to_owned(),
             rate_limit: policy.rate_limit.map(|r| (r.per_second, r.burst)),
             flow_insert_rate: policy.flow_insert_rate,
             vip_source_ranges: self

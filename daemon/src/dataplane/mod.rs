@@ -778,6 +778,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The MTU encapsulation keeps to, as written (0 before the first apply).
+    pub fn encap_mtu(&self) -> u16 {
+        self.globals_written.encap_mtu
+    }
+
     /// Sets the interface's MTU, the `encap.mtu` of configs that leave it out (1500 until
     /// set). Takes effect at the next apply.
     pub fn set_interface_mtu(&mut self, mtu: u16) {
