@@ -1485,59 +1485,13 @@ fn policy_changes_apply_by_difference() {
 
 // ----- ICMP to a VIP address, and the MTU of encapsulation -----
 
-/// Two VIPs on one address per mode; `encap.mtu = 1000` so a packet of more than 980 bytes is
-/// too big to encapsulate. Defaults otherwise: echo answered, other ICMP passed, ICMP for
-/// packets too big.
-const ICMP_CONFIG: &str = r#"
-[interface]
-name = "fixture3"
-
-[limits]
-flow_table_size = 4096
-max_vips = 16
-max_backends = 64
-maglev_slots = 65536
-
-[encap]
-next_hop_mac = "02:00:00:00:fe:01"
-mtu = 1000
-
-[[vip]]
-name = "web-l2"
-address = "10.0.0.10"
-port = 80
-protocol = "tcp"
-mode = "l2"
-table_size = 251
-  [[vip.backend]]
-  address = "10.0.1.21"
-  mac = "02:00:00:00:01:21"
-  [[vip.backend]]
-  address = "10.0.1.22"
-  mac = "02:00:00:00:01:22"
-
-[[vip]]
-name = "web-ipip"
-address = "10.0.0.20"
-port = 80
-protocol = "tcp"
-mode = "ipip"
-table_size = 251
-  [[vip.backend]]
-  address = "10.0.2.21"
-  [[vip.backend]]
-  address = "10.0.2.22"
-
-[[vip]]
-name = "dns-ipip"
-address = "10.0.0.20"
-port = 53
-protocol = "udp"
-mode = "ipip"
-table_size = 251
-  [[vip.backend]]
-  address = "10.0.2.31"
-"#;
+/// The fixture config with `encap.mtu = 1000`, so a packet of more than 980 bytes is too big
+/// to encapsulate. Defaults otherwise: echo answered, other ICMP passed, ICMP for packets too
+/// big.
+fn icmp_config() -> String {
+    let next_hop = "next_hop_mac = \"02:00:00:00:fe:01\"\n";
+    CONFIG.replacen(next_hop, &format!("{next_hop}mtu = 1000\n"), 1)
+}
 
 /// A router on the path between the backends and the clients.
 const ROUTER: &str = "198.51.100.1";
@@ -1961,7 +1915,7 @@ fn icmp_table() {
     if !have_root() {
         return;
     }
-    let mut lab = lab(ICMP_CONFIG);
+    let mut lab = lab(&icmp_config());
     let flows_before = lab.dataplane.count_flows().unwrap();
     let cases = icmp_cases(&lab);
     let routed = cases
@@ -1977,7 +1931,7 @@ fn icmp_table() {
 
     // The settings that turn the defaults around: echo and other ICMP dropped, packets too
     // big dropped even with DF set.
-    let strict = ICMP_CONFIG.replace(
+    let strict = icmp_config().replace(
         "mtu = 1000\n",
         "mtu = 1000\non_too_big = \"drop\"\n\n[policy]\nicmp_echo = \"drop\"\nicmp_other = \"drop\"\n",
     );
@@ -2029,7 +1983,7 @@ fn icmp_table() {
     let strict_reasons: Vec<DropReason> = strict_cases.iter().filter_map(|c| c.case.drop).collect();
     run_icmp_table(&mut lab, strict_cases);
 
-    let passing = ICMP_CONFIG.replace(
+    let passing = icmp_config().replace(
         "mtu = 1000\n",
         "mtu = 1000\n\n[policy]\nicmp_echo = \"pass\"\n",
     );
@@ -2074,25 +2028,27 @@ fn icmp_errors_follow_the_flow_table_then_the_maglev_table() {
     if !have_root() {
         return;
     }
-    let grown_text = ICMP_CONFIG
-        .replacen(
-            "  mac = \"02:00:00:00:01:22\"\n",
-            "  mac = \"02:00:00:00:01:22\"\n  [[vip.backend]]\n  address = \"10.0.1.23\"\n  mac = \"02:00:00:00:01:23\"\n",
-            1,
-        )
-        .replacen(
-            "  address = \"10.0.2.22\"\n",
-            "  address = \"10.0.2.22\"\n  [[vip.backend]]\n  address = \"10.0.2.23\"\n  mac = \"02:00:00:00:02:23\"\n",
-            1,
+    let add_backend = |text: String, after: &str, address: &str| {
+        let backend = format!(
+            "  [[vip.backend]]\n  address = \"{address}\"\n  mac = \"02:00:00:00:09:01\"\n"
         );
+        text.replacen(after, &format!("{after}{backend}"), 1)
+    };
+    let grown_text = add_backend(
+        icmp_config(),
+        "  mac = \"02:00:00:00:01:23\"\n",
+        "10.0.1.24",
+    );
+    let grown_text = add_backend(grown_text, "  mac = \"02:00:00:00:02:22\"\n", "10.0.2.23");
     let grown = self::lab(&grown_text);
-    for (vip_addr, name) in [("10.0.0.10", "web-l2"), ("10.0.0.20", "web-ipip")] {
-        let mut lab = self::lab(ICMP_CONFIG);
+    // The new backend is the fourth of web-l2, the third of web-ipip.
+    for (vip_addr, name, new) in [("10.0.0.10", "web-l2", 3), ("10.0.0.20", "web-ipip", 2)] {
+        let mut lab = self::lab(&icmp_config());
         let vip = vip_key(vip_addr, 80, 6);
-        // Flows whose slot moves to the new (third) backend once it is added.
+        // Flows whose slot moves to the new backend once it is added.
         let moved: Vec<Flow> = (41000..60000u16)
             .map(|port| flow("198.51.100.20", vip_addr, port, 80))
-            .filter(|f| grown.predicted_backend(&vip, f, 6) == 2)
+            .filter(|f| grown.predicted_backend(&vip, f, 6) == new)
             .take(2)
             .collect();
         assert_eq!(moved.len(), 2, "some slots must move to the new backend");
@@ -2106,7 +2062,7 @@ fn icmp_errors_follow_the_flow_table_then_the_maglev_table() {
         lab.config = grown.config.clone();
 
         let flows = lab.dataplane.count_flows().unwrap();
-        for (f, backend) in [(established, first), (fresh, 2)] {
+        for (f, backend) in [(established, first), (fresh, new)] {
             let input = icmp_error(3, 4, [0, 0, 2, 0x44], &from_vip(&f, 6, 500), None);
             let (action, out) = lab.run(&input);
             assert_eq!(action, XDP_TX, "{name}: {f:?}");

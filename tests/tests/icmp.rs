@@ -10,7 +10,7 @@
 //! 1500-byte MTU) without the ICMP that makes the client send smaller ones. Each test also
 //! checks that the balancer's counter for the ICMP it handled moved.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xlb_tests::{
@@ -31,6 +31,34 @@ fn icmp_count(lab: &Lab, outcome: &str, at_least: f64) -> f64 {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs curl (`command`, in some namespace) with `args` and a 60 s limit; returns its output,
+/// panicking with `stalled` and curl's error if it fails.
+fn curl(mut command: Command, args: &[&str], stalled: &str) -> String {
+    let out = command
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{stalled}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `host`'s route to `to` (from `from`, if given) caches the path MTU `mtu`.
+fn route_mtu(lab: &Lab, host: &str, to: &str, from: Option<&str>, mtu: u16) -> bool {
+    let mut command = lab.command(host, "ip");
+    command.args(["route", "get", to]);
+    if let Some(from) = from {
+        command.args(["from", from]);
+    }
+    let out = command.output().expect("ip route get");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("mtu {mtu}"))
 }
 
 #[test]
@@ -204,41 +232,26 @@ fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
     let far = FarClient::attach(&lab);
     lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
     let size = 2 * 1024 * 1024;
-    let out = far
-        .client
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "60",
+    let downloaded = curl(
+        far.client.command("curl"),
+        &[
             "-o",
             "/dev/null",
             "-w",
             "%{size_download}",
             &format!("http://{VIP}/bytes/{size}"),
-        ])
-        .stderr(Stdio::piped())
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "the download through the 1000-byte link stalled: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "the download through the 1000-byte link stalled",
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), size.to_string());
+    assert_eq!(downloaded, size.to_string());
     assert!(
         icmp_count(&lab, "error_forwarded", 1.0) >= 1.0,
         "the router's fragmentation needed did not go through the balancer"
     );
     // The backend learnt the smaller MTU towards the client from the forwarded error.
-    let learnt = (1..=3).any(|i| {
-        let route = lab
-            .command(&format!("be{i}"), "ip")
-            .args(["route", "get", FAR_CLIENT, "from", VIP])
-            .output()
-            .expect("ip route get");
-        String::from_utf8_lossy(&route.stdout).contains("mtu 1000")
-    });
+    let learnt = ["be1", "be2", "be3"]
+        .iter()
+        .any(|be| route_mtu(&lab, be, FAR_CLIENT, Some(VIP), 1000));
     assert!(learnt, "no backend caches the path MTU 1000 to the client");
 }
 
@@ -252,25 +265,15 @@ fn an_upload_too_big_to_encapsulate_completes_through_the_balancers_icmp() {
     let size = 1024 * 1024;
     let upload = lab.workdir.join("upload.bin");
     std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
-    let out = lab
-        .command("client", "curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "60",
+    let body = curl(
+        lab.command("client", "curl"),
+        &[
             "--data-binary",
             &format!("@{}", upload.display()),
             &format!("http://{VIP}/"),
-        ])
-        .stderr(Stdio::piped())
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "the upload stalled: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "the upload stalled",
     );
-    let body = String::from_utf8_lossy(&out.stdout);
     assert!(
         body.trim_end().ends_with(&format!("received {size}")),
         "unexpected answer {body:?}"
@@ -280,14 +283,8 @@ fn an_upload_too_big_to_encapsulate_completes_through_the_balancers_icmp() {
         "the balancer sent no fragmentation needed"
     );
     // The client learnt the MTU the balancer announced: 1500 less the outer header.
-    let route = lab
-        .command("client", "ip")
-        .args(["route", "get", VIP])
-        .output()
-        .expect("ip route get");
-    let route = String::from_utf8_lossy(&route.stdout);
     assert!(
-        route.contains("mtu 1480"),
-        "client's route to the VIP: {route}"
+        route_mtu(&lab, "client", VIP, None, 1480),
+        "the client caches no path MTU 1480 to the VIP"
     );
 }

@@ -26,6 +26,20 @@ pub struct Inner {
     pub dont_fragment: bool,
 }
 
+impl Inner {
+    /// What the encapsulation needs of the IPv4 packet at `l3_off` (`hdr` its header,
+    /// `total_len` its validated length).
+    #[inline(always)]
+    pub fn of(l3_off: usize, hdr: &Ipv4Hdr, total_len: usize) -> Inner {
+        Inner {
+            l3_off,
+            tos: hdr.tos,
+            total_len,
+            dont_fragment: u16::from_be(hdr.frag_off) & IPV4_DF != 0,
+        }
+    }
+}
+
 /// Sends the frame to `backend` in the VIP's mode. `flow` is the client->VIP flow the packet
 /// belongs to (or is about): its hash picks the IPIP outer source, as for every packet of it.
 #[inline(always)]

@@ -25,8 +25,7 @@ use xlb_common::{DropReason, FlowKey, LbCounter, PolicyConfig, forward_mode, pol
 use xlb_ebpf::{
     csum,
     headers::{
-        EthHdr, ICMP_HLEN, IPV4_DF, IPV4_FRAG_OFFSET, IPV4_HLEN, IcmpHdr, Ipv4Hdr, PortsHdr,
-        icmp_type,
+        EthHdr, ICMP_HLEN, IPV4_FRAG_OFFSET, IPV4_HLEN, IcmpHdr, Ipv4Hdr, PortsHdr, icmp_type,
     },
     packet::{frame_len, ptr_at},
     parse::{Ipv4, L2},
@@ -200,12 +199,7 @@ fn route_error(
     if vip.mode == forward_mode::IPIP && mtu::exceeds(&globals, ip.total_len) {
         return Err(DropReason::EncapTooBig);
     }
-    let inner = forward::Inner {
-        l3_off: l2.l3_off,
-        tos: hdr.tos,
-        total_len: ip.total_len,
-        dont_fragment: u16::from_be(hdr.frag_off) & IPV4_DF != 0,
-    };
+    let inner = forward::Inner::of(l2.l3_off, hdr, ip.total_len);
     let action = forward::to_backend(
         ctx,
         &vip,

@@ -24,8 +24,7 @@ use xlb_common::{
 };
 use xlb_ebpf::{
     headers::{
-        ETH_P_IP_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN,
-        tcp_flags,
+        ETH_P_IP_BE, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, tcp_flags,
     },
     packet::{frame_len, ptr_at},
     parse,
@@ -147,12 +146,7 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
     let choice = balance::choose(&flow, &vip, &policy, opens_connection, &mut hash)?;
     let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
-    let inner = forward::Inner {
-        l3_off: l2.l3_off,
-        tos: hdr.tos,
-        total_len: ip.total_len,
-        dont_fragment: frag_off & IPV4_DF != 0,
-    };
+    let inner = forward::Inner::of(l2.l3_off, &hdr, ip.total_len);
     if vip.mode == forward_mode::IPIP && mtu::exceeds(&globals, ip.total_len) {
         return mtu::too_big(ctx, &inner, &globals);
     }
