@@ -1,7 +1,8 @@
 //! ICMP through the balancer, end to end in the namespace lab (`scripts/lab.sh`): ping answered
 //! by the datapath, path MTU discovery towards the clients through the balancer (a router with
 //! a smaller MTU on the client side), and an upload through an IPIP VIP whose packets are too
-//! big once encapsulated. Namespaces are named `xic...` with this process's id.
+//! big once encapsulated. Namespaces are named `xic...` with this process's id, a prefix of
+//! their own per test (`xicp`, `xicm`, `xicu`, `xicrt`, `xiccl`) so the tests run side by side.
 //!
 //! Each test fails without its feature: the balancer's kernel owns no VIP address and does not
 //! forward, so without the datapath no echo reply comes back, the router's "fragmentation
@@ -66,7 +67,7 @@ fn ping_to_a_vip_is_answered_by_the_datapath() {
     if !have_root() {
         return;
     }
-    let mut lab = Lab::up("xic", "l2");
+    let mut lab = Lab::up("xicp", "l2");
     lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
     // A minimal ping (the lab has no ping binary): three echo requests on a raw socket, each
     // answered within 5 s by an echo reply from the VIP with the same identifier and sequence.
@@ -228,7 +229,7 @@ fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
     if !have_root() {
         return;
     }
-    let mut lab = Lab::up("xic", "l2");
+    let mut lab = Lab::up("xicm", "l2");
     let far = FarClient::attach(&lab);
     lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
     let size = 2 * 1024 * 1024;
@@ -260,7 +261,7 @@ fn an_upload_too_big_to_encapsulate_completes_through_the_balancers_icmp() {
     if !have_root() {
         return;
     }
-    let mut lab = Lab::up("xic", "ipip");
+    let mut lab = Lab::up("xicu", "ipip");
     lab.start_xlbd(&repo_root().join("config/demo-ipip.toml"));
     let size = 1024 * 1024;
     let upload = lab.workdir.join("upload.bin");
