@@ -263,6 +263,25 @@ fn an_upload_too_big_to_encapsulate_completes_through_the_balancers_icmp() {
     }
     let mut lab = Lab::up("xicu", "ipip");
     lab.start_xlbd(&repo_root().join("config/demo-ipip.toml"));
+    // The config leaves encap.mtu out: the balancer's interface MTU is in force.
+    let (status, policy) = xlb::api::client::call(&lab.api_socket(), "GET", "/v1/policy", None)
+        .unwrap_or_else(|e| panic!("GET /v1/policy: {e}\n{}", lab.log()));
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &policy["encap_mtu"],
+            &policy["on_too_big"],
+            &policy["icmp_echo"],
+            &policy["icmp_other"]
+        ),
+        (
+            &serde_json::json!(1500),
+            &serde_json::json!("icmp"),
+            &serde_json::json!("reply"),
+            &serde_json::json!("pass")
+        ),
+        "{policy}"
+    );
     let size = 1024 * 1024;
     let upload = lab.workdir.join("upload.bin");
     std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
