@@ -28,7 +28,7 @@ use xlb_ebpf::{
         EthHdr, ICMP_HLEN, IPV4_FRAG_OFFSET, IPV4_HLEN, IcmpHdr, Ipv4Hdr, PortsHdr, icmp_type,
     },
     packet::{frame_len, ptr_at},
-    parse::{Ipv4, L2},
+    parse::{self, Ipv4},
 };
 
 use crate::{balance, forward, maps::GLOBALS, mtu, policy, stats};
@@ -47,19 +47,24 @@ const ERROR_TOS: u8 = 0xc0;
 /// TTL of the messages the balancer originates (errors and echo replies).
 const TTL: u8 = 64;
 
-/// ICMP to a VIP address (the caller checked the exact set): the rules in the module comment.
-/// `bytes` is the frame length, for the VIP and backend counters of a forwarded error.
-#[inline(always)]
+/// ICMP to a VIP address (the caller checked the exact set) whose IPv4 header is at `l3_off`:
+/// the rules in the module comment. `bytes` is the frame length, for the VIP and backend
+/// counters of a forwarded error. Not inlined: a BPF-to-BPF call, so that this rare path does
+/// not weigh on the code of the balanced path (the verifier passes at most five arguments,
+/// and packet pointers are derived again here from `ctx`).
+#[inline(never)]
 pub fn to_vip(
     ctx: &XdpContext,
-    l2: &L2,
-    ip: &Ipv4,
-    hdr: &Ipv4Hdr,
+    l3_off: usize,
     policy: &PolicyConfig,
     bytes: usize,
 ) -> Result<u32, DropReason> {
+    let ip = parse::ipv4(ctx, l3_off)?;
+    // SAFETY: parse::ipv4 returned a header that lies inside the frame.
+    let hdr = unsafe { *ip.hdr };
+    let (ip, hdr) = (&ip, &hdr);
     policy::options(policy, ip.header_len)?;
-    let l4_off = l2.l3_off + ip.header_len;
+    let l4_off = l3_off + ip.header_len;
     if ip.header_len + ICMP_HLEN > ip.total_len {
         return Err(DropReason::L4Truncated);
     }
@@ -72,7 +77,7 @@ pub fn to_vip(
             let quote_off = l4_off + ICMP_HLEN;
             let quote_len = ip.total_len - ip.header_len - ICMP_HLEN;
             match quoted_flow(ctx, quote_off, quote_len, hdr.daddr)? {
-                Some(flow) => route_error(ctx, l2, ip, hdr, &flow, policy, bytes),
+                Some(flow) => route_error(ctx, l3_off, ip, hdr, &flow, policy, bytes),
                 None => other(policy),
             }
         }
@@ -182,7 +187,7 @@ fn quoted_flow(
 #[inline(always)]
 fn route_error(
     ctx: &XdpContext,
-    l2: &L2,
+    l3_off: usize,
     ip: &Ipv4,
     hdr: &Ipv4Hdr,
     flow: &FlowKey,
@@ -199,7 +204,7 @@ fn route_error(
     if vip.mode == forward_mode::IPIP && mtu::exceeds(&globals, ip.total_len) {
         return Err(DropReason::EncapTooBig);
     }
-    let inner = forward::Inner::of(l2.l3_off, hdr, ip.total_len);
+    let inner = forward::Inner::of(l3_off, hdr, ip.total_len);
     let action = forward::to_backend(
         ctx,
         &vip,

@@ -112,9 +112,10 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
         }
         proto::TCP | proto::UDP => None,
         // ICMP has rules of its own (icmp.rs), for VIP addresses only: the filter may let
-        // ICMP to another address through, and that is none of the balancer's business.
+        // ICMP to another address through, and that is none of the balancer's business. A
+        // call, not inlined: the rare path stays out of the hot path's code.
         proto::ICMP if is_vip_address(dst) => {
-            return icmp::to_vip(ctx, &l2, &ip, &hdr, &policy, bytes);
+            return icmp::to_vip(ctx, l2.l3_off, &policy, bytes);
         }
         other => return unserved(&policy, dst, other),
     };

@@ -20,8 +20,9 @@ pub fn exceeds(globals: &Globals, total_len: usize) -> bool {
 }
 
 /// A packet that [`exceeds`] the MTU: answered with "fragmentation needed" when it forbids
-/// fragmentation and the config allows it, dropped otherwise.
-#[inline(always)]
+/// fragmentation and the config allows it, dropped otherwise. Not inlined (a BPF-to-BPF
+/// call): the ICMP builder stays out of the code of the forwarding path.
+#[inline(never)]
 pub fn too_big(
     ctx: &aya_ebpf::programs::XdpContext,
     inner: &Inner,
