@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A lab backend: an HTTP server on ports 80 and 8080 that answers with its name (and the client's
-address:port as it saw them), and a UDP echo on port 53 that prefixes its name. Both listen on
-every address of both families, the VIPs on loopback included, so replies leave from the VIP
-(direct server return)."""
+address:port as it saw them; `/bytes/N` answers N bytes, a POST the number of bytes it read), and a
+UDP echo on port 53 that prefixes its name. Both listen on every address of both families, the
+VIPs on loopback included, so replies leave from the VIP (direct server return)."""
 import argparse
 import http.server
 import socket
@@ -31,7 +31,35 @@ def main():
                     self.wfile.flush()
                     threading.Event().wait(0.1)
                 return
+            if self.path.startswith("/bytes/"):
+                # /bytes/N: N bytes of body, for downloads larger than a path's MTU.
+                size = int(self.path.split("/")[2])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                chunk = b"x" * 65536
+                while size > 0:
+                    self.wfile.write(chunk[: min(size, len(chunk))])
+                    size -= min(size, len(chunk))
+                return
             body = f"{args.name} {self.client_address[0]}:{self.client_address[1]}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            # Reads the whole body (uploads larger than a path's MTU) and names its size.
+            size = int(self.headers.get("Content-Length", "0"))
+            left = size
+            while left > 0:
+                data = self.rfile.read(min(left, 65536))
+                if not data:
+                    break
+                left -= len(data)
+            body = f"{args.name} received {size - left}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))

@@ -321,6 +321,10 @@ impl Controller {
             None => Dataplane::load(limits, if_mac)?,
         };
         let started = Instant::now();
+        match crate::dataplane::interface_mtu(&interface) {
+            Ok(mtu) => dataplane.set_interface_mtu(mtu),
+            Err(error) => warn!(%error, "encap.mtu defaults to 1500"),
+        }
         let report = dataplane.apply(&desired)?;
         let event_log = EventLog::new(layered.config.events.keep as usize);
         let event_reader = match dataplane.take_events() {
@@ -926,6 +930,19 @@ impl Controller {
             unserved: action(policy.unserved),
             ipv4_options: action(policy.ipv4_options),
             fragments: action(policy.fragments),
+            icmp_echo: match policy.icmp_echo {
+                crate::config::IcmpEcho::Reply => "reply",
+                crate::config::IcmpEcho::Pass => "pass",
+                crate::config::IcmpEcho::Drop => "drop",
+            }
+            .to_owned(),
+            icmp_other: action(policy.icmp_other),
+            encap_mtu: self.dataplane.encap_mtu(),
+            on_too_big: match self.config.encap.on_too_big {
+                crate::config::TooBig::Icmp => "icmp",
+                crate::config::TooBig::Drop => "drop",
+            }
+            .to_owned(),
             rate_limit: policy.rate_limit.map(|r| (r.per_second, r.burst)),
             flow_insert_rate: policy.flow_insert_rate,
             vip_source_ranges: self

@@ -61,6 +61,9 @@ pub mod names {
     pub const FLOWS_NOT_REMEMBERED: &str = "xlb_flows_not_remembered_total";
     /// New flows whose key was already in the flow table (its entry overwritten).
     pub const FLOWS_REPLACED: &str = "xlb_flows_replaced_total";
+    /// ICMP handled by the datapath, by outcome (`echo_replied`, `error_forwarded`, `passed`,
+    /// `too_big_sent`); ICMP it dropped is in [`DROPS`] (`icmp_*`, `encap_too_big`).
+    pub const ICMP: &str = "xlb_icmp_packets_total";
     /// Entries in the flow table (counted by a walk at most 5 s old).
     pub const FLOW_TABLE_ENTRIES: &str = "xlb_flow_table_entries";
     /// Entries in the IPv6 flow table (same walk).
@@ -85,7 +88,7 @@ pub mod names {
     pub const VIPS: &str = "xlb_vips";
 
     /// Every name the daemon exports.
-    pub const ALL: [&str; 32] = [
+    pub const ALL: [&str; 33] = [
         VIP_PACKETS,
         VIP_BYTES,
         BACKEND_PACKETS,
@@ -105,6 +108,7 @@ pub mod names {
         FLOW_INSERT_FAILURES,
         FLOWS_NOT_REMEMBERED,
         FLOWS_REPLACED,
+        ICMP,
         FLOW_TABLE_ENTRIES,
         FLOW_TABLE_ENTRIES_V6,
         FLOW_TABLE_CAPACITY,
@@ -198,6 +202,10 @@ pub fn render(
             counter!(names::DROPS, "reason" => reason.clone()).absolute(*count);
         }
         for (event, count) in &snapshot.lb {
+            if let Some(outcome) = event.strip_prefix("icmp_") {
+                counter!(names::ICMP, "outcome" => outcome.to_owned()).absolute(*count);
+                continue;
+            }
             let name = match event.as_str() {
                 "flow_hit" => names::FLOW_HITS,
                 "flow_new" => names::FLOWS_NEW,
@@ -372,6 +380,7 @@ mod tests {
                 ("flow_backend_gone".into(), 0),
                 ("flow_insert_failed".into(), 0),
                 ("flow_replaced".into(), 1),
+                ("icmp_echo_replied".into(), 6),
             ],
             policy: vec![
                 ("flow_not_remembered".into(), 0),
@@ -467,6 +476,10 @@ mod tests {
                 1.7e9,
             ),
             ("xlb_datapath_up".to_owned(), 1.0),
+            (
+                "xlb_icmp_packets_total{outcome=\"echo_replied\"}".to_owned(),
+                6.0,
+            ),
         ];
         for (series, value) in expected {
             assert_eq!(sample(&text, &series), Some(value), "{series}\n{text}");

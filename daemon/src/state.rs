@@ -32,6 +32,10 @@ pub struct DesiredState {
     pub encap_source: Ipv4Net,
     /// Outer IPv6 source prefix of IPv6 encapsulation, if configured.
     pub encap_source_v6: Option<Cidr>,
+    /// `encap.mtu` (`None`: the interface's).
+    pub encap_mtu: Option<u16>,
+    /// `encap.on_too_big`.
+    pub on_too_big: crate::config::TooBig,
     /// VIPs by key; the order is the key order, so applying is deterministic.
     pub vips: BTreeMap<VipKeyOrd, Arc<DesiredVip>>,
     /// Global policy (lists, actions, rates); per-VIP source ranges are in each VIP's config.
@@ -203,6 +207,8 @@ impl DesiredState {
         Ok(DesiredState {
             encap_source: config.encap.source_prefix,
             encap_source_v6: config.encap.source_prefix_v6,
+            encap_mtu: config.encap.mtu,
+            on_too_big: config.encap.on_too_big,
             // Two runs in key order: collecting sorts them with one merge.
             vips: reused.into_iter().chain(built).collect(),
             policy,

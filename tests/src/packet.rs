@@ -337,3 +337,49 @@ pub fn ip6_encapsulated(
     frame.extend_from_slice(&inner[..inner_len]);
     frame
 }
+
+/// An ICMP message (RFC 792) with a correct checksum: type, code, the type-specific word and
+/// the body (an echo's data, or an error's quoted packet).
+pub fn icmp_message(kind: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let sum = checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// A whole Ethernet + IPv4 + ICMP frame carrying `message` (see [`icmp_message`]).
+pub fn icmp4(l2: &L2, src: Ipv4Addr, dst: Ipv4Addr, message: &[u8]) -> Vec<u8> {
+    let mut frame = ethernet(l2, 0x0800);
+    frame.extend(ipv4_header(src, dst, 1, message.len(), &[], 0));
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Bytes of the offending packet quoted by an ICMP error that keeps within 576 bytes
+/// (RFC 1812 4.3.2.3): 576 less a 20-byte IPv4 header and the 8-byte ICMP header.
+pub const ICMP_QUOTE_LEN: usize = 548;
+
+/// The ICMP "fragmentation needed" (type 3, code 4) a router at `from` sends about the IPv4
+/// packet `offending` (its IPv4 header onwards) with the next-hop MTU `mtu`: IPv4 header with
+/// precedence "internetwork control" (TOS 0xc0), id 0, TTL 64, no flags; ICMP header; the first
+/// [`ICMP_QUOTE_LEN`] bytes of the packet. Written from RFC 792/1191/1812, independently of the
+/// datapath.
+pub fn frag_needed(l2: &L2, from: Ipv4Addr, offending: &[u8], mtu: u16) -> Vec<u8> {
+    let to = Ipv4Addr::new(offending[12], offending[13], offending[14], offending[15]);
+    let quote = &offending[..ICMP_QUOTE_LEN.min(offending.len())];
+    let mut rest = [0u8; 4];
+    rest[2..4].copy_from_slice(&mtu.to_be_bytes());
+    let message = icmp_message(3, 4, rest, quote);
+    let mut header = ipv4_header(from, to, 1, message.len(), &[], 0);
+    header[1] = 0xc0;
+    header[4..6].copy_from_slice(&[0, 0]);
+    header[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&header);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = ethernet(l2, 0x0800);
+    frame.extend(header);
+    frame.extend(message);
+    frame
+}

@@ -434,20 +434,14 @@ fn cases(lab: &Lab) -> Vec<Case> {
         output: Expected::Unchanged,
         drop: None,
     });
-    let mut icmp = packet::ethernet(&to_lb(None), 0x0800);
-    let echo = [8u8, 0, 0xf7, 0xff, 0, 0, 0, 0];
-    icmp.extend(packet::ipv4_header(
-        ip("192.0.2.24"),
-        ip("10.0.0.10"),
-        1,
-        echo.len(),
-        &[],
-        0,
-    ));
-    icmp.extend_from_slice(&echo);
     cases.push(Case {
-        description: "ICMP echo to a VIP address passes to the stack",
-        input: icmp,
+        description: "ICMP timestamp request to a VIP address passes to the stack (icmp_other)",
+        input: packet::icmp4(
+            &to_lb(None),
+            ip("192.0.2.24"),
+            ip("10.0.0.10"),
+            &packet::icmp_message(13, 0, [0, 1, 0, 1], &[0; 12]),
+        ),
         action: XDP_PASS,
         output: Expected::Unchanged,
         drop: None,
@@ -1946,7 +1940,9 @@ fn ipv6_table() {
     let cases = ipv6_cases(&lab);
     run_table(&mut lab, &cases);
     // Every IPv6 parsing reason is covered by the table.
-    for &reason in &DropReason::ALL[DropReason::Ipv6BadHeader as usize..] {
+    for &reason in
+        &DropReason::ALL[DropReason::Ipv6BadHeader as usize..=DropReason::Ipv6Fragment as usize]
+    {
         assert!(
             cases.iter().any(|c| c.drop == Some(reason)),
             "no case for {}",
@@ -2270,4 +2266,612 @@ table_size = 251
             (&eight, XDP_TX, None),
         ],
     );
+}
+
+// ----- ICMP to a VIP address, and the MTU of encapsulation -----
+
+/// The fixture config with `encap.mtu = 1000`, so a packet of more than 980 bytes is too big
+/// to encapsulate. Defaults otherwise: echo answered, other ICMP passed, ICMP for packets too
+/// big.
+fn icmp_config() -> String {
+    let next_hop = "next_hop_mac = \"02:00:00:00:fe:01\"\n";
+    CONFIG.replacen(next_hop, &format!("{next_hop}mtu = 1000\n"), 1)
+}
+
+/// A router on the path between the backends and the clients.
+const ROUTER: &str = "198.51.100.1";
+
+/// A fixture and the load-balancing counter it must move by exactly one (none: no counter).
+struct IcmpCase {
+    case: Case,
+    counter: Option<LbCounter>,
+}
+
+/// An IPv4 TCP frame of exactly `total_len` IP bytes (payload of zeros), DF set or not.
+fn tcp4_sized(l2: &L2, f: &Flow, total_len: usize, dont_fragment: bool) -> Vec<u8> {
+    let segment = packet::tcp_segment(f, TCP_ACK, &vec![0u8; total_len - 40]);
+    let mut frame = packet::ethernet(l2, 0x0800);
+    let frag = if dont_fragment { 0x4000 } else { 0 };
+    frame.extend(packet::ipv4_header(
+        f.src,
+        f.dst,
+        6,
+        segment.len(),
+        &[],
+        frag,
+    ));
+    frame.extend(segment);
+    frame
+}
+
+/// The packet a backend sends for `client_flow` (client -> VIP), reversed: source VIP:port,
+/// destination client:port, as an IPv4 packet (no Ethernet header), `payload` bytes of data.
+fn from_vip(client_flow: &Flow, proto: u8, payload: usize) -> Vec<u8> {
+    let reply = Flow {
+        src: client_flow.dst,
+        dst: client_flow.src,
+        sport: client_flow.dport,
+        dport: client_flow.sport,
+    };
+    let l2 = to_lb(None);
+    let frame = if proto == 6 {
+        tcp4_sized(&l2, &reply, 40 + payload, true)
+    } else {
+        packet::udp4(&l2, &reply, &vec![0u8; payload])
+    };
+    frame[14..].to_vec()
+}
+
+/// An ICMP error of `kind`/`code` from the router to the VIP about `quoted` (an IPv4 packet).
+fn icmp_error(kind: u8, code: u8, rest: [u8; 4], quoted: &[u8], vlan: Option<u16>) -> Vec<u8> {
+    let vip = Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]);
+    let message = packet::icmp_message(kind, code, rest, quoted);
+    packet::icmp4(&to_lb(vlan), ip(ROUTER), vip, &message)
+}
+
+/// The echo reply to `request` (an echo request frame to `vip` from `client`), built from
+/// scratch: MACs and addresses swapped, type 0, same identifier, sequence and data.
+fn echo_reply(l2: &L2, client: Ipv4Addr, vip: Ipv4Addr, rest: [u8; 4], data: &[u8]) -> Vec<u8> {
+    let reply_l2 = L2 {
+        dst: l2.src,
+        src: l2.dst,
+        vlan: l2.vlan,
+    };
+    packet::icmp4(
+        &reply_l2,
+        vip,
+        client,
+        &packet::icmp_message(0, 0, rest, data),
+    )
+}
+
+fn icmp_cases(lab: &Lab) -> Vec<IcmpCase> {
+    let web_l2 = vip_key("10.0.0.10", 80, 6);
+    let web_ipip = vip_key("10.0.0.20", 80, 6);
+    let dns_ipip = vip_key("10.0.0.20", 53, 17);
+    let client = ip("192.0.2.50");
+    let mut cases = Vec::new();
+    let mut push = |case: Case, counter: Option<LbCounter>| cases.push(IcmpCase { case, counter });
+
+    // --- Echo.
+    let rest = [0x12, 0x34, 0, 1];
+    let data = b"abcdefghijklmnopqrstuvwxyz012345";
+    for (description, vlan) in [
+        ("echo request to a VIP address: answered in place", None),
+        (
+            "VLAN-tagged echo request to a VIP address: answered with its tag",
+            Some(9),
+        ),
+    ] {
+        let l2 = to_lb(vlan);
+        let request = packet::icmp_message(8, 0, rest, data);
+        push(
+            Case {
+                description,
+                input: packet::icmp4(&l2, client, ip("10.0.0.10"), &request),
+                action: XDP_TX,
+                output: Expected::Bytes(echo_reply(&l2, client, ip("10.0.0.10"), rest, data)),
+                drop: None,
+            },
+            Some(LbCounter::IcmpEchoReplied),
+        );
+    }
+    let twin = filter_twin(ip("10.0.0.10"));
+    push(
+        Case {
+            description: "echo request to a non-VIP address sharing a VIP's filter bit passes",
+            input: packet::icmp4(
+                &to_lb(None),
+                client,
+                twin,
+                &packet::icmp_message(8, 0, rest, data),
+            ),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        None,
+    );
+    push(
+        Case {
+            description: "ICMP timestamp request to a VIP address: passed (icmp_other default)",
+            input: packet::icmp4(
+                &to_lb(None),
+                client,
+                ip("10.0.0.20"),
+                &packet::icmp_message(13, 0, rest, &[0; 12]),
+            ),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    let mut short = packet::ethernet(&to_lb(None), 0x0800);
+    short.extend(packet::ipv4_header(client, ip("10.0.0.10"), 1, 4, &[], 0));
+    short.extend_from_slice(&[8, 0, 0xf7, 0xff]);
+    push(
+        Case {
+            description: "ICMP to a VIP address shorter than an ICMP header",
+            input: short,
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::L4Truncated),
+        },
+        None,
+    );
+
+    // --- Errors about a VIP flow, routed to the flow's backend (no flow entry: Maglev).
+    let f = flow("192.0.2.51", "10.0.0.10", 40100, 80);
+    let input = icmp_error(3, 4, [0, 0, 0x02, 0x44], &from_vip(&f, 6, 1400), None);
+    let b = lab.predicted_backend(&web_l2, &f, 6);
+    push(
+        Case {
+            description: "fragmentation needed about an L2 VIP's flow: to the flow's backend MAC",
+            output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web-l2", b))),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        Some(LbCounter::IcmpErrorForwarded),
+    );
+    for (description, vlan, f, proto, vip, name, kind, code) in [
+        (
+            "fragmentation needed about an IPIP VIP's flow: encapsulated to the flow's backend",
+            None,
+            flow("192.0.2.52", "10.0.0.20", 40101, 80),
+            6u8,
+            web_ipip,
+            "web-ipip",
+            3u8,
+            4u8,
+        ),
+        (
+            "VLAN-tagged fragmentation needed about an IPIP VIP's flow keeps its tag",
+            Some(5),
+            flow("192.0.2.53", "10.0.0.20", 40102, 80),
+            6,
+            web_ipip,
+            "web-ipip",
+            3,
+            4,
+        ),
+        (
+            "port unreachable about an IPIP VIP's UDP flow: routed like fragmentation needed",
+            None,
+            flow("192.0.2.54", "10.0.0.20", 5300, 53),
+            17,
+            dns_ipip,
+            "dns-ipip",
+            3,
+            3,
+        ),
+        (
+            "time exceeded about an IPIP VIP's flow: routed like fragmentation needed",
+            None,
+            flow("192.0.2.55", "10.0.0.20", 40103, 80),
+            6,
+            web_ipip,
+            "web-ipip",
+            11,
+            0,
+        ),
+    ] {
+        let input = icmp_error(
+            kind,
+            code,
+            [0, 0, 0x02, 0x44],
+            &from_vip(&f, proto, 100),
+            vlan,
+        );
+        let b = lab.predicted_backend(&vip, &f, proto);
+        let new_l2 = L2 {
+            dst: lab.backend_mac(name, b),
+            src: IF_MAC,
+            vlan,
+        };
+        push(
+            Case {
+                description,
+                output: Expected::Bytes(packet::ipip_encapsulated(
+                    &input,
+                    &new_l2,
+                    ipip_source(&f, proto),
+                    lab.backend_addr(name, b),
+                )),
+                input,
+                action: XDP_TX,
+                drop: None,
+            },
+            Some(LbCounter::IcmpErrorForwarded),
+        );
+    }
+
+    // --- Errors that no VIP flow explains, or that cannot be read.
+    let unserved = flow("192.0.2.56", "10.0.0.10", 40104, 8080);
+    push(
+        Case {
+            description: "error about a port no VIP serves: passed (icmp_other)",
+            input: icmp_error(3, 4, [0; 4], &from_vip(&unserved, 6, 100), None),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    let echo_from_vip = {
+        let message = packet::icmp_message(0, 0, rest, data);
+        let mut p = packet::ipv4_header(ip("10.0.0.10"), client, 1, message.len(), &[], 0);
+        p.extend(message);
+        p
+    };
+    push(
+        Case {
+            description: "error about an ICMP packet the VIP sent: passed (icmp_other)",
+            input: icmp_error(3, 1, [0; 4], &echo_from_vip, None),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    let quoted = from_vip(&flow("192.0.2.57", "10.0.0.10", 40105, 80), 6, 0);
+    push(
+        Case {
+            description: "error quoting only part of an IPv4 header",
+            input: packet::icmp4(
+                &to_lb(None),
+                ip(ROUTER),
+                ip("10.0.0.10"),
+                &packet::icmp_message(3, 4, [0; 4], &quoted[..12]),
+            ),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::IcmpBadQuote),
+        },
+        None,
+    );
+    push(
+        Case {
+            description: "error quoting an IPv4 header but not the ports",
+            input: icmp_error(3, 4, [0; 4], &quoted[..22], None),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::IcmpBadQuote),
+        },
+        None,
+    );
+    let mut forged = quoted.clone();
+    forged[12..16].copy_from_slice(&ip("10.0.0.99").octets());
+    let forged_error = {
+        let message = packet::icmp_message(3, 4, [0; 4], &forged);
+        packet::icmp4(&to_lb(None), ip(ROUTER), ip("10.0.0.10"), &message)
+    };
+    push(
+        Case {
+            description: "error to a VIP quoting a packet another address sent",
+            input: forged_error,
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::IcmpBadQuote),
+        },
+        None,
+    );
+
+    // --- Encapsulation past encap.mtu (1000).
+    let f = flow("192.0.2.60", "10.0.0.20", 40110, 80);
+    for (description, vlan) in [
+        (
+            "981-byte TCP with DF to an IPIP VIP: fragmentation needed back, MTU 980",
+            None,
+        ),
+        (
+            "VLAN-tagged 981-byte TCP with DF: fragmentation needed back with the tag",
+            Some(3),
+        ),
+    ] {
+        let input = tcp4_sized(&to_lb(vlan), &f, 981, true);
+        let l3_off = if vlan.is_some() { 18 } else { 14 };
+        let back = L2 {
+            dst: CLIENT_MAC,
+            src: IF_MAC,
+            vlan,
+        };
+        push(
+            Case {
+                description,
+                output: Expected::Bytes(packet::frag_needed(&back, f.dst, &input[l3_off..], 980)),
+                input,
+                action: XDP_TX,
+                drop: None,
+            },
+            Some(LbCounter::IcmpTooBigSent),
+        );
+    }
+    let input = tcp4_sized(&to_lb(None), &f, 980, true);
+    let b = lab.predicted_backend(&web_ipip, &f, 6);
+    let new_l2 = L2 {
+        dst: lab.backend_mac("web-ipip", b),
+        src: IF_MAC,
+        vlan: None,
+    };
+    push(
+        Case {
+            description: "980-byte TCP with DF to an IPIP VIP: exactly the MTU encapsulated",
+            output: Expected::Bytes(packet::ipip_encapsulated(
+                &input,
+                &new_l2,
+                ipip_source(&f, 6),
+                lab.backend_addr("web-ipip", b),
+            )),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        None,
+    );
+    push(
+        Case {
+            description: "981-byte TCP without DF to an IPIP VIP: dropped (XDP cannot fragment)",
+            input: tcp4_sized(&to_lb(None), &f, 981, false),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::EncapTooBig),
+        },
+        None,
+    );
+    let l2_flow = flow("192.0.2.61", "10.0.0.10", 40111, 80);
+    let input = tcp4_sized(&to_lb(None), &l2_flow, 1400, true);
+    let b = lab.predicted_backend(&web_l2, &l2_flow, 6);
+    push(
+        Case {
+            description: "1400-byte TCP with DF to an L2 VIP: forwarded (L2 adds nothing)",
+            output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web-l2", b))),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        None,
+    );
+    let big_error_flow = flow("192.0.2.62", "10.0.0.20", 40112, 80);
+    push(
+        Case {
+            description: "error too big to encapsulate: dropped, never an error about an error",
+            input: icmp_error(3, 4, [0; 4], &from_vip(&big_error_flow, 6, 1000), None),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::EncapTooBig),
+        },
+        None,
+    );
+    cases
+}
+
+/// Runs ICMP fixtures through [`run_table`] one by one, and checks that exactly the expected
+/// load-balancing counter moved, by one.
+fn run_icmp_table(lab: &mut Lab, cases: Vec<IcmpCase>) {
+    let mut failures = Vec::new();
+    for IcmpCase { case, counter } in cases {
+        let before = lab.dataplane.stats().unwrap();
+        run_table(lab, std::slice::from_ref(&case));
+        let after = lab.dataplane.stats().unwrap();
+        for c in [
+            LbCounter::IcmpEchoReplied,
+            LbCounter::IcmpErrorForwarded,
+            LbCounter::IcmpPassed,
+            LbCounter::IcmpTooBigSent,
+        ] {
+            let moved = after.lb_count(c) - before.lb_count(c);
+            let expected = u64::from(counter == Some(c));
+            if moved != expected {
+                failures.push(format!(
+                    "{}: counter {} moved by {moved}, expected {expected}",
+                    case.description,
+                    c.name()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn icmp_table() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(&icmp_config());
+    let flows_before = lab.dataplane.count_flows().unwrap();
+    let cases = icmp_cases(&lab);
+    let routed = cases
+        .iter()
+        .filter(|c| c.counter == Some(LbCounter::IcmpErrorForwarded))
+        .count();
+    assert!(routed >= 5, "the table lost routed errors");
+    let reasons: Vec<DropReason> = cases.iter().filter_map(|c| c.case.drop).collect();
+    run_icmp_table(&mut lab, cases);
+    // The three packets of flows that were forwarded (980-byte IPIP, 1400-byte L2, and none
+    // of the errors) are the only new entries: an error never adds one.
+    assert_eq!(lab.dataplane.count_flows().unwrap() - flows_before, 2);
+
+    // The settings that turn the defaults around: echo and other ICMP dropped, packets too
+    // big dropped even with DF set.
+    let strict = icmp_config().replace(
+        "mtu = 1000\n",
+        "mtu = 1000\non_too_big = \"drop\"\n\n[policy]\nicmp_echo = \"drop\"\nicmp_other = \"drop\"\n",
+    );
+    let mut lab = self::lab(&strict);
+    let client = ip("192.0.2.70");
+    let f = flow("192.0.2.71", "10.0.0.20", 40120, 80);
+    let strict_cases = vec![
+        IcmpCase {
+            case: Case {
+                description: "echo request with icmp_echo = drop",
+                input: packet::icmp4(
+                    &to_lb(None),
+                    client,
+                    ip("10.0.0.10"),
+                    &packet::icmp_message(8, 0, [0, 1, 0, 1], b"ping"),
+                ),
+                action: XDP_DROP,
+                output: Expected::Unchanged,
+                drop: Some(DropReason::IcmpEcho),
+            },
+            counter: None,
+        },
+        IcmpCase {
+            case: Case {
+                description: "timestamp request with icmp_other = drop",
+                input: packet::icmp4(
+                    &to_lb(None),
+                    client,
+                    ip("10.0.0.10"),
+                    &packet::icmp_message(13, 0, [0, 1, 0, 1], &[0; 12]),
+                ),
+                action: XDP_DROP,
+                output: Expected::Unchanged,
+                drop: Some(DropReason::IcmpUnhandled),
+            },
+            counter: None,
+        },
+        IcmpCase {
+            case: Case {
+                description: "981-byte TCP with DF and on_too_big = drop",
+                input: tcp4_sized(&to_lb(None), &f, 981, true),
+                action: XDP_DROP,
+                output: Expected::Unchanged,
+                drop: Some(DropReason::EncapTooBig),
+            },
+            counter: None,
+        },
+    ];
+    let strict_reasons: Vec<DropReason> = strict_cases.iter().filter_map(|c| c.case.drop).collect();
+    run_icmp_table(&mut lab, strict_cases);
+
+    let passing = icmp_config().replace(
+        "mtu = 1000\n",
+        "mtu = 1000\n\n[policy]\nicmp_echo = \"pass\"\n",
+    );
+    let mut lab = self::lab(&passing);
+    run_icmp_table(
+        &mut lab,
+        vec![IcmpCase {
+            case: Case {
+                description: "echo request with icmp_echo = pass",
+                input: packet::icmp4(
+                    &to_lb(None),
+                    client,
+                    ip("10.0.0.10"),
+                    &packet::icmp_message(8, 0, [0, 1, 0, 1], b"ping"),
+                ),
+                action: XDP_PASS,
+                output: Expected::Unchanged,
+                drop: None,
+            },
+            counter: Some(LbCounter::IcmpPassed),
+        }],
+    );
+    for reason in [
+        DropReason::IcmpEcho,
+        DropReason::IcmpUnhandled,
+        DropReason::IcmpBadQuote,
+        DropReason::EncapTooBig,
+    ] {
+        assert!(
+            reasons.contains(&reason) || strict_reasons.contains(&reason),
+            "no case for {}",
+            reason.name()
+        );
+    }
+}
+
+/// An error about an established flow goes to the backend in the flow's entry, not to the one
+/// the Maglev table names now; an error about a flow without an entry goes to the table's
+/// choice, and adds no entry. Both modes.
+#[test]
+fn icmp_errors_follow_the_flow_table_then_the_maglev_table() {
+    if !have_root() {
+        return;
+    }
+    let add_backend = |text: String, after: &str, address: &str| {
+        let backend = format!(
+            "  [[vip.backend]]\n  address = \"{address}\"\n  mac = \"02:00:00:00:09:01\"\n"
+        );
+        text.replacen(after, &format!("{after}{backend}"), 1)
+    };
+    let grown_text = add_backend(
+        icmp_config(),
+        "  mac = \"02:00:00:00:01:23\"\n",
+        "10.0.1.24",
+    );
+    let grown_text = add_backend(grown_text, "  mac = \"02:00:00:00:02:22\"\n", "10.0.2.23");
+    let grown = self::lab(&grown_text);
+    // The new backend is the fourth of web-l2, the third of web-ipip.
+    for (vip_addr, name, new) in [("10.0.0.10", "web-l2", 3), ("10.0.0.20", "web-ipip", 2)] {
+        let mut lab = self::lab(&icmp_config());
+        let vip = vip_key(vip_addr, 80, 6);
+        // Flows whose slot moves to the new backend once it is added.
+        let moved: Vec<Flow> = (41000..60000u16)
+            .map(|port| flow("198.51.100.20", vip_addr, port, 80))
+            .filter(|f| grown.predicted_backend(&vip, f, 6) == new)
+            .take(2)
+            .collect();
+        assert_eq!(moved.len(), 2, "some slots must move to the new backend");
+        let (established, fresh) = (moved[0], moved[1]);
+        let first = lab.predicted_backend(&vip, &established, 6);
+        let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &established, TCP_SYN, b""));
+        assert_eq!(action, XDP_TX);
+        lab.dataplane
+            .apply(&DesiredState::from_config(&grown.config).unwrap())
+            .unwrap();
+        lab.config = grown.config.clone();
+
+        let flows = lab.dataplane.count_flows().unwrap();
+        for (f, backend) in [(established, first), (fresh, new)] {
+            let input = icmp_error(3, 4, [0, 0, 2, 0x44], &from_vip(&f, 6, 500), None);
+            let (action, out) = lab.run(&input);
+            assert_eq!(action, XDP_TX, "{name}: {f:?}");
+            let expected = if name == "web-l2" {
+                l2_rewritten(&input, lab.backend_mac(name, backend))
+            } else {
+                let new_l2 = L2 {
+                    dst: lab.backend_mac(name, backend),
+                    src: IF_MAC,
+                    vlan: None,
+                };
+                packet::ipip_encapsulated(
+                    &input,
+                    &new_l2,
+                    ipip_source(&f, 6),
+                    lab.backend_addr(name, backend),
+                )
+            };
+            assert_eq!(hex(&out), hex(&expected), "{name}: error about {f:?}");
+        }
+        assert_eq!(
+            lab.dataplane.count_flows().unwrap(),
+            flows,
+            "{name}: an error added a flow entry"
+        );
+    }
 }

@@ -525,6 +525,15 @@ pub struct PolicyView {
     pub ipv4_options: String,
     /// `drop` or `pass`.
     pub fragments: String,
+    /// `reply`, `pass` or `drop`: ICMP echo requests to a VIP address.
+    pub icmp_echo: String,
+    /// `drop` or `pass`: other ICMP to a VIP address that is not about a VIP flow.
+    pub icmp_other: String,
+    /// The MTU encapsulation keeps to, as the datapath holds it (`encap.mtu`, else the
+    /// interface's).
+    pub encap_mtu: u16,
+    /// `icmp` or `drop`: packets encapsulation would make larger than `encap_mtu`.
+    pub on_too_big: String,
     /// (new connections per second, burst) per source, if limited.
     pub rate_limit: Option<(u32, u32)>,
     /// New flows per second and CPU the flow table takes, if capped.

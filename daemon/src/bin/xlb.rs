@@ -969,6 +969,13 @@ fn render_policy(policy: &PolicyView) -> String {
     let _ = writeln!(out, "unserved:      {}", policy.unserved);
     let _ = writeln!(out, "ipv4_options:  {}", policy.ipv4_options);
     let _ = writeln!(out, "fragments:     {}", policy.fragments);
+    let _ = writeln!(out, "icmp_echo:     {}", policy.icmp_echo);
+    let _ = writeln!(out, "icmp_other:    {}", policy.icmp_other);
+    let _ = writeln!(
+        out,
+        "encap mtu:     {} (too big: {})",
+        policy.encap_mtu, policy.on_too_big
+    );
     let _ = writeln!(
         out,
         "rate limit:    {}",

@@ -24,7 +24,9 @@ use serde::Serialize;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use health::{AllDown, HealthConfig, ProbeVia, defaults as health_defaults};
 pub use net::{Ipv4Net, MacAddr, NetParseError};
-pub use policy::{Action, Cidr, CidrError, EventsConfig, PolicyConfig, RateLimit, check_lists};
+pub use policy::{
+    Action, Cidr, CidrError, EventsConfig, IcmpEcho, PolicyConfig, RateLimit, check_lists,
+};
 
 /// The validated configuration of one xlbd instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,10 +108,28 @@ pub struct EncapConfig {
     pub source_prefix_v6: Option<Cidr>,
     /// Destination MAC of IPIP frames for backends without their own `mac`.
     pub next_hop_mac: Option<MacAddr>,
+    /// Largest packet encapsulation may produce (outer header included); `None` = the
+    /// interface's MTU, read when xlbd starts (1500 where it cannot be read).
+    pub mtu: Option<u16>,
+    /// What happens to a packet that encapsulation would make larger than the MTU.
+    pub on_too_big: TooBig,
+}
+
+/// `encap.on_too_big`: a packet too big to encapsulate (XDP cannot fragment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TooBig {
+    /// With DF set, answer the client with ICMP "fragmentation needed" (path MTU discovery);
+    /// with DF clear, drop and count it (`encap_too_big`).
+    #[default]
+    Icmp,
+    /// Drop and count it (`encap_too_big`), DF or not.
+    Drop,
 }
 
 impl Default for EncapConfig {
-    /// The values used for fields left out of `[encap]`: source prefix 172.16.0.0/16.
+    /// The values used for fields left out of `[encap]`: source prefix 172.16.0.0/16, the
+    /// interface's MTU, ICMP for packets too big.
     fn default() -> Self {
         EncapConfig {
             source_prefix: Ipv4Net {
@@ -118,6 +138,8 @@ impl Default for EncapConfig {
             },
             source_prefix_v6: None,
             next_hop_mac: None,
+            mtu: None,
+            on_too_big: TooBig::Icmp,
         }
     }
 }

@@ -154,6 +154,19 @@ pub enum Action {
     Pass,
 }
 
+/// `policy.icmp_echo`: what becomes of an ICMP echo request to a VIP address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IcmpEcho {
+    /// Answer it in XDP (counted `icmp_echo_replied`).
+    #[default]
+    Reply,
+    /// Let the kernel have it (counted `icmp_passed`).
+    Pass,
+    /// Drop and count it (`icmp_echo`).
+    Drop,
+}
+
 /// `[policy.rate_limit]`: new TCP connections per source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct RateLimit {
@@ -181,10 +194,15 @@ pub struct PolicyConfig {
     /// New flows per second and CPU the flow table takes (`[policy.flow_guard]`); `None` = no
     /// ceiling.
     pub flow_insert_rate: Option<u32>,
+    /// ICMP echo requests to a VIP address.
+    pub icmp_echo: IcmpEcho,
+    /// ICMP to a VIP address that is neither an echo request nor an error about a VIP flow.
+    pub icmp_other: Action,
 }
 
 impl Default for PolicyConfig {
-    /// No lists, unserved traffic dropped, options forwarded, fragments dropped, no limits.
+    /// No lists, unserved traffic dropped, options forwarded, fragments dropped, no limits,
+    /// echo requests answered, other ICMP passed.
     fn default() -> Self {
         PolicyConfig {
             deny: Vec::new(),
@@ -194,6 +212,8 @@ impl Default for PolicyConfig {
             fragments: Action::Drop,
             rate_limit: None,
             flow_insert_rate: None,
+            icmp_echo: IcmpEcho::Reply,
+            icmp_other: Action::Pass,
         }
     }
 }
@@ -231,6 +251,8 @@ pub(super) struct RawPolicy {
     pub unserved: Option<Spanned<String>>,
     pub ipv4_options: Option<Spanned<String>>,
     pub fragments: Option<Spanned<String>>,
+    pub icmp_echo: Option<Spanned<String>>,
+    pub icmp_other: Option<Spanned<String>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub flow_guard: Option<Spanned<RawFlowGuard>>,
 }
@@ -273,6 +295,11 @@ const SAMPLE_RANGE: RangeInclusive<i64> = 0..=1_000_000_000;
 const KEEP_RANGE: RangeInclusive<i64> = 1..=1_000_000;
 
 const ACTIONS: &[(&str, Action)] = &[("drop", Action::Drop), ("pass", Action::Pass)];
+const ECHO_ACTIONS: &[(&str, IcmpEcho)] = &[
+    ("reply", IcmpEcho::Reply),
+    ("pass", IcmpEcho::Pass),
+    ("drop", IcmpEcho::Drop),
+];
 
 impl Checker<'_> {
     /// `[policy]`; `max_prefixes` is `limits.policy_prefixes` when valid.
@@ -333,6 +360,13 @@ impl Checker<'_> {
         let unserved = action(&raw.unserved, "unserved", defaults.unserved);
         let ipv4_options = action(&raw.ipv4_options, "ipv4_options", defaults.ipv4_options);
         let fragments = action(&raw.fragments, "fragments", defaults.fragments);
+        let icmp_other = action(&raw.icmp_other, "icmp_other", defaults.icmp_other);
+        let icmp_echo = match &raw.icmp_echo {
+            None => defaults.icmp_echo,
+            Some(value) => self
+                .keyword(value, "policy.icmp_echo", "action", ECHO_ACTIONS)
+                .unwrap_or(defaults.icmp_echo),
+        };
         let rate_limit = raw.rate_limit.as_ref().and_then(|limit| {
             let span = limit.span();
             let limit = limit.get_ref();
@@ -382,6 +416,8 @@ impl Checker<'_> {
             fragments,
             rate_limit,
             flow_insert_rate,
+            icmp_echo,
+            icmp_other,
         }
     }
 

@@ -46,6 +46,8 @@ pub(super) struct RawEncap {
     pub source_prefix: Option<Spanned<String>>,
     pub source_prefix_v6: Option<Spanned<String>>,
     pub next_hop_mac: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+    pub on_too_big: Option<Spanned<String>>,
 }
 
 /// One `[[vip]]`.

@@ -162,6 +162,7 @@ fn full_config_reads_into_the_exact_struct() {
             },
             source_prefix_v6: None,
             next_hop_mac: Some(MacAddr([2, 0, 0, 0, 0, 0xfe])),
+            ..EncapConfig::default()
         },
         vips: vec![
             VipConfig {
@@ -1331,5 +1332,48 @@ fn health_cross_field_rules() {
         only_error(&with("check = \"ping\"")),
         "16:9: vip[0].health.check: unknown check \"ping\"; accepted values: \"tcp\", \"http\", \
          \"udp\", \"none\""
+    );
+}
+
+// ----- ICMP and the MTU of encapsulation -----
+
+#[test]
+fn icmp_and_mtu_keys_read_with_defaults() {
+    let config = parse(BASE);
+    assert_eq!(config.policy.icmp_echo, crate::config::IcmpEcho::Reply);
+    assert_eq!(config.policy.icmp_other, crate::config::Action::Pass);
+    assert_eq!(config.encap.mtu, None, "the interface's MTU");
+    assert_eq!(config.encap.on_too_big, crate::config::TooBig::Icmp);
+    let config = parse(&format!(
+        "{BASE}\n[encap]\nmtu = 1480\non_too_big = \"drop\"\n\n[policy]\nicmp_echo = \"pass\"\n\
+         icmp_other = \"drop\"\n"
+    ));
+    assert_eq!(config.encap.mtu, Some(1480));
+    assert_eq!(config.encap.on_too_big, crate::config::TooBig::Drop);
+    assert_eq!(config.policy.icmp_echo, crate::config::IcmpEcho::Pass);
+    assert_eq!(config.policy.icmp_other, crate::config::Action::Drop);
+}
+
+#[test]
+fn icmp_and_mtu_errors_are_all_reported_with_their_place() {
+    let text = format!(
+        "{BASE}\n[encap]\nmtu = 575\non_too_big = \"fragment\"\n\n[policy]\n\
+         icmp_echo = \"answer\"\nicmp_other = \"reply\"\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "16:7: encap.mtu: 575 is out of range 576..=65535",
+            "17:14: encap.on_too_big: unknown action \"fragment\"; accepted values: \"icmp\", \
+             \"drop\"",
+            "20:13: policy.icmp_echo: unknown action \"answer\"; accepted values: \"reply\", \
+             \"pass\", \"drop\"",
+            "21:14: policy.icmp_other: unknown action \"reply\"; accepted values: \"drop\", \
+             \"pass\"",
+        ]
+    );
+    assert_eq!(
+        only_error(&format!("{BASE}\n[encap]\nmtu = 65536\n")),
+        "16:7: encap.mtu: 65536 is out of range 576..=65535"
     );
 }

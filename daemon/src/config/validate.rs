@@ -11,7 +11,8 @@ use super::diagnostic::{Diagnostic, line_column};
 use super::raw::{RawBackend, RawConfig, RawEncap, RawInterface, RawLimits, RawVip};
 use super::{
     AttachMode, BackendConfig, Cidr, Config, EncapConfig, ForwardMode, HealthConfig,
-    InterfaceConfig, Ipv4Net, Limits, MacAddr, NetParseError, ProbeVia, Protocol, VipConfig,
+    InterfaceConfig, Ipv4Net, Limits, MacAddr, NetParseError, ProbeVia, Protocol, TooBig,
+    VipConfig,
 };
 use crate::maglev::is_prime;
 
@@ -37,6 +38,13 @@ const TABLE_SIZE_RANGE: RangeInclusive<i64> = 7..=16_777_213;
 const WEIGHT_RANGE: RangeInclusive<i64> = 0..=10_000;
 /// `vip.backend.weight` when not given.
 const DEFAULT_WEIGHT: u32 = 100;
+/// Accepted `encap.mtu`: at least 576, so every packet too big to encapsulate is long enough
+/// for the 548-byte quote of the "fragmentation needed" sent back (RFC 1812 4.3.2.3).
+const ENCAP_MTU_RANGE: RangeInclusive<i64> = 576..=65_535;
+
+/// Accepted values of `encap.on_too_big`.
+const TOO_BIG_ACTIONS: &[(&str, TooBig)] = &[("icmp", TooBig::Icmp), ("drop", TooBig::Drop)];
+
 /// Accepted prefix lengths of `encap.source_prefix`: /8 or longer, so hashes spread over a
 /// sane block, and /32 for a single fixed source.
 const SOURCE_PREFIX_LEN_RANGE: RangeInclusive<u8> = 8..=32;
@@ -239,10 +247,22 @@ impl Checker<'_> {
             .source_prefix_v6
             .as_ref()
             .and_then(|prefix| self.source_prefix_v6(prefix));
+        let mtu = raw
+            .mtu
+            .as_ref()
+            .and_then(|mtu| self.integer::<u16>(mtu, "encap.mtu", ENCAP_MTU_RANGE));
+        let on_too_big = match &raw.on_too_big {
+            None => defaults.on_too_big,
+            Some(value) => self
+                .keyword(value, "encap.on_too_big", "action", TOO_BIG_ACTIONS)
+                .unwrap_or(defaults.on_too_big),
+        };
         let encap = EncapConfig {
             source_prefix,
             source_prefix_v6,
             next_hop_mac,
+            mtu,
+            on_too_big,
         };
         (encap, next_hop)
     }

@@ -20,14 +20,11 @@ use tracing::info;
 use xlb_common::{Backend, VipMeta, backend_flags, map_names};
 
 use super::{
-    AppliedVip, Dataplane, DataplaneError, EncapSources,
+    AppliedVip, Dataplane, DataplaneError,
     alloc::{IdAllocator, RegionAllocator},
     map_err,
 };
-use crate::{
-    config::{Cidr, Ipv4Net},
-    state::{DesiredState, DesiredVip, addr_words},
-};
+use crate::state::{DesiredState, DesiredVip, addr_words};
 
 /// A live VIP that does not match the desired state.
 struct Stale {
@@ -37,36 +34,11 @@ struct Stale {
 }
 
 impl Dataplane {
-    /// The encapsulation source the pinned globals hold, as the config would name it.
-    pub(super) fn read_encap_source(&self) -> Result<Option<EncapSources>, DataplaneError> {
-        let globals = self
-            .globals
+    /// The settings entry the pinned globals hold.
+    pub(super) fn read_globals(&self) -> Result<xlb_common::Globals, DataplaneError> {
+        self.globals
             .get(&0, 0)
-            .map_err(map_err("lookup", map_names::GLOBALS))?;
-        if globals.ipip_src_prefix == 0 && globals.ipip_src_host_mask == 0 {
-            return Ok(None);
-        }
-        let host_bits = u32::from_be_bytes(globals.ipip_src_host_mask.to_ne_bytes()).count_ones();
-        let v4 = Ipv4Net {
-            addr: std::net::Ipv4Addr::from(globals.ipip_src_prefix.to_ne_bytes()),
-            prefix_len: (32 - host_bits) as u8,
-        };
-        let words_to_bytes = |words: [u32; 4]| -> [u8; 16] {
-            let mut bytes = [0u8; 16];
-            for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-            bytes
-        };
-        let v6 =
-            (globals.ip6_src_prefix != [0; 4] || globals.ip6_src_host_mask != [0; 4]).then(|| {
-                let mask = u128::from_be_bytes(words_to_bytes(globals.ip6_src_host_mask));
-                Cidr {
-                    addr: std::net::Ipv6Addr::from(words_to_bytes(globals.ip6_src_prefix)).into(),
-                    prefix_len: (128 - mask.count_ones()) as u8,
-                }
-            });
-        Ok(Some((v4, v6)))
+            .map_err(map_err("lookup", map_names::GLOBALS))
     }
 
     /// Matches the adopted maps to `desired` (see the module comment). Returns how many VIPs

@@ -145,6 +145,15 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    /// The interface's MTU could not be read.
+    #[error("reading the MTU of interface {interface}: {source}")]
+    InterfaceMtu {
+        /// Interface name.
+        interface: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Turns a map error into a [`DataplaneError`] naming the operation and the map.
@@ -234,10 +243,6 @@ pub struct ApplyReport {
     pub unchanged: usize,
 }
 
-/// The outer source prefixes of the encapsulations: IPv4 (`encap.source_prefix`) and IPv6
-/// (`encap.source_prefix_v6`, if set).
-pub(super) type EncapSources = (crate::config::Ipv4Net, Option<crate::config::Cidr>);
-
 /// The loaded load balancer and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -260,8 +265,10 @@ pub struct Dataplane {
     events: Option<aya::maps::RingBuf<MapData>>,
     applied: BTreeMap<VipKeyOrd, AppliedVip>,
     if_mac: MacAddr,
-    /// The encapsulation sources the globals hold (IPv4, IPv6), once written or adopted.
-    encap_source: Option<EncapSources>,
+    /// The settings entry as last written (or found pinned): rewritten when it would differ.
+    globals_written: Globals,
+    /// The interface's MTU: `encap.mtu` when the config leaves it out.
+    interface_mtu: u16,
     attachment: Option<Attachment>,
     /// Where the maps and the link are pinned (`None`: nothing pinned, detach at exit).
     pins: Option<PinDir>,
@@ -281,19 +288,40 @@ fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(
     T::try_from(take_map(ebpf, name)?).map_err(map_err("open", name))
 }
 
-/// Reads an interface's MAC address from sysfs.
-pub fn interface_mac(interface: &str) -> Result<MacAddr, DataplaneError> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text = std::fs::read_to_string(&path).map_err(|source| DataplaneError::InterfaceMac {
+/// `encap.mtu` when neither the config nor the interface gives one.
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// Reads an interface's MTU from sysfs (capped at 65535, the largest IPv4 packet).
+pub fn interface_mtu(interface: &str) -> Result<u16, DataplaneError> {
+    let error = |source| DataplaneError::InterfaceMtu {
         interface: interface.to_owned(),
         source,
-    })?;
-    text.trim()
+    };
+    let text = interface_attribute(interface, "mtu").map_err(error)?;
+    let mtu: u32 = text
         .parse()
-        .map_err(|_| DataplaneError::InterfaceMac {
-            interface: interface.to_owned(),
-            source: std::io::Error::other(format!("unexpected address {:?}", text.trim())),
-        })
+        .map_err(|_| error(std::io::Error::other(format!("unexpected MTU {text:?}"))))?;
+    Ok(mtu.min(u32::from(u16::MAX)) as u16)
+}
+
+/// Reads an interface's MAC address from sysfs.
+pub fn interface_mac(interface: &str) -> Result<MacAddr, DataplaneError> {
+    let error = |source| DataplaneError::InterfaceMac {
+        interface: interface.to_owned(),
+        source,
+    };
+    let text = interface_attribute(interface, "address").map_err(error)?;
+    text.parse().map_err(|_| {
+        error(std::io::Error::other(format!(
+            "unexpected address {text:?}"
+        )))
+    })
+}
+
+/// One attribute file of an interface in sysfs, trimmed.
+fn interface_attribute(interface: &str, name: &str) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/{name}"))?;
+    Ok(text.trim().to_owned())
 }
 
 impl Dataplane {
@@ -440,17 +468,19 @@ impl Dataplane {
             regions: RegionAllocator::new(limits.maglev_slots),
             applied: BTreeMap::new(),
             if_mac,
-            encap_source: None,
+            globals_written: Globals::default(),
+            interface_mtu: DEFAULT_MTU,
             attachment: None,
             pins,
             pending_adoption: adopting,
         };
         if adopting {
             // The live datapath keeps its settings until the first apply compares them.
-            dataplane.encap_source = dataplane.read_encap_source()?;
+            dataplane.globals_written = dataplane.read_globals()?;
             info!("adopting pinned maps: established flows and counters are kept");
         } else {
-            dataplane.write_globals(None)?;
+            let globals = dataplane.globals_for(None);
+            dataplane.write_globals(globals)?;
         }
         Ok(dataplane)
     }
@@ -714,9 +744,11 @@ impl Dataplane {
         }
     }
 
-    fn write_globals(&mut self, encap: Option<EncapSources>) -> Result<(), DataplaneError> {
-        let (prefix, host_mask) = match encap {
-            Some((net, _)) => {
+    /// The settings entry for `desired` (`None`: before the first apply, no encapsulation
+    /// source and no MTU check).
+    fn globals_for(&self, desired: Option<&DesiredState>) -> Globals {
+        let (prefix, host_mask) = match desired.map(|d| d.encap_source) {
+            Some(net) => {
                 let mask = if net.prefix_len >= 32 {
                     0
                 } else {
@@ -729,7 +761,7 @@ impl Dataplane {
             }
             None => (0, 0),
         };
-        let (ip6_prefix, ip6_host_mask) = match encap.and_then(|(_, v6)| v6) {
+        let (ip6_prefix, ip6_host_mask) = match desired.and_then(|d| d.encap_source_v6) {
             Some(net) => {
                 let mask = u128::MAX
                     .checked_shr(u32::from(net.prefix_len))
@@ -741,20 +773,39 @@ impl Dataplane {
             }
             None => ([0; 4], [0; 4]),
         };
-        let globals = Globals {
+        let encap_flags = match desired.map(|d| d.on_too_big) {
+            Some(crate::config::TooBig::Drop) => xlb_common::encap_flags::TOO_BIG_DROP,
+            _ => 0,
+        };
+        Globals {
             if_mac: self.if_mac.0,
-            _pad: [0; 2],
+            encap_mtu: desired.map_or(0, |d| d.encap_mtu.unwrap_or(self.interface_mtu)),
             ipip_src_prefix: prefix,
             ipip_src_host_mask: host_mask,
             layout_version: LAYOUT_VERSION,
             ip6_src_prefix: ip6_prefix,
             ip6_src_host_mask: ip6_host_mask,
-        };
+            encap_flags,
+        }
+    }
+
+    fn write_globals(&mut self, globals: Globals) -> Result<(), DataplaneError> {
         self.globals
             .set(0, globals, 0)
             .map_err(map_err("update", map_names::GLOBALS))?;
-        self.encap_source = encap;
+        self.globals_written = globals;
         Ok(())
+    }
+
+    /// The MTU encapsulation keeps to, as written (0 before the first apply).
+    pub fn encap_mtu(&self) -> u16 {
+        self.globals_written.encap_mtu
+    }
+
+    /// Sets the interface's MTU, the `encap.mtu` of configs that leave it out (1500 until
+    /// set). Takes effect at the next apply.
+    pub fn set_interface_mtu(&mut self, mtu: u16) {
+        self.interface_mtu = mtu;
     }
 
     /// Makes the maps hold `desired`, touching only VIPs that differ. Each VIP switches with one
@@ -771,9 +822,9 @@ impl Dataplane {
         let diff = self.diff(desired);
         self.check_capacity(desired, &diff)?;
 
-        let encap = (desired.encap_source, desired.encap_source_v6);
-        if self.encap_source != Some(encap) {
-            self.write_globals(Some(encap))?;
+        let globals = self.globals_for(Some(desired));
+        if self.globals_written != globals {
+            self.write_globals(globals)?;
         }
         self.policy.add_global(&desired.policy)?;
 

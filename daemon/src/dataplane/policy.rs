@@ -17,7 +17,7 @@ use xlb_common::{
 
 use super::verdicts::V4Verdicts;
 use super::{DataplaneError, map_err};
-use crate::config::{Action, Cidr, EventsConfig, PolicyConfig};
+use crate::config::{Action, Cidr, EventsConfig, IcmpEcho, PolicyConfig};
 use crate::state::addr_words;
 
 /// The policy maps of the loaded program, and what they hold.
@@ -82,6 +82,18 @@ pub fn datapath_settings(
     set(
         policy.fragments == Action::Pass,
         policy_flags::PASS_FRAGMENTS,
+    );
+    set(
+        policy.icmp_echo == IcmpEcho::Pass,
+        policy_flags::ICMP_ECHO_PASS,
+    );
+    set(
+        policy.icmp_echo == IcmpEcho::Drop,
+        policy_flags::ICMP_ECHO_DROP,
+    );
+    set(
+        policy.icmp_other == Action::Drop,
+        policy_flags::ICMP_OTHER_DROP,
     );
     DatapathPolicy {
         flags,

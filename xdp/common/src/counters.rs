@@ -28,16 +28,31 @@ pub enum LbCounter {
     /// of a flow still remembered, or a flow whose backend was removed): its entry was
     /// overwritten, so the table did not grow.
     FlowReplaced = 4,
+    /// An ICMP echo request to a VIP address was answered in place (`policy.icmp_echo`).
+    IcmpEchoReplied = 5,
+    /// An ICMP error about a VIP flow (destination unreachable, fragmentation needed, time
+    /// exceeded, parameter problem) was forwarded to the flow's backend.
+    IcmpErrorForwarded = 6,
+    /// ICMP to a VIP address was passed to the kernel (`policy.icmp_echo` or
+    /// `policy.icmp_other` = "pass").
+    IcmpPassed = 7,
+    /// Encapsulation would have exceeded `encap.mtu`: an ICMP "fragmentation needed" was sent
+    /// back to the client instead.
+    IcmpTooBigSent = 8,
 }
 
 impl LbCounter {
     /// Every counter, in index order.
-    pub const ALL: [LbCounter; 5] = [
+    pub const ALL: [LbCounter; 9] = [
         LbCounter::FlowHit,
         LbCounter::FlowNew,
         LbCounter::FlowBackendGone,
         LbCounter::FlowInsertFailed,
         LbCounter::FlowReplaced,
+        LbCounter::IcmpEchoReplied,
+        LbCounter::IcmpErrorForwarded,
+        LbCounter::IcmpPassed,
+        LbCounter::IcmpTooBigSent,
     ];
     /// Number of counters: the size of the per-CPU array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -50,6 +65,10 @@ impl LbCounter {
             LbCounter::FlowBackendGone => "flow_backend_gone",
             LbCounter::FlowInsertFailed => "flow_insert_failed",
             LbCounter::FlowReplaced => "flow_replaced",
+            LbCounter::IcmpEchoReplied => "icmp_echo_replied",
+            LbCounter::IcmpErrorForwarded => "icmp_error_forwarded",
+            LbCounter::IcmpPassed => "icmp_passed",
+            LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
         }
     }
 }

@@ -30,8 +30,8 @@ pub enum DropReason {
     NotAllowed = 10,
     /// The source is outside the `source_ranges` of the VIP it is addressed to.
     VipSourceDenied = 11,
-    /// TCP/UDP to a VIP address on a port no VIP serves, or another protocol (not ICMP) to a
-    /// VIP address, with `policy.unserved = "drop"`.
+    /// TCP/UDP to a VIP address on a port no VIP serves, or another protocol (not ICMP, which
+    /// has rules of its own) to a VIP address, with `policy.unserved = "drop"`.
     Unserved = 12,
     /// IPv4 with options addressed to a VIP, with `policy.ipv4_options = "drop"`.
     Ipv4Options = 13,
@@ -52,11 +52,23 @@ pub enum DropReason {
     Ipv6ExtHeader = 19,
     /// An IPv6 fragment (fragment header) addressed to a VIP address.
     Ipv6Fragment = 20,
+    /// ICMP echo request to a VIP address, with `policy.icmp_echo = "drop"`.
+    IcmpEcho = 21,
+    /// ICMP to a VIP address that no rule answers or routes (not an echo request, not an error
+    /// about a VIP flow), with `policy.icmp_other = "drop"`.
+    IcmpUnhandled = 22,
+    /// ICMP error to a VIP address whose embedded (quoted) header is cut short, not IPv4, a
+    /// fragment without ports, or not sent from the address the error is addressed to.
+    IcmpBadQuote = 23,
+    /// Encapsulation would make the packet larger than `encap.mtu`, and it could not be
+    /// answered with "fragmentation needed" (DF clear, an ICMP error itself, or
+    /// `encap.on_too_big = "drop"`).
+    EncapTooBig = 24,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::EthTruncated,
         DropReason::Ipv4Truncated,
         DropReason::Ipv4BadHeader,
@@ -78,6 +90,10 @@ impl DropReason {
         DropReason::Ipv6BadLength,
         DropReason::Ipv6ExtHeader,
         DropReason::Ipv6Fragment,
+        DropReason::IcmpEcho,
+        DropReason::IcmpUnhandled,
+        DropReason::IcmpBadQuote,
+        DropReason::EncapTooBig,
     ];
     /// Number of reasons: the size of the per-CPU drop counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -106,6 +122,10 @@ impl DropReason {
             DropReason::Ipv6BadLength => "ipv6_bad_length",
             DropReason::Ipv6ExtHeader => "ipv6_ext_header",
             DropReason::Ipv6Fragment => "ipv6_fragment",
+            DropReason::IcmpEcho => "icmp_echo",
+            DropReason::IcmpUnhandled => "icmp_unhandled",
+            DropReason::IcmpBadQuote => "icmp_bad_quote",
+            DropReason::EncapTooBig => "encap_too_big",
         }
     }
 
@@ -141,6 +161,16 @@ impl DropReason {
                 "IPv6 extension header to a VIP address that is not skipped, or too many"
             }
             DropReason::Ipv6Fragment => "IPv6 fragment addressed to a VIP address",
+            DropReason::IcmpEcho => "ICMP echo request to a VIP address (policy drops them)",
+            DropReason::IcmpUnhandled => {
+                "ICMP to a VIP address that is neither an echo request nor an error about a VIP flow"
+            }
+            DropReason::IcmpBadQuote => {
+                "ICMP error to a VIP address whose quoted header is cut short or inconsistent"
+            }
+            DropReason::EncapTooBig => {
+                "encapsulated packet would exceed encap.mtu and cannot be answered with an ICMP error"
+            }
         }
     }
 

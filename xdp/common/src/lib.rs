@@ -28,7 +28,9 @@ pub use policy::{
 /// tables for mixed /24s (`XLB_POL_V4_MIX`), and `XLB_ST_LB` gained `flow_replaced` (5 entries).
 /// 4: flow entries and the policy settings carry the global lists' generation (`lists_gen`);
 /// IPv6 VIPs: `XLB_VIPS6` and `XLB_FLOWS6` were added, `Globals` gained the IPv6 outer
-/// source (52 bytes), and the drop counters gained the IPv6 reasons (21 entries).
+/// source; ICMP and MTU: `XLB_ST_LB` gained four ICMP counters (9 entries), `Globals` the
+/// encapsulation MTU and flags (56 bytes in all), and the drop counters the IPv6 and ICMP
+/// reasons (25 entries).
 pub const LAYOUT_VERSION: u32 = 4;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).

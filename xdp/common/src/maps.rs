@@ -171,8 +171,9 @@ const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
 pub struct Globals {
     /// MAC address of the interface the program is attached to: source MAC of forwarded frames.
     pub if_mac: [u8; 6],
-    /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    /// Largest IPv4 packet encapsulation may produce (`encap.mtu`, host byte order); a packet
+    /// that would grow past it is answered or dropped per [`Globals::encap_flags`]. 0 = no check.
+    pub encap_mtu: u16,
     /// IPIP outer source prefix (network byte order).
     pub ipip_src_prefix: u32,
     /// Host bits of the outer source filled from the flow hash (network byte order mask), so a
@@ -185,8 +186,17 @@ pub struct Globals {
     pub ip6_src_prefix: [u32; 4],
     /// Host bits of the outer IPv6 source filled from the flow hash (network byte order words).
     pub ip6_src_host_mask: [u32; 4],
+    /// [`encap_flags`].
+    pub encap_flags: u32,
 }
-const _: () = assert!(core::mem::size_of::<Globals>() == 52);
+const _: () = assert!(core::mem::size_of::<Globals>() == 56);
+
+/// Bits of [`Globals::encap_flags`].
+pub mod encap_flags {
+    /// `encap.on_too_big = "drop"`: a packet too big to encapsulate is dropped even with DF set,
+    /// instead of answered with ICMP "fragmentation needed".
+    pub const TOO_BIG_DROP: u32 = 1 << 0;
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -27,6 +27,13 @@ pub mod policy_flags {
     pub const DROP_OPTIONS: u32 = 1 << 6;
     /// Pass IPv4 fragments addressed to a VIP to the kernel instead of dropping them.
     pub const PASS_FRAGMENTS: u32 = 1 << 7;
+    /// Pass ICMP echo requests to a VIP address to the kernel instead of answering them.
+    pub const ICMP_ECHO_PASS: u32 = 1 << 8;
+    /// Drop ICMP echo requests to a VIP address (wins over [`ICMP_ECHO_PASS`]).
+    pub const ICMP_ECHO_DROP: u32 = 1 << 9;
+    /// Drop ICMP to a VIP address that is neither an echo request nor an error about a VIP
+    /// flow, instead of passing it to the kernel.
+    pub const ICMP_OTHER_DROP: u32 = 1 << 10;
 }
 
 /// The policy settings, one entry in `XLB_POLICY`. Rates are per second.

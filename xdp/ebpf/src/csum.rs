@@ -25,3 +25,10 @@ pub fn ipv4_header(hdr: &Ipv4Hdr) -> u16 {
     sum += hdr.daddr >> 16;
     !fold(sum)
 }
+
+/// A checksum after one 16-bit word it covers changed from `old` to `new` (RFC 1624, eqn. 3).
+/// All three are the words as stored (native-endian reads of network-order bytes).
+#[inline(always)]
+pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!check) + u32::from(!old) + u32::from(new))
+}

@@ -78,6 +78,40 @@ pub struct TcpStartHdr {
 }
 const _: () = assert!(core::mem::size_of::<TcpStartHdr>() == 14);
 
+/// ICMP header (RFC 792): the 4 bytes every message has, then the 4 that depend on the type
+/// (echo identifier and sequence, the next-hop MTU of "fragmentation needed", unused).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IcmpHdr {
+    /// Message type ([`icmp_type`]).
+    pub kind: u8,
+    /// Code within the type.
+    pub code: u8,
+    /// Checksum over the whole ICMP message.
+    pub check: u16,
+    /// Type-specific word, network byte order.
+    pub rest: [u16; 2],
+}
+const _: () = assert!(core::mem::size_of::<IcmpHdr>() == 8);
+/// ICMP header length.
+pub const ICMP_HLEN: usize = 8;
+
+/// ICMP (IPv4) message types the balancer handles.
+pub mod icmp_type {
+    /// Echo reply.
+    pub const ECHO_REPLY: u8 = 0;
+    /// Destination unreachable (code 4: fragmentation needed and DF set).
+    pub const DEST_UNREACH: u8 = 3;
+    /// Echo request.
+    pub const ECHO_REQUEST: u8 = 8;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Parameter problem.
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    /// Destination unreachable code: fragmentation needed and DF set (RFC 1191).
+    pub const FRAG_NEEDED: u8 = 4;
+}
+
 /// Ethertype of IPv4, network byte order.
 pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// Ethertype of an 802.1Q tag, network byte order.
@@ -94,6 +128,8 @@ pub const TCP_MIN_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset bits, host byte order.
 pub const IPV4_FRAG_MASK: u16 = 0x3fff;
+/// IPv4 fragment offset bits, host byte order: non-zero on every fragment but the first.
+pub const IPV4_FRAG_OFFSET: u16 = 0x1fff;
 /// IPv4 "don't fragment" flag, host byte order.
 pub const IPV4_DF: u16 = 0x4000;
 

@@ -124,22 +124,84 @@ pub fn choose<F: Flow>(
     entry: Option<FlowValue>,
     hash: &mut Option<u32>,
 ) -> Result<Choice, DropReason> {
-    if let Some(entry) = entry {
-        let backend_id = entry.backend_id;
-        // Copy first, then check the copy: the checks and the use see the same entry.
-        if let Some(backend) = BACKENDS.get(backend_id).copied()
-            && backend.flags & backend_flags::ACTIVE != 0
-            && backend.vip_id == vip.vip_id
-        {
+    match remembered(entry, vip) {
+        Remembered::Valid(choice) => {
             stats::lb(LbCounter::FlowHit);
-            return Ok(Choice {
+            return Ok(choice);
+        }
+        Remembered::Gone => stats::lb(LbCounter::FlowBackendGone),
+        Remembered::Absent => {}
+    }
+    let choice = from_table(flow, vip, hash)?;
+    if crate::policy::may_remember(policy) {
+        remember(
+            flow,
+            FlowValue {
+                backend_id: choice.backend_id,
+                lists_gen: policy.lists_gen,
+            },
+        );
+    }
+    stats::lb(LbCounter::FlowNew);
+    Ok(choice)
+}
+
+/// The backend that owns a flow, as [`choose`] would find it for the flow's next packet (not a
+/// SYN), but without remembering or counting anything: for packets about a flow rather than of
+/// it (ICMP errors), which must not add entries to the flow table.
+#[inline(always)]
+pub fn owner<F: Flow>(
+    flow: &F,
+    vip: &VipMeta,
+    hash: &mut Option<u32>,
+) -> Result<Choice, DropReason> {
+    // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst
+    // give a backend id that is checked like any other.
+    let entry = unsafe { F::table().get(flow) }.copied();
+    match remembered(entry, vip) {
+        Remembered::Valid(choice) => Ok(choice),
+        Remembered::Gone | Remembered::Absent => from_table(flow, vip, hash),
+    }
+}
+
+/// What the flow table says about a flow.
+enum Remembered {
+    /// Its entry names a backend that still serves the VIP.
+    Valid(Choice),
+    /// Its entry names a backend that was removed (or now belongs to another VIP).
+    Gone,
+    /// No entry.
+    Absent,
+}
+
+/// What a flow's entry (a copy) says, checked against the backends.
+#[inline(always)]
+fn remembered(entry: Option<FlowValue>, vip: &VipMeta) -> Remembered {
+    let Some(entry) = entry else {
+        return Remembered::Absent;
+    };
+    let backend_id = entry.backend_id;
+    // Copy first, then check the copy: the checks and the use see the same entry.
+    match BACKENDS.get(backend_id).copied() {
+        Some(backend)
+            if backend.flags & backend_flags::ACTIVE != 0 && backend.vip_id == vip.vip_id =>
+        {
+            Remembered::Valid(Choice {
                 backend_id,
                 backend,
-            });
+            })
         }
-        stats::lb(LbCounter::FlowBackendGone);
+        _ => Remembered::Gone,
     }
+}
 
+/// The backend the VIP's Maglev table names for a flow.
+#[inline(always)]
+fn from_table<F: Flow>(
+    flow: &F,
+    vip: &VipMeta,
+    hash: &mut Option<u32>,
+) -> Result<Choice, DropReason> {
     if vip.backend_count == 0 || vip.table_size == 0 {
         return Err(DropReason::NoBackend);
     }
@@ -151,16 +213,6 @@ pub fn choose<F: Flow>(
     if backend.flags & backend_flags::ACTIVE == 0 || backend.vip_id != vip.vip_id {
         return Err(DropReason::TableMiss);
     }
-    if crate::policy::may_remember(policy) {
-        remember(
-            flow,
-            FlowValue {
-                backend_id,
-                lists_gen: policy.lists_gen,
-            },
-        );
-    }
-    stats::lb(LbCounter::FlowNew);
     Ok(Choice {
         backend_id,
         backend,

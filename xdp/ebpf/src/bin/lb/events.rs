@@ -21,7 +21,10 @@ use crate::{
 /// headers are read again here so the drop paths carry nothing extra.
 #[inline(always)]
 pub fn dropped(ctx: &XdpContext, reason: DropReason) {
-    let limit = settings().drop_events_rate;
+    let Ok(settings) = settings() else {
+        return;
+    };
+    let limit = settings.drop_events_rate;
     if limit == 0 {
         return;
     }

@@ -12,21 +12,22 @@ mod balance;
 mod events;
 mod forward;
 mod forward6;
+mod icmp;
 mod maps;
+mod mtu;
 mod policy;
 mod stats;
 mod v6;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use xlb_common::{
-    DropReason, FlowKey, PolicyConfig, VipAddrKey, family, forward_mode,
-    hash::{flow_hash, vip_filter_slot},
+    DropReason, FlowKey, PolicyConfig, VipAddrKey, family, forward_mode, hash::vip_filter_slot,
     proto,
 };
 use xlb_ebpf::{
     headers::{
-        ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_DF, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr,
-        UDP_HLEN, tcp_flags,
+        ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN,
+        tcp_flags,
     },
     packet::{frame_len, ptr_at},
     parse,
@@ -75,23 +76,40 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
     action
 }
 
+/// Dispatches by ethertype. Each family's path, and the ICMP path, is a BPF-to-BPF call, not
+/// inlined: the verifier limits the stack of a chain of calls to 512 bytes in all, and each
+/// path needs about 300 of them; called from here, no path's frame sits below another's.
 #[inline(always)]
 fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
     let l2 = parse::l2(ctx)?;
-    if l2.ether_type != ETH_P_IP_BE {
-        if l2.ether_type == ETH_P_IPV6_BE {
-            return v6::process(ctx, l2.l3_off, bytes);
+    if l2.ether_type == ETH_P_IP_BE {
+        let action = ipv4(ctx, l2.l3_off, bytes)?;
+        if action == ICMP_TO_VIP {
+            return icmp::to_vip(ctx, l2.l3_off, policy::settings()?, bytes);
         }
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(action);
     }
-    let ip = parse::ipv4(ctx, l2.l3_off)?;
+    if l2.ether_type == ETH_P_IPV6_BE {
+        return v6::process(ctx, l2.l3_off, bytes);
+    }
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// What [`ipv4`] returns for ICMP to a VIP address (which has passed the global lists): the
+/// caller hands it to `icmp::to_vip`. Not an XDP action (those are 0..=4).
+const ICMP_TO_VIP: u32 = u32::MAX;
+
+/// The IPv4 path, from the IPv4 header at `l3_off` on.
+#[inline(never)]
+fn ipv4(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, DropReason> {
+    let ip = parse::ipv4(ctx, l3_off)?;
     // SAFETY: parse::ipv4 returned a header that lies inside the frame.
     let hdr = unsafe { *ip.hdr };
-    let policy = policy::settings();
+    let policy = policy::settings()?;
 
     let dst = [hdr.daddr, 0, 0, 0];
     if !may_be_vip_address(dst) {
-        policy::lists_v4(&policy, hdr.saddr)?;
+        policy::lists_v4(policy, hdr.saddr)?;
         return Ok(xdp_action::XDP_PASS);
     }
     // The global lists are asked where the packet's flow is known: an established flow whose
@@ -99,9 +117,9 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
     // point leaves the frame untouched and asks the lists here, so they keep their precedence
     // over every other verdict.
     let mut lists_checked = false;
-    let result = to_vip_address(ctx, bytes, &l2, &ip, &policy, &mut lists_checked);
+    let result = to_vip_address(ctx, bytes, l3_off, &ip, policy, &mut lists_checked);
     if !lists_checked {
-        policy::lists_v4(&policy, hdr.saddr)?;
+        policy::lists_v4(policy, hdr.saddr)?;
     }
     result
 }
@@ -113,7 +131,7 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
 fn to_vip_address(
     ctx: &XdpContext,
     bytes: usize,
-    l2: &parse::L2,
+    l3_off: usize,
     ip: &parse::Ipv4,
     policy: &PolicyConfig,
     lists_checked: &mut bool,
@@ -128,7 +146,7 @@ fn to_vip_address(
         }
         return policy::fragment(policy);
     }
-    let l4_off = l2.l3_off + ip.header_len;
+    let l4_off = l3_off + ip.header_len;
     // The ports, and for TCP the data offset byte and the flags (read once, for the policy
     // checks and to tell a connection's first packet).
     let l4: Option<(PortsHdr, Option<(u8, u8)>)> = match hdr.protocol {
@@ -144,6 +162,15 @@ fn to_vip_address(
             ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
         }
         proto::TCP | proto::UDP => None,
+        // ICMP has rules of its own (icmp.rs), for VIP addresses only: the filter may let
+        // ICMP to another address through, and that is none of the balancer's business. The
+        // global lists come first, as for every packet; then the caller calls the ICMP path
+        // (a call of its own, out of the hot path's code and stack frame).
+        proto::ICMP if is_vip_address(dst) => {
+            *lists_checked = true;
+            policy::lists_v4(policy, hdr.saddr)?;
+            return Ok(ICMP_TO_VIP);
+        }
         other => return unserved(policy, dst, other),
     };
     let Some((ports, tcp)) = l4 else {
@@ -178,32 +205,23 @@ fn to_vip_address(
     // backend id that `choose` checks like any other.
     let entry = entry.map(|entry| unsafe { *entry });
     let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
-    let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
+    // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
+    let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
-    let action = match vip.mode {
-        forward_mode::L2 => forward::l2(ctx, &choice.backend, &globals)?,
-        forward_mode::IPIP if choice.backend.family == family::V6 => {
-            let inner = forward6::Inner {
-                l3_off: l2.l3_off,
-                traffic_class: hdr.tos,
-                len: ip.total_len,
-                next_header: proto::IPIP,
-            };
-            let flow_hash = *hash.get_or_insert_with(|| flow_hash(&flow));
-            forward6::encap(ctx, &inner, &choice.backend, &globals, flow_hash)?
-        }
-        forward_mode::IPIP => {
-            let inner = forward::Inner {
-                l3_off: l2.l3_off,
-                tos: hdr.tos,
-                total_len: ip.total_len,
-                dont_fragment: frag_off & IPV4_DF != 0,
-            };
-            let flow_hash = *hash.get_or_insert_with(|| flow_hash(&flow));
-            forward::ipip(ctx, &inner, &choice.backend, &globals, flow_hash)?
-        }
-        _ => return Err(DropReason::TableMiss),
-    };
+    let inner = forward::Inner::of(l3_off, &hdr, ip.total_len);
+    let outer_len = mtu::outer_len(&choice.backend);
+    if vip.mode == forward_mode::IPIP && mtu::exceeds(globals, ip.total_len, outer_len) {
+        return mtu::too_big(ctx, &inner, globals, outer_len);
+    }
+    let action = forward::to_backend(
+        ctx,
+        &vip,
+        &inner,
+        &choice.backend,
+        globals,
+        &flow,
+        &mut hash,
+    )?;
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
     events::forwarded(policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
@@ -219,7 +237,7 @@ pub(crate) fn may_be_vip_address(addr: [u32; 4]) -> bool {
 }
 
 /// Whether `addr` carries a VIP, exactly: asked only where the filter let a packet through
-/// that cannot be balanced, and a wrong answer would drop someone else's packet.
+/// that cannot be balanced (or is ICMP), and a wrong answer would touch someone else's packet.
 #[inline(always)]
 fn is_vip_address(addr: [u32; 4]) -> bool {
     is_vip_address_of(addr, family::V4)

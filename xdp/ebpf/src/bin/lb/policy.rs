@@ -20,10 +20,14 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// A bucket idle this long is full again (also bounds the refill arithmetic).
 const BUCKET_IDLE_NS: u64 = 10 * NS_PER_SEC;
 
-/// The policy settings (all zero, i.e. nothing to check, if the entry cannot be read).
+/// The policy settings: a reference into the map, not a copy (a copy's fields would live in
+/// the program's stack frame for the whole packet; the frame's 512 bytes are shared with the
+/// calls it makes). The entry of an array map always exists; the error cannot happen.
+/// A change the daemon writes while a packet is processed may be seen in part, as with a copy
+/// taken during the write.
 #[inline(always)]
-pub fn settings() -> PolicyConfig {
-    POLICY.get(0).copied().unwrap_or_default()
+pub fn settings() -> Result<&'static PolicyConfig, DropReason> {
+    POLICY.get(0).ok_or(DropReason::TableMiss)
 }
 
 /// The verdict of the global lists for a source's [`v4_code`] (a trie's stored verdict, or
@@ -112,8 +116,8 @@ pub fn lists_for_flow(
 /// Global lists for an IPv6 source (`saddr` as the packet carries it); returns the settings
 /// for the later checks.
 #[inline(always)]
-pub fn global_v6(saddr: [u32; 4]) -> Result<PolicyConfig, DropReason> {
-    let policy = settings();
+pub fn global_v6(saddr: [u32; 4]) -> Result<&'static PolicyConfig, DropReason> {
+    let policy = settings()?;
     if policy.flags & policy_flags::LISTS_V6 != 0 {
         let code = POLICY_V6
             .get(Key::new(128, saddr))

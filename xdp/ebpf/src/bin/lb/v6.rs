@@ -21,7 +21,7 @@ use crate::{balance, events, forward, forward6, maps::GLOBALS, may_be_vip_addres
 pub const MAX_EXT_HEADERS: usize = 4;
 
 /// Balances an IPv6 packet whose fixed header starts at `l3_off`.
-#[inline(always)]
+#[inline(never)]
 pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, DropReason> {
     let ip = parse::ipv6(ctx, l3_off)?;
     // SAFETY: parse::ipv6 returned a header that lies inside the frame.
@@ -55,7 +55,7 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
             ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
         }
         proto::TCP | proto::UDP => None,
-        other => return unserved(&policy, dst, other),
+        other => return unserved(policy, dst, other),
     };
     let Some((ports, tcp)) = l4 else {
         if !is_vip_address6(dst) {
@@ -74,7 +74,7 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
         _pad2: 0,
     };
     let Some(vip) = balance::find_vip6(&flow) else {
-        return unserved(&policy, dst, upper);
+        return unserved(policy, dst, upper);
     };
     // Per-VIP source ranges and the per-source SYN rate are IPv4-only: the config refuses
     // source ranges on an IPv6 VIP, and IPv6 sources are not rate limited.
@@ -85,11 +85,12 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
     // backend id that `choose` checks like any other.
     let entry = balance::established(&flow, opens_connection).map(|entry| unsafe { *entry });
     let mut hash = None;
-    let choice = balance::choose(&flow, &vip, &policy, entry, &mut hash)?;
-    let globals = *GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
+    let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
+    // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
+    let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
     let action = match vip.mode {
-        forward_mode::L2 => forward::l2(ctx, &choice.backend, &globals)?,
+        forward_mode::L2 => forward::l2(ctx, &choice.backend, globals)?,
         forward_mode::IPIP if choice.backend.family == family::V6 => {
             let inner = forward6::Inner {
                 l3_off,
@@ -98,12 +99,12 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
                 next_header: proto::IPV6,
             };
             let flow_hash = *hash.get_or_insert_with(|| balance::Flow::hash(&flow));
-            forward6::encap(ctx, &inner, &choice.backend, &globals, flow_hash)?
+            forward6::encap(ctx, &inner, &choice.backend, globals, flow_hash)?
         }
         _ => return Err(DropReason::TableMiss),
     };
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
-    events::forwarded6(&policy, &flow, vip.vip_id, choice.backend_id);
+    events::forwarded6(policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
 }
 

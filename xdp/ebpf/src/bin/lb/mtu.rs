@@ -1,0 +1,51 @@
+//! Encapsulation and the MTU. IPIP adds an outer header; a packet that would then be larger
+//! than `encap.mtu` is never forwarded silently (the next link would drop it unseen). XDP
+//! cannot fragment, so: with DF set it is answered with ICMP "fragmentation needed" (next-hop
+//! MTU = `encap.mtu` less the outer header) from the VIP, and the client's path MTU discovery
+//! sends smaller packets; with DF clear, or with `encap.on_too_big = "drop"`, it is dropped
+//! and counted (`encap_too_big`).
+//!
+//! An IPv4 packet to an IPv6 backend (IPv4-in-IPv6) grows by 40 bytes, and the next-hop MTU
+//! sent back is `encap.mtu` - 40. IPv6 VIPs are not checked yet (ICMPv6 "packet too big").
+
+use xlb_common::{Backend, DropReason, Globals, LbCounter, encap_flags, family};
+use xlb_ebpf::headers::{IPV4_HLEN, IPV6_HLEN};
+
+use crate::{forward::Inner, icmp, stats};
+
+/// The outer header encapsulation towards `backend` adds: IPv4 (20 bytes), or IPv6 (40) for
+/// an IPv6 backend.
+#[inline(always)]
+pub fn outer_len(backend: &Backend) -> usize {
+    if backend.family == family::V6 {
+        IPV6_HLEN
+    } else {
+        IPV4_HLEN
+    }
+}
+
+/// Whether an IPv4 packet of `total_len` bytes would exceed `encap.mtu` once an outer header
+/// of `outer_len` bytes is put in front.
+#[inline(always)]
+pub fn exceeds(globals: &Globals, total_len: usize, outer_len: usize) -> bool {
+    globals.encap_mtu != 0 && total_len + outer_len > usize::from(globals.encap_mtu)
+}
+
+/// A packet that [`exceeds`] the MTU: answered with "fragmentation needed" when it forbids
+/// fragmentation and the config allows it, dropped otherwise. Not inlined (a BPF-to-BPF
+/// call): the ICMP builder stays out of the code of the forwarding path.
+#[inline(never)]
+pub fn too_big(
+    ctx: &aya_ebpf::programs::XdpContext,
+    inner: &Inner,
+    globals: &Globals,
+    outer_len: usize,
+) -> Result<u32, DropReason> {
+    if !inner.dont_fragment || globals.encap_flags & encap_flags::TOO_BIG_DROP != 0 {
+        return Err(DropReason::EncapTooBig);
+    }
+    let next_hop_mtu = globals.encap_mtu.saturating_sub(outer_len as u16);
+    let action = icmp::frag_needed(ctx, inner.l3_off, next_hop_mtu)?;
+    stats::lb(LbCounter::IcmpTooBigSent);
+    Ok(action)
+}
