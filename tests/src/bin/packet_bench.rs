@@ -26,7 +26,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::{Duration, Instant},
@@ -38,15 +38,15 @@ use aya::{
 };
 use xlb::{
     config::{
-        AllDown, AttachMode, BackendConfig, Config, EncapConfig, ForwardMode, HealthConfig,
-        InterfaceConfig, Limits, MacAddr, Protocol, VipConfig,
+        AllDown, AttachMode, BackendConfig, Cidr, Config, EncapConfig, ForwardMode, HealthConfig,
+        InterfaceConfig, Limits, MacAddr, ProbeVia, Protocol, VipConfig,
     },
     dataplane::{Dataplane, objects},
     state::DesiredState,
 };
 use xlb_common::{FlowKey, LbCounter, VipAddrKey, VipKey, program_names};
 use xlb_tests::bench_env::{command_output, cpu_model, pin_to_last_cpu};
-use xlb_tests::packet::{self, Flow, L2, TCP_ACK, TCP_SYN};
+use xlb_tests::packet::{self, Flow, Flow6, L2, TCP_ACK, TCP_SYN};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -61,6 +61,11 @@ const L2_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 const IPIP_VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 20);
 /// An address no VIP has.
 const NOT_A_VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
+/// The IPv6 VIP (TCP/80) in mode l2; every datapath has it and the next one besides its IPv4
+/// VIPs.
+const L2_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+/// The IPv6 VIP (TCP/80) in mode ipip: IPv6-in-IPv6.
+const IP6_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x20);
 /// Distinct flows of the cycling variants (and calls per batch).
 const CYCLE: usize = 10_000;
 /// Flow indices from here on are new flows, never used by an established class.
@@ -82,7 +87,8 @@ const TARGET_SCALE: f64 = 1.10;
 /// A datapath size the classes run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Scale {
-    /// VIPs configured: the three the classes address plus fillers (TCP port 80, L2).
+    /// IPv4 VIPs configured: the three the classes address plus fillers (TCP port 80, L2). Two
+    /// IPv6 VIPs come on top ([`IPV6_VIPS`]).
     vips: usize,
     /// Backends of every VIP.
     backends: usize,
@@ -168,6 +174,12 @@ enum Shape {
     BadIhl,
     /// TCP to an address that is not a VIP: passed.
     NotVip,
+    /// TCP over IPv6 to the IPv6 L2 VIP.
+    Tcp6L2,
+    /// A TCP SYN over IPv6 to the IPv6 L2 VIP.
+    Syn6L2,
+    /// TCP over IPv6 to the IPv6 IPIP VIP (IPv6-in-IPv6).
+    Tcp6Ip6,
 }
 
 /// One packet class.
@@ -189,7 +201,7 @@ const fn class(id: &'static str, label: &'static str, shape: Shape, flows: Flows
 }
 
 /// Every class, in report order.
-const CLASSES: [Class; 15] = [
+const CLASSES: [Class; 19] = [
     class(
         "tcp-l2-est-1",
         "TCP, established, L2 DSR",
@@ -280,10 +292,34 @@ const CLASSES: [Class; 15] = [
         Shape::NotVip,
         Flows::Cycle,
     ),
+    class(
+        "tcp6-l2-est-1",
+        "TCP over IPv6, established, L2 DSR",
+        Shape::Tcp6L2,
+        Flows::One,
+    ),
+    class(
+        "tcp6-l2-est-10k",
+        "TCP over IPv6, established, L2 DSR",
+        Shape::Tcp6L2,
+        Flows::Cycle,
+    ),
+    class(
+        "tcp6-l2-new",
+        "TCP over IPv6, new connection (SYN), L2",
+        Shape::Syn6L2,
+        Flows::New,
+    ),
+    class(
+        "tcp6-ip6ip6-est-1",
+        "TCP over IPv6, established, IPv6-in-IPv6",
+        Shape::Tcp6Ip6,
+        Flows::One,
+    ),
 ];
 
 /// The classes of `--quick`.
-const QUICK_CLASSES: [&str; 9] = [
+const QUICK_CLASSES: [&str; 11] = [
     "tcp-l2-est-1",
     "tcp-l2-est-10k",
     "tcp-l2-new",
@@ -293,6 +329,8 @@ const QUICK_CLASSES: [&str; 9] = [
     "tcp-ipip-new",
     "drop-ihl4-1",
     "pass-not-vip-1",
+    "tcp6-l2-est-1",
+    "tcp6-l2-new",
 ];
 
 impl Class {
@@ -316,7 +354,8 @@ impl Class {
     /// Whether the program leaves the frame as it found it (apart from MACs it sets to the same
     /// value every time), so that `repeat > 1` measures the same path on every repetition.
     fn repeat_safe(&self) -> bool {
-        self.flows == Flows::One && !matches!(self.shape, Shape::TcpIpip | Shape::SynIpip)
+        self.flows == Flows::One
+            && !matches!(self.shape, Shape::TcpIpip | Shape::SynIpip | Shape::Tcp6Ip6)
     }
 }
 
@@ -383,6 +422,18 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// The i-th backend of an IPv6 VIP.
+fn backend6(k: usize) -> BackendConfig {
+    let address = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, (k >> 16) as u16, k as u16);
+    BackendConfig {
+        name: address.to_string(),
+        address: IpAddr::V6(address),
+        mac: MacAddr([0x02, 0x06, 0, (k >> 8) as u8, k as u8, 0x01]),
+        weight: 100,
+        health: None,
+    }
+}
+
 /// The i-th backend of a VIP (addresses need only be unique within the VIP).
 fn backend(k: usize) -> BackendConfig {
     let address = Ipv4Addr::new(10, 200 + (k >> 16) as u8, (k >> 8) as u8, k as u8);
@@ -397,7 +448,7 @@ fn backend(k: usize) -> BackendConfig {
 
 fn vip_config(
     name: String,
-    address: Ipv4Addr,
+    address: IpAddr,
     port: u16,
     protocol: Protocol,
     mode: ForwardMode,
@@ -405,14 +456,25 @@ fn vip_config(
 ) -> VipConfig {
     VipConfig {
         name,
-        address: IpAddr::V4(address),
+        address,
         port,
         protocol,
         mode,
         table_size: scale.table_size,
-        health: HealthConfig::defaults_for(protocol, port, mode),
+        health: if address.is_ipv6() {
+            HealthConfig {
+                via: ProbeVia::Direct,
+                ..HealthConfig::defaults_for(protocol, port, mode)
+            }
+        } else {
+            HealthConfig::defaults_for(protocol, port, mode)
+        },
         on_all_down: AllDown::default(),
-        backends: (0..scale.backends).map(backend).collect(),
+        backends: if address.is_ipv6() {
+            (0..scale.backends).map(backend6).collect()
+        } else {
+            (0..scale.backends).map(backend).collect()
+        },
         source_ranges: None,
     }
 }
@@ -428,7 +490,7 @@ fn config(scale: Scale) -> Config {
     let mut vips = vec![
         vip_config(
             "tcp-l2".into(),
-            L2_VIP,
+            L2_VIP.into(),
             80,
             Protocol::Tcp,
             ForwardMode::L2,
@@ -436,7 +498,7 @@ fn config(scale: Scale) -> Config {
         ),
         vip_config(
             "udp-l2".into(),
-            L2_VIP,
+            L2_VIP.into(),
             53,
             Protocol::Udp,
             ForwardMode::L2,
@@ -444,17 +506,30 @@ fn config(scale: Scale) -> Config {
         ),
         vip_config(
             "tcp-ipip".into(),
-            IPIP_VIP,
+            IPIP_VIP.into(),
             80,
             Protocol::Tcp,
             ForwardMode::Ipip,
             scale,
         ),
     ];
+    for (name, address, mode) in [
+        ("tcp6-l2", L2_VIP6, ForwardMode::L2),
+        ("tcp6-ip6ip6", IP6_VIP6, ForwardMode::Ipip),
+    ] {
+        vips.push(vip_config(
+            name.into(),
+            address.into(),
+            80,
+            Protocol::Tcp,
+            mode,
+            scale,
+        ));
+    }
     vips.extend((0..scale.vips.saturating_sub(3)).map(|i| {
         vip_config(
             format!("filler{i}"),
-            filler(i),
+            filler(i).into(),
             80,
             Protocol::Tcp,
             ForwardMode::L2,
@@ -468,19 +543,42 @@ fn config(scale: Scale) -> Config {
         },
         limits: Limits {
             flow_table_size: scale.flow_table,
-            max_vips: (scale.vips as u32).max(16),
-            max_backends: (scale.vips * scale.backends + 16) as u32,
-            maglev_slots: 2 * scale.table_size * scale.vips as u32,
+            max_vips: (scale.vips as u32 + IPV6_VIPS).max(16),
+            max_backends: ((scale.vips + IPV6_VIPS as usize) * scale.backends + 16) as u32,
+            maglev_slots: 2 * scale.table_size * (scale.vips as u32 + IPV6_VIPS),
             ..Limits::default()
         },
         encap: EncapConfig {
             next_hop_mac: Some(MacAddr([0x02, 0, 0, 0, 0xfe, 0x01])),
+            source_prefix_v6: Some(Cidr {
+                addr: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x16, 0, 0, 0, 0, 0, 0)),
+                prefix_len: 64,
+            }),
             ..EncapConfig::default()
         },
         vips,
         policy: Default::default(),
         events: Default::default(),
     }
+}
+
+/// IPv6 VIPs in every datapath, besides the scale's IPv4 VIPs.
+const IPV6_VIPS: u32 = 2;
+
+/// Source address of the i-th IPv6 flow (port as [`client`]'s).
+fn client6(i: u64) -> Ipv6Addr {
+    Ipv6Addr::from(0x2001_0db8_000c_0000_0000_0000_0000_0000u128 + u128::from(i >> 4))
+}
+
+/// A 74-byte TCP frame over IPv6 (14 + 40 + 20), `flags` set.
+fn tcp6_frame(i: u64, dst: Ipv6Addr, flags: u8) -> Vec<u8> {
+    let flow = Flow6 {
+        src: client6(i),
+        dst,
+        sport: client(i).1,
+        dport: 80,
+    };
+    packet::tcp6(&L2_IN, &flow, flags, &[])
 }
 
 /// Source address and port of the i-th flow.
@@ -585,6 +683,9 @@ impl Scene {
                 frame
             }
             Shape::NotVip => tcp_frame(src, sport, NOT_A_VIP),
+            Shape::Tcp6L2 => tcp6_frame(i, L2_VIP6, TCP_ACK),
+            Shape::Syn6L2 => tcp6_frame(i, L2_VIP6, TCP_SYN),
+            Shape::Tcp6Ip6 => tcp6_frame(i, IP6_VIP6, TCP_ACK),
         }
     }
 
@@ -640,6 +741,7 @@ fn lb_batch(
             .unwrap_or_else(|e| panic!("{}: BPF_PROG_TEST_RUN: {e}", class.id));
         let want_len = match class.shape {
             Shape::TcpIpip | Shape::SynIpip => frame.len() + 20,
+            Shape::Tcp6Ip6 => frame.len() + 40,
             _ => frame.len(),
         };
         assert!(
@@ -1253,8 +1355,9 @@ fn markdown(plan: &Plan, results: &Results, date: &str, time: &str) -> String {
     .unwrap();
     writeln!(
         out,
-        "- Datapaths (each VIP has the same backends and table size; the three VIPs the \
-         classes address, TCP/80 L2, UDP/53 L2 and TCP/80 IPIP, plus TCP/80 L2 fillers); flow \
+        "- Datapaths (each VIP has the same backends and table size; the three IPv4 VIPs the \
+         classes address, TCP/80 L2, UDP/53 L2 and TCP/80 IPIP, plus TCP/80 L2 fillers, and two \
+         IPv6 VIPs besides the count, TCP/80 L2 and TCP/80 IPv6-in-IPv6, with IPv6 backends); flow \
          table {} entries (the default; LRU with per-CPU lists), filled with other flows before \
          the measurement so that every measured new flow evicts one, as on a balancer that has \
          run for a while, except where it says \"never full\":",
