@@ -7,14 +7,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::{
-    Array, HashMap, MapData,
+    Array, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use xlb_common::{
-    PolicyConfig as DatapathPolicy, VipSourceKey, map_names, policy::MixedSlash24, policy_flags,
-    verdict,
+    PolicyConfig as DatapathPolicy, VipSourceKey, map_names,
+    policy::{MixedSlash24, POLICY_V4_24_WORDS, entry_slot, v4_code, v4_entry},
+    policy_flags, verdict,
 };
 
+use super::slots::Mapped;
 use super::verdicts::V4Verdicts;
 use super::{DataplaneError, map_err};
 use crate::config::{Action, Cidr, EventsConfig, PolicyConfig};
@@ -109,23 +111,14 @@ impl PolicyMaps {
         v4: LpmTrie<MapData, u32, u32>,
         v6: LpmTrie<MapData, [u32; 4], u32>,
         vip: LpmTrie<MapData, VipSourceKey, u32>,
-        b16: Array<MapData, u64>,
-        codes: Array<MapData, u64>,
-        mixed: HashMap<MapData, u32, MixedSlash24>,
+        resolved: Resolved,
     ) -> Self {
         PolicyMaps {
             settings,
             v4,
             v6,
             vip,
-            resolved: Resolved {
-                b16,
-                codes,
-                mixed,
-                written: V4Verdicts::default(),
-                list: Some(Vec::new()),
-                pending: None,
-            },
+            resolved,
             global: BTreeMap::new(),
             vip_ranges: BTreeMap::new(),
             written: None,
@@ -181,6 +174,7 @@ impl PolicyMaps {
             } else {
                 V4Verdicts::transition(&self.resolved.written, &new)
             };
+            self.resolved.begin_change(&now, &new)?;
             self.resolved.list = None;
             self.lists_changed = true;
             self.resolved.write(&now)?;
@@ -353,12 +347,25 @@ fn v4_list(entries: &BTreeMap<Cidr, u32>) -> V4List {
 
 /// The maps of the resolved IPv4 lists (`XLB_POL_V4_B16`, `XLB_POL_V4_24`, `XLB_POL_V4_MIX`)
 /// and what they hold.
-struct Resolved {
+///
+/// A mixed /24's table lives at an index of `XLB_POL_V4_MIX` that its /24's entry names. A
+/// table is never rewritten in place: a changed or new table goes to a free index before the
+/// entry that names it is written, and the index a change frees (the old table) becomes free
+/// only at the next change. A reader that read the old entry a moment ago therefore still finds
+/// the old table there: an XDP program run lasts microseconds, and a change is itself many
+/// syscalls plus the settings word, and the next one comes after it.
+pub(super) struct Resolved {
     b16: Array<MapData, u64>,
-    codes: Array<MapData, u64>,
-    mixed: HashMap<MapData, u32, MixedSlash24>,
+    entries: Mapped<u64>,
+    tables: Mapped<MixedSlash24>,
     /// What the maps hold, kept up to date entry by entry.
     written: V4Verdicts,
+    /// The table index of each mixed /24 in `written`.
+    index: BTreeMap<u32, u32>,
+    /// Table indices free for this change (taken from the end).
+    free: Vec<u32>,
+    /// Table indices freed during this change: free from the next one on.
+    freed: Vec<u32>,
     /// The list `written` resolves, once written whole; `None` while a change is under way or
     /// after an adoption (the next change then compares with what the maps hold).
     list: Option<V4List>,
@@ -366,92 +373,205 @@ struct Resolved {
     pending: Option<(V4List, V4Verdicts)>,
 }
 
+/// Tables `to` holds that `from` does not hold for the same /24: each needs a fresh index.
+fn tables_needed(from: &V4Verdicts, to: &V4Verdicts) -> usize {
+    to.mixed
+        .iter()
+        .filter(|&(net, table)| from.mixed.get(net) != Some(table))
+        .count()
+}
+
 impl Resolved {
-    /// Makes the maps hold `target`, writing only what differs, in an order that gives every
-    /// source its verdict in `written` or in `target` at any moment: a mixed /24's table before
-    /// the code that sends readers to it, a /16 bit before the codes under it; stale tables and
-    /// /16 bits after.
-    fn write(&mut self, target: &V4Verdicts) -> Result<(), DataplaneError> {
-        let written = &mut self.written;
-        for (&net, table) in &target.mixed {
-            if written.mixed.get(&net) != Some(table) {
-                self.mixed
-                    .insert(net, table, 0)
-                    .map_err(map_err("update", map_names::POLICY_V4_MIX))?;
-                written.mixed.insert(net, *table);
-            }
+    /// Wraps the maps (mapped) of a freshly loaded program, or of pinned ones before
+    /// [`Resolved::adopt_live`].
+    pub(super) fn new(
+        b16: Array<MapData, u64>,
+        entries: MapData,
+        tables: MapData,
+        capacity: u32,
+    ) -> Result<Resolved, DataplaneError> {
+        Ok(Resolved {
+            b16,
+            entries: Mapped::new(entries, map_names::POLICY_V4_24, POLICY_V4_24_WORDS)?,
+            tables: Mapped::new(tables, map_names::POLICY_V4_MIX, capacity)?,
+            written: V4Verdicts::default(),
+            index: BTreeMap::new(),
+            free: (0..capacity).rev().collect(),
+            freed: Vec::new(),
+            list: Some(Vec::new()),
+            pending: None,
+        })
+    }
+
+    /// Starts a change: the indices the previous change freed become free, and the change
+    /// (`now`, then `then` if it differs: the two steps of a change of the allow-list flag)
+    /// must find enough of them, or nothing is written and the old lists keep serving.
+    fn begin_change(&mut self, now: &V4Verdicts, then: &V4Verdicts) -> Result<(), DataplaneError> {
+        self.free.append(&mut self.freed);
+        let mut needed = tables_needed(&self.written, now);
+        if then != now {
+            needed += tables_needed(now, then);
         }
-        let write_words = |map: &mut Array<MapData, u64>,
-                           held: &mut [u64],
-                           wanted: &mut dyn Iterator<Item = u64>,
-                           name| {
-            for (index, (old, new)) in held.iter_mut().zip(wanted).enumerate() {
-                if *old != new {
-                    map.set(index as u32, new, 0)
-                        .map_err(map_err("update", name))?;
-                    *old = new;
-                }
-            }
-            Ok::<(), DataplaneError>(())
-        };
+        if needed > self.free.len() {
+            return Err(DataplaneError::Capacity {
+                what: "mixed IPv4 /24 tables (XLB_POL_V4_MIX; each /24 holding a prefix longer \
+                       than /24 needs one, and a change holds the old and the new ones)",
+                needed: needed as u64,
+                available: self.free.len() as u64,
+                limit: "policy_prefixes",
+            });
+        }
+        Ok(())
+    }
+
+    /// The 16-bit entry of /24 `net` in `target`, whose mixed /24s' tables are at `index`.
+    fn entry(target: &V4Verdicts, index: &BTreeMap<u32, u32>, net: u32) -> u64 {
+        match target.code_of_net(net) {
+            v4_code::MIXED => u64::from(v4_entry::FIRST_TABLE + index[&net]),
+            code => code,
+        }
+    }
+
+    /// Makes the maps hold `target`, writing only what differs, in an order that gives every
+    /// source its verdict in `written` or in `target` at any moment: new tables at free indices
+    /// before the entries that name them, a /16 bit before the entries under it; stale /16
+    /// bits after, and the replaced tables' indices free at the next change.
+    fn write(&mut self, target: &V4Verdicts) -> Result<(), DataplaneError> {
+        let fresh: Vec<(u32, &MixedSlash24)> = target
+            .mixed
+            .iter()
+            .filter(|&(net, table)| self.written.mixed.get(net) != Some(table))
+            .map(|(&net, table)| (net, table))
+            .collect();
+        if fresh.len() > self.free.len() {
+            return Err(DataplaneError::Capacity {
+                what: "mixed IPv4 /24 tables (XLB_POL_V4_MIX)",
+                needed: fresh.len() as u64,
+                available: self.free.len() as u64,
+                limit: "policy_prefixes",
+            });
+        }
+        let mut index = self.index.clone();
+        let mut replaced = Vec::new();
+        let tables = self.tables.as_mut_slice();
+        for &(net, table) in &fresh {
+            let at = self.free.pop().expect("counted above");
+            tables[at as usize] = *table;
+            replaced.extend(index.insert(net, at));
+        }
+        let written = &mut self.written;
         let union: Vec<u64> = written
             .b16
             .iter()
             .zip(&target.b16)
             .map(|(a, b)| a | b)
             .collect();
-        let b16 = map_names::POLICY_V4_B16;
-        write_words(&mut self.b16, &mut written.b16, &mut union.into_iter(), b16)?;
-        write_words(
-            &mut self.codes,
-            &mut written.codes,
-            &mut target.codes.iter().copied(),
-            map_names::POLICY_V4_24,
-        )?;
-        let stale: Vec<u32> = written
-            .mixed
-            .keys()
-            .filter(|net| !target.mixed.contains_key(net))
-            .copied()
-            .collect();
-        for net in stale {
-            self.mixed
-                .remove(&net)
-                .map_err(map_err("delete", map_names::POLICY_V4_MIX))?;
-            written.mixed.remove(&net);
+        write_words(&mut self.b16, &mut written.b16, &union)?;
+        // The entries that change: those of the /24s whose code or table changed. A word of
+        // codes covers 32 /24s, eight words of entries.
+        let mut dirty: BTreeSet<usize> = fresh.iter().map(|&(net, _)| net as usize >> 5).collect();
+        dirty.extend(
+            (0..target.codes.len()).filter(|&word| written.codes[word] != target.codes[word]),
+        );
+        for word in dirty {
+            for part in 0..8 {
+                let first = ((word << 5) | (part << 2)) as u32;
+                let value = (0..4).fold(0, |acc, k| {
+                    acc | Self::entry(target, &index, first + k) << (16 * k)
+                });
+                let at = entry_slot(first).0 as usize;
+                if self.entries.as_slice()[at] != value {
+                    self.entries.publish(at, value);
+                }
+            }
+            written.codes[word] = target.codes[word];
         }
-        write_words(
-            &mut self.b16,
-            &mut written.b16,
-            &mut target.b16.iter().copied(),
-            b16,
-        )
+        for net in written.mixed.keys() {
+            if !target.mixed.contains_key(net) {
+                replaced.extend(index.remove(net));
+            }
+        }
+        self.freed.extend(replaced);
+        self.index = index;
+        written.mixed.clone_from(&target.mixed);
+        write_words(&mut self.b16, &mut written.b16, &target.b16)
     }
 
-    /// Takes what the pinned maps hold as written.
+    /// Takes what the pinned maps hold as written: the /24 entries and tables are read through
+    /// the mappings (32 MiB, mostly zero words skipped), the /16 bitmap by syscalls (1,024
+    /// words). An entry naming an index past the tables is refused.
     fn adopt_live(&mut self) -> Result<(), DataplaneError> {
-        let read = |map: &Array<MapData, u64>, words: &mut [u64], name| {
-            for (index, word) in words.iter_mut().enumerate() {
-                *word = map
-                    .get(&(index as u32), 0)
-                    .map_err(map_err("lookup", name))?;
-            }
-            Ok::<(), DataplaneError>(())
-        };
-        read(&self.b16, &mut self.written.b16, map_names::POLICY_V4_B16)?;
-        read(
-            &self.codes,
-            &mut self.written.codes,
-            map_names::POLICY_V4_24,
-        )?;
-        self.written.mixed.clear();
-        for item in self.mixed.iter() {
-            let (net, table) = item.map_err(map_err("iterate", map_names::POLICY_V4_MIX))?;
-            self.written.mixed.insert(net, table);
+        let started = std::time::Instant::now();
+        for (index, word) in self.written.b16.iter_mut().enumerate() {
+            *word = self
+                .b16
+                .get(&(index as u32), 0)
+                .map_err(map_err("lookup", map_names::POLICY_V4_B16))?;
         }
+        let mut written = V4Verdicts {
+            b16: std::mem::take(&mut self.written.b16),
+            ..V4Verdicts::default()
+        };
+        let tables = self.tables.as_slice();
+        let mut index = BTreeMap::new();
+        for (at, &word) in self.entries.as_slice().iter().enumerate() {
+            if word == 0 {
+                continue;
+            }
+            for k in 0..4 {
+                let net = (at << 2 | k) as u32;
+                let entry = ((word >> (16 * k)) & v4_entry::MASK) as u32;
+                let code =
+                    match entry.checked_sub(v4_entry::FIRST_TABLE) {
+                        None => u64::from(entry),
+                        Some(at) => {
+                            let table = tables.get(at as usize).ok_or(DataplaneError::Inconsistent {
+                            map: map_names::POLICY_V4_24,
+                            what: format!(
+                                "an entry naming table {at} of {} (a daemon with other limits)",
+                                tables.len()
+                            ),
+                        })?;
+                            index.insert(net, at);
+                            written.mixed.insert(net, *table);
+                            v4_code::MIXED
+                        }
+                    };
+                written.set_code_of_net(net, code);
+            }
+        }
+        let used: BTreeSet<u32> = index.values().copied().collect();
+        self.free = (0..tables.len() as u32)
+            .rev()
+            .filter(|i| !used.contains(i))
+            .collect();
+        self.freed.clear();
+        self.index = index;
+        self.written = written;
         self.list = None;
+        tracing::debug!(
+            mixed = self.index.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "adopted the resolved IPv4 lists"
+        );
         Ok(())
     }
+}
+
+/// Writes the words of `XLB_POL_V4_B16` that differ from `held`, one syscall each.
+fn write_words(
+    map: &mut Array<MapData, u64>,
+    held: &mut [u64],
+    wanted: &[u64],
+) -> Result<(), DataplaneError> {
+    for (index, (old, &new)) in held.iter_mut().zip(wanted).enumerate() {
+        if *old != new {
+            map.set(index as u32, new, 0)
+                .map_err(map_err("update", map_names::POLICY_V4_B16))?;
+            *old = new;
+        }
+    }
+    Ok(())
 }
 
 fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
