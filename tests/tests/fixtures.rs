@@ -1499,6 +1499,111 @@ fn policy_changes_apply_by_difference() {
     run_table(&mut lab, &cases);
 }
 
+/// A config denying `count` /32s, each in a /24 of its own from `first` on (so each /24 is
+/// mixed and needs a table), under a prefix limit of 40,000: 120,000 tables, capped at 65,533.
+fn many_mixed_config(first: u32, count: u32) -> String {
+    let deny: Vec<String> = (0..count)
+        .map(|i| format!("\"{}\"", std::net::Ipv4Addr::from(first + (i << 8) + 1)))
+        .collect();
+    format!(
+        r#"
+[interface]
+name = "fixture7"
+
+[limits]
+flow_table_size = 4096
+max_vips = 4
+max_backends = 16
+maglev_slots = 4096
+policy_prefixes = 40000
+
+[policy]
+deny = [{}]
+
+[[vip]]
+name = "web"
+address = "10.0.0.10"
+port = 80
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "10.0.1.20"
+  mac = "02:00:00:00:01:20"
+"#,
+        deny.join(", ")
+    )
+}
+
+#[test]
+fn a_change_needing_more_mixed_tables_than_free_is_refused_and_the_old_lists_serve() {
+    if !have_root() {
+        return;
+    }
+    // 33,000 mixed /24s in 20.0.0.0/8 fit (65,533 tables); replacing them all by 33,000 others
+    // in 21.0.0.0/8 needs 33,000 fresh tables while the old ones are in use: 32,533 are free.
+    let mut lab = lab(&many_mixed_config(0x1400_0000, 33_000));
+    let other = many_mixed_config(0x1500_0000, 33_000);
+    let config = Config::parse(&other, "other.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    let error = lab
+        .dataplane
+        .apply(&state)
+        .expect_err("too few free tables");
+    let text = error.to_string();
+    assert!(
+        text.contains("mixed IPv4 /24 tables") && text.contains("need 33000, 32533 available"),
+        "{text}"
+    );
+    let syn = |src: &str| {
+        packet::tcp4(
+            &to_lb(None),
+            &flow(src, "10.0.0.10", 42000, 80),
+            TCP_SYN,
+            b"",
+        )
+    };
+    let backend = lab.backend_mac("web", 0);
+    let forwarded = |description: &'static str, src: &str| {
+        let input = syn(src);
+        Case {
+            description,
+            output: Expected::Bytes(l2_rewritten(&input, backend)),
+            input,
+            action: XDP_TX,
+            drop: None,
+        }
+    };
+    let denied = |description: &'static str, src: &str| Case {
+        description,
+        input: syn(src),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Denied),
+    };
+    let cases = vec![
+        denied("a listed /32 of the old lists, first /24", "20.0.0.1"),
+        denied("a listed /32 of the old lists, last /24", "20.128.231.1"),
+        forwarded("its neighbour in the same mixed /24", "20.128.231.2"),
+        forwarded("a /32 of the refused lists", "21.0.5.1"),
+    ];
+    run_table(&mut lab, &cases);
+    // A change that fits goes through (6,000 new /32s: the trie, limited to 40,000 entries,
+    // holds the old and the new entries during a change); the refused one left nothing behind.
+    let half = many_mixed_config(0x1500_0000, 6_000);
+    let config = Config::parse(&half, "half.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    lab.dataplane
+        .apply(&state)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = vec![
+        forwarded("a /32 of the old lists, no longer listed", "20.0.0.1"),
+        denied("a /32 of the new lists", "21.0.5.1"),
+        forwarded("its neighbour", "21.0.5.2"),
+    ];
+    run_table(&mut lab, &cases);
+}
+
 // ----- IPv6: VIPs, backends, extension headers, IPv4-in-IPv6.
 
 const V6_CONFIG: &str = r#"

@@ -360,12 +360,8 @@ pub(super) struct Resolved {
     tables: Mapped<MixedSlash24>,
     /// What the maps hold, kept up to date entry by entry.
     written: V4Verdicts,
-    /// The table index of each mixed /24 in `written`.
-    index: BTreeMap<u32, u32>,
-    /// Table indices free for this change (taken from the end).
-    free: Vec<u32>,
-    /// Table indices freed during this change: free from the next one on.
-    freed: Vec<u32>,
+    /// Where the tables of `written` are, and which indices are free.
+    indices: TableIndices,
     /// The list `written` resolves, once written whole; `None` while a change is under way or
     /// after an adoption (the next change then compares with what the maps hold).
     list: Option<V4List>,
@@ -379,6 +375,91 @@ fn tables_needed(from: &V4Verdicts, to: &V4Verdicts) -> usize {
         .iter()
         .filter(|&(net, table)| from.mixed.get(net) != Some(table))
         .count()
+}
+
+/// The error of a change that needs more fresh table indices than are free.
+fn out_of_tables(needed: usize, available: usize) -> DataplaneError {
+    DataplaneError::Capacity {
+        what: "mixed IPv4 /24 tables (XLB_POL_V4_MIX, at most min(3 x limits.policy_prefixes, \
+               65533); each /24 holding a prefix longer than /24 needs one, and a change \
+               holds the old ones and the new ones)",
+        needed: needed as u64,
+        available: available as u64,
+        limit: "policy_prefixes",
+    }
+}
+
+/// The indices of `XLB_POL_V4_MIX`: which /24's table is where, and which are free. A changed
+/// or new table always gets a fresh index (a table is never rewritten in place), and an index
+/// freed by a change is handed out again no earlier than the next change
+/// ([`TableIndices::begin_change`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TableIndices {
+    /// The table index of each mixed /24 written.
+    of: BTreeMap<u32, u32>,
+    /// Free for this change (taken from the end, lowest first).
+    free: Vec<u32>,
+    /// Freed during this change: free from the next one on.
+    freed: Vec<u32>,
+}
+
+impl TableIndices {
+    /// All of `capacity` indices free.
+    fn new(capacity: u32) -> TableIndices {
+        TableIndices::adopted(capacity, BTreeMap::new())
+    }
+
+    /// The indices as found in pinned maps: `of` in use, every other one free.
+    fn adopted(capacity: u32, of: BTreeMap<u32, u32>) -> TableIndices {
+        let used: BTreeSet<u32> = of.values().copied().collect();
+        TableIndices {
+            free: (0..capacity).rev().filter(|i| !used.contains(i)).collect(),
+            of,
+            freed: Vec::new(),
+        }
+    }
+
+    /// A new change begins: what the previous one freed may be handed out again.
+    fn begin_change(&mut self) {
+        self.free.append(&mut self.freed);
+    }
+
+    /// Moves from the tables of `written` to those of `target`: a fresh index for every table
+    /// of `target` that `written` does not hold for the same /24, returned as (/24, index) to
+    /// be written before any entry names it; the indices of replaced and removed tables are
+    /// freed for the next change. When too few indices are free nothing changes.
+    fn assign(
+        &mut self,
+        written: &V4Verdicts,
+        target: &V4Verdicts,
+    ) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        let needed = tables_needed(written, target);
+        if needed > self.free.len() {
+            return Err(out_of_tables(needed, self.free.len()));
+        }
+        let mut fresh = Vec::with_capacity(needed);
+        for (&net, table) in &target.mixed {
+            if written.mixed.get(&net) != Some(table) {
+                let at = self.free.pop().expect("counted above");
+                fresh.push((net, at));
+                self.freed.extend(self.of.insert(net, at));
+            }
+        }
+        for net in written.mixed.keys() {
+            if !target.mixed.contains_key(net) {
+                self.freed.extend(self.of.remove(net));
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// The 16-bit entry of /24 `net` in lists whose tables this holds.
+    fn entry(&self, lists: &V4Verdicts, net: u32) -> u64 {
+        match lists.code_of_net(net) {
+            v4_code::MIXED => u64::from(v4_entry::FIRST_TABLE + self.of[&net]),
+            code => code,
+        }
+    }
 }
 
 impl Resolved {
@@ -395,9 +476,7 @@ impl Resolved {
             entries: Mapped::new(entries, map_names::POLICY_V4_24, POLICY_V4_24_WORDS)?,
             tables: Mapped::new(tables, map_names::POLICY_V4_MIX, capacity)?,
             written: V4Verdicts::default(),
-            index: BTreeMap::new(),
-            free: (0..capacity).rev().collect(),
-            freed: Vec::new(),
+            indices: TableIndices::new(capacity),
             list: Some(Vec::new()),
             pending: None,
         })
@@ -407,57 +486,27 @@ impl Resolved {
     /// (`now`, then `then` if it differs: the two steps of a change of the allow-list flag)
     /// must find enough of them, or nothing is written and the old lists keep serving.
     fn begin_change(&mut self, now: &V4Verdicts, then: &V4Verdicts) -> Result<(), DataplaneError> {
-        self.free.append(&mut self.freed);
+        self.indices.begin_change();
         let mut needed = tables_needed(&self.written, now);
         if then != now {
             needed += tables_needed(now, then);
         }
-        if needed > self.free.len() {
-            return Err(DataplaneError::Capacity {
-                what: "mixed IPv4 /24 tables (XLB_POL_V4_MIX; each /24 holding a prefix longer \
-                       than /24 needs one, and a change holds the old and the new ones)",
-                needed: needed as u64,
-                available: self.free.len() as u64,
-                limit: "policy_prefixes",
-            });
+        let available = self.indices.free.len();
+        if needed > available {
+            return Err(out_of_tables(needed, available));
         }
         Ok(())
     }
 
-    /// The 16-bit entry of /24 `net` in `target`, whose mixed /24s' tables are at `index`.
-    fn entry(target: &V4Verdicts, index: &BTreeMap<u32, u32>, net: u32) -> u64 {
-        match target.code_of_net(net) {
-            v4_code::MIXED => u64::from(v4_entry::FIRST_TABLE + index[&net]),
-            code => code,
-        }
-    }
-
     /// Makes the maps hold `target`, writing only what differs, in an order that gives every
-    /// source its verdict in `written` or in `target` at any moment: new tables at free indices
-    /// before the entries that name them, a /16 bit before the entries under it; stale /16
-    /// bits after, and the replaced tables' indices free at the next change.
+    /// source its verdict in `written` or in `target` at any moment: new tables at fresh
+    /// indices before the entries that name them (release stores), a /16 bit before the
+    /// entries under it; stale /16 bits after; replaced tables' indices free at the next change.
     fn write(&mut self, target: &V4Verdicts) -> Result<(), DataplaneError> {
-        let fresh: Vec<(u32, &MixedSlash24)> = target
-            .mixed
-            .iter()
-            .filter(|&(net, table)| self.written.mixed.get(net) != Some(table))
-            .map(|(&net, table)| (net, table))
-            .collect();
-        if fresh.len() > self.free.len() {
-            return Err(DataplaneError::Capacity {
-                what: "mixed IPv4 /24 tables (XLB_POL_V4_MIX)",
-                needed: fresh.len() as u64,
-                available: self.free.len() as u64,
-                limit: "policy_prefixes",
-            });
-        }
-        let mut index = self.index.clone();
-        let mut replaced = Vec::new();
+        let fresh = self.indices.assign(&self.written, target)?;
         let tables = self.tables.as_mut_slice();
-        for &(net, table) in &fresh {
-            let at = self.free.pop().expect("counted above");
-            tables[at as usize] = *table;
-            replaced.extend(index.insert(net, at));
+        for &(net, at) in &fresh {
+            tables[at as usize] = target.mixed[&net];
         }
         let written = &mut self.written;
         let union: Vec<u64> = written
@@ -477,7 +526,7 @@ impl Resolved {
             for part in 0..8 {
                 let first = ((word << 5) | (part << 2)) as u32;
                 let value = (0..4).fold(0, |acc, k| {
-                    acc | Self::entry(target, &index, first + k) << (16 * k)
+                    acc | self.indices.entry(target, first + k) << (16 * k)
                 });
                 let at = entry_slot(first).0 as usize;
                 if self.entries.as_slice()[at] != value {
@@ -486,13 +535,6 @@ impl Resolved {
             }
             written.codes[word] = target.codes[word];
         }
-        for net in written.mixed.keys() {
-            if !target.mixed.contains_key(net) {
-                replaced.extend(index.remove(net));
-            }
-        }
-        self.freed.extend(replaced);
-        self.index = index;
         written.mixed.clone_from(&target.mixed);
         write_words(&mut self.b16, &mut written.b16, &target.b16)
     }
@@ -540,17 +582,12 @@ impl Resolved {
                 written.set_code_of_net(net, code);
             }
         }
-        let used: BTreeSet<u32> = index.values().copied().collect();
-        self.free = (0..tables.len() as u32)
-            .rev()
-            .filter(|i| !used.contains(i))
-            .collect();
-        self.freed.clear();
-        self.index = index;
+        let mixed = index.len();
+        self.indices = TableIndices::adopted(tables.len() as u32, index);
         self.written = written;
         self.list = None;
         tracing::debug!(
-            mixed = self.index.len(),
+            mixed,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "adopted the resolved IPv4 lists"
         );
@@ -583,4 +620,118 @@ fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
             addr: words[0],
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::Rng;
+
+    /// Lists of /32s (allow or deny) in random /24s of 10.0.0.0/20 (16 /24s), so that changes
+    /// keep some mixed /24s, change some tables, and add and remove others.
+    fn random_lists(rng: &mut Rng) -> V4Verdicts {
+        let count = 1 + rng.u32() % 12;
+        let prefixes: BTreeMap<u32, u32> = (0..count)
+            .map(|_| (0x0a00_0000 | (rng.u32() & 0x0fff), 1 + rng.u32() % 2))
+            .collect();
+        V4Verdicts::compute(prefixes.into_iter().map(|(a, v)| (a, 32, v)))
+    }
+
+    /// Every mixed /24 has an index of its own, and free, freed and used indices are disjoint
+    /// and together all of them.
+    fn check_whole(indices: &TableIndices, lists: &V4Verdicts, capacity: u32) {
+        let nets: Vec<u32> = indices.of.keys().copied().collect();
+        let mixed: Vec<u32> = lists.mixed.keys().copied().collect();
+        assert_eq!(nets, mixed);
+        let mut all: Vec<u32> = indices.of.values().copied().collect();
+        all.extend(&indices.free);
+        all.extend(&indices.freed);
+        all.sort_unstable();
+        assert_eq!(all, (0..capacity).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_freed_table_index_is_reused_no_earlier_than_the_next_change() {
+        let mut rng = Rng(0x5eed);
+        let capacity = 64;
+        let mut indices = TableIndices::new(capacity);
+        let mut written = V4Verdicts::default();
+        for change in 0..80 {
+            indices.begin_change();
+            // One or two writes per change (the second as for a change of the allow-list flag).
+            let mut freed_in_change: BTreeSet<u32> = BTreeSet::new();
+            for _ in 0..1 + change % 2 {
+                let target = random_lists(&mut rng);
+                let in_use: BTreeSet<u32> = indices.of.values().copied().collect();
+                let fresh = indices.assign(&written, &target).expect("capacity");
+                for &(net, at) in &fresh {
+                    // A fresh table never lands where a reader may still look: not on a table
+                    // in use, nor on one freed earlier in this change.
+                    assert!(!in_use.contains(&at), "change {change}: {at} in use");
+                    assert!(
+                        !freed_in_change.contains(&at),
+                        "change {change}: {at} reused"
+                    );
+                    assert_eq!(indices.of[&net], at);
+                }
+                // Unchanged tables keep their index; changed ones got a fresh one.
+                for (net, table) in &target.mixed {
+                    let moved = fresh.iter().any(|&(n, _)| n == *net);
+                    assert_eq!(moved, written.mixed.get(net) != Some(table));
+                }
+                freed_in_change.extend(&indices.freed);
+                check_whole(&indices, &target, capacity);
+                written = target;
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_table_indices_change_nothing() {
+        let lists = |base: u32, count: u32| {
+            V4Verdicts::compute((0..count).map(|i| (base + (i << 8) + 1, 32, verdict::DENY)))
+        };
+        let mut indices = TableIndices::new(5);
+        let first = lists(0x0a00_0000, 3);
+        assert_eq!(
+            indices
+                .assign(&V4Verdicts::default(), &first)
+                .unwrap()
+                .len(),
+            3
+        );
+        indices.begin_change();
+        // Three other /24s: only two indices are free (the first three are still in use).
+        let before = indices.clone();
+        let error = indices.assign(&first, &lists(0x0b00_0000, 3)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DataplaneError::Capacity {
+                    needed: 3,
+                    available: 2,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(indices, before);
+        // Two fit; the three freed become free at the next change, and then three more fit.
+        let second = lists(0x0b00_0000, 2);
+        indices.assign(&first, &second).unwrap();
+        assert!(indices.free.is_empty());
+        indices.begin_change();
+        indices.assign(&second, &lists(0x0c00_0000, 3)).unwrap();
+        check_whole(&indices, &lists(0x0c00_0000, 3), 5);
+    }
+
+    #[test]
+    fn the_table_capacity_is_three_lists_and_fits_a_16_bit_entry() {
+        assert_eq!(super::super::mixed_tables(1000), 3000);
+        assert_eq!(super::super::mixed_tables(65_536), 65_533);
+        assert_eq!(
+            u32::from(u16::MAX),
+            v4_entry::FIRST_TABLE + super::super::mixed_tables(u32::MAX) - 1
+        );
+    }
 }
