@@ -857,7 +857,7 @@ fn adopted_policy_lists_change_by_difference() {
     let model = three_vips();
     let web = &model.vips[0];
     let state = |deny: &str| {
-        let text = format!("{}\n[policy]\ndeny = [\"{deny}\"]\n", model.toml());
+        let text = format!("{}\n[policy]\ndeny = [{deny}]\n", model.toml());
         let config = Config::parse(&text, "policy.toml").unwrap_or_else(|e| panic!("{e}"));
         DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"))
     };
@@ -886,7 +886,12 @@ fn adopted_policy_lists_change_by_difference() {
     const XDP_TX: u32 = 3;
 
     let mut first = load_pinned(model.limits, &dir).unwrap_or_else(|e| panic!("loading: {e}"));
-    first.apply(&state("192.0.2.0/24")).expect("first apply");
+    // 203.0.113.0/24 is mixed: its table is adopted with the /24 entry that names it.
+    first
+        .apply(&state(
+            r#""192.0.2.0/24", "203.0.113.7", "203.0.113.64/26""#,
+        ))
+        .expect("first apply");
     assert_eq!(
         action(&mut first, [192, 0, 2, 5]),
         XDP_DROP,
@@ -901,9 +906,27 @@ fn adopted_policy_lists_change_by_difference() {
 
     let mut second = load_pinned(model.limits, &dir).unwrap_or_else(|e| panic!("adopting: {e}"));
     assert!(second.adopting(), "the pinned maps were not adopted");
+    assert_eq!(
+        action(&mut second, [203, 0, 113, 70]),
+        XDP_DROP,
+        "the adopted mixed /24"
+    );
+    // The mixed /24's table changes: a fresh table, not the adopted one rewritten.
     second
-        .apply(&state("198.51.100.0/24"))
+        .apply(&state(r#""198.51.100.0/24", "203.0.113.7", "203.0.113.9""#))
         .expect("apply after adoption");
+    for (src, expected, what) in [
+        ([203, 0, 113, 7], XDP_DROP, "a /32 in both lists"),
+        ([203, 0, 113, 9], XDP_DROP, "a new /32 in the mixed /24"),
+        ([203, 0, 113, 70], XDP_TX, "the removed /26"),
+        (
+            [203, 0, 113, 8],
+            XDP_TX,
+            "an unlisted address of the mixed /24",
+        ),
+    ] {
+        assert_eq!(action(&mut second, src), expected, "{what}");
+    }
     assert_eq!(
         action(&mut second, [192, 0, 2, 5]),
         XDP_TX,

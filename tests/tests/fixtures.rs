@@ -1034,6 +1034,10 @@ source_ranges = ["192.0.2.128/25"]
   mac = "02:00:00:00:01:22"
 "#;
 
+/// The deny and allow lines of [`POLICY_CONFIG`], for variants of it.
+const POLICY_DENY: &str = r#"deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "198.18.5.0/24", "100.100.0.0/16", "100.101.5.128/25", "2001:db8:bad::/48"]"#;
+const POLICY_ALLOW: &str = r#"allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "100.100.7.7", "100.101.0.0/16", "2001:db8::/32"]"#;
+
 fn ipv6_frame(src: &str, payload: usize) -> Vec<u8> {
     let src: std::net::Ipv6Addr = src.parse().unwrap();
     let dst: std::net::Ipv6Addr = "2001:db8::10".parse().unwrap();
@@ -1429,37 +1433,15 @@ fn policy_changes_apply_by_difference() {
     }
     let mut lab = lab(POLICY_CONFIG);
     let changed_text = POLICY_CONFIG
-        .replace(
-            r#"deny = ["198.51.100.0/24", "203.0.113.128/25", "172.16.0.0/12", "198.18.5.0/24", "100.100.0.0/16", "100.101.5.128/25", "2001:db8:bad::/48"]"#,
-            r#"deny = ["100.64.0.0/10"]"#,
-        )
-        .replace(
-            r#"allow = ["198.51.100.7", "203.0.113.0/24", "192.0.2.0/24", "100.100.7.7", "100.101.0.0/16", "2001:db8::/32"]"#,
-            "",
-        );
+        .replace(POLICY_DENY, r#"deny = ["100.64.0.0/10"]"#)
+        .replace(POLICY_ALLOW, "");
     let changed = Config::parse(&changed_text, "changed.toml").unwrap_or_else(|e| panic!("{e}"));
     let state = DesiredState::from_config(&changed).unwrap_or_else(|e| panic!("{e}"));
     lab.dataplane
         .apply(&state)
         .unwrap_or_else(|e| panic!("{e}"));
-    let syn = |src: &str| {
-        packet::tcp4(
-            &to_lb(None),
-            &flow(src, "10.0.0.10", 42000, 80),
-            TCP_SYN,
-            b"",
-        )
-    };
-    let forwarded = |description: &'static str, src: &str| {
-        let input = syn(src);
-        Case {
-            description,
-            output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web", 0))),
-            input,
-            action: XDP_TX,
-            drop: None,
-        }
-    };
+    let backend = lab.backend_mac("web", 0);
+    let forwarded = |description, src| forwarded_to_web(backend, description, src);
     let cases = vec![
         forwarded("a source of the removed deny /24 is let in", "198.51.100.8"),
         forwarded("a source of the removed deny /12 is let in", "172.20.1.1"),
@@ -1475,13 +1457,7 @@ fn policy_changes_apply_by_difference() {
             "with no allow list left, any other source is let in",
             "8.8.8.8",
         ),
-        Case {
-            description: "the new deny /10",
-            input: syn("100.64.5.5"),
-            action: XDP_DROP,
-            output: Expected::Unchanged,
-            drop: Some(DropReason::Denied),
-        },
+        denied_to_web("the new deny /10", "100.64.5.5"),
         Case {
             description: "IPv6 lists emptied: IPv6 passes",
             input: ipv6_frame("2001:db8:bad::1", 8),
@@ -1489,6 +1465,105 @@ fn policy_changes_apply_by_difference() {
             output: Expected::Unchanged,
             drop: None,
         },
+    ];
+    run_table(&mut lab, &cases);
+}
+
+/// [`POLICY_CONFIG`] denying only `count` /32s, each in a /24 of its own from `first` on (so
+/// each /24 is mixed and needs a table), without the rate limit, under a prefix limit of 40,000:
+/// 120,000 tables, capped at 65,533.
+fn many_mixed_config(first: u32, count: u32) -> String {
+    let deny: Vec<String> = (0..count)
+        .map(|i| format!("\"{}\"", std::net::Ipv4Addr::from(first + (i << 8) + 1)))
+        .collect();
+    POLICY_CONFIG
+        .replace(POLICY_DENY, &format!("deny = [{}]", deny.join(", ")))
+        .replace(POLICY_ALLOW, "")
+        .replace(
+            "[policy.rate_limit]\nnew_connections_per_second = 1\nburst = 2\n",
+            "",
+        )
+        .replace(
+            "maglev_slots = 262144\n",
+            "maglev_slots = 262144\npolicy_prefixes = 40000\n",
+        )
+}
+
+/// A SYN from `src` to the `web` VIP of [`POLICY_CONFIG`].
+fn syn_to_web(src: &str) -> Vec<u8> {
+    packet::tcp4(
+        &to_lb(None),
+        &flow(src, "10.0.0.10", 42000, 80),
+        TCP_SYN,
+        b"",
+    )
+}
+
+/// A SYN from `src` to `web`, forwarded to the backend with MAC `backend`.
+fn forwarded_to_web(backend: [u8; 6], description: &'static str, src: &str) -> Case {
+    let input = syn_to_web(src);
+    Case {
+        description,
+        output: Expected::Bytes(l2_rewritten(&input, backend)),
+        input,
+        action: XDP_TX,
+        drop: None,
+    }
+}
+
+/// A SYN from `src` to `web`, dropped as denied.
+fn denied_to_web(description: &'static str, src: &str) -> Case {
+    Case {
+        description,
+        input: syn_to_web(src),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(DropReason::Denied),
+    }
+}
+
+#[test]
+fn a_change_needing_more_mixed_tables_than_free_is_refused_and_the_old_lists_serve() {
+    if !have_root() {
+        return;
+    }
+    // 33,000 mixed /24s in 20.0.0.0/8 fit (65,533 tables); replacing them all by 33,000 others
+    // in 21.0.0.0/8 needs 33,000 fresh tables while the old ones are in use: 32,533 are free.
+    let mut lab = lab(&many_mixed_config(0x1400_0000, 33_000));
+    let other = many_mixed_config(0x1500_0000, 33_000);
+    let config = Config::parse(&other, "other.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    let error = lab
+        .dataplane
+        .apply(&state)
+        .expect_err("too few free tables");
+    let text = error.to_string();
+    assert!(
+        text.contains("mixed IPv4 /24 tables") && text.contains("need 33000, 32533 available"),
+        "{text}"
+    );
+    let backend = lab.backend_mac("web", 0);
+    let forwarded = |description, src| forwarded_to_web(backend, description, src);
+    let denied = denied_to_web;
+    let cases = vec![
+        denied("a listed /32 of the old lists, first /24", "20.0.0.1"),
+        denied("a listed /32 of the old lists, last /24", "20.128.231.1"),
+        forwarded("its neighbour in the same mixed /24", "20.128.231.2"),
+        forwarded("a /32 of the refused lists", "21.0.5.1"),
+    ];
+    run_table(&mut lab, &cases);
+    // A change that fits goes through (6,000 new /32s: the trie, limited to 40,000 entries,
+    // holds the old and the new entries during a change); the refused one left nothing behind.
+    let half = many_mixed_config(0x1500_0000, 6_000);
+    let config = Config::parse(&half, "half.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    lab.dataplane
+        .apply(&state)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = vec![
+        forwarded("a /32 of the old lists, no longer listed", "20.0.0.1"),
+        denied("a /32 of the new lists", "21.0.5.1"),
+        forwarded("its neighbour", "21.0.5.2"),
     ];
     run_table(&mut lab, &cases);
 }

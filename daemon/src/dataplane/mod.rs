@@ -33,7 +33,9 @@ use xlb_common::{
     Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipKey6, VipMeta,
     backend_flags,
     hash::{VIP_FILTER_WORDS, vip_filter_slot},
-    map_names, program_names,
+    map_names,
+    policy::POLICY_V4_24_WORDS,
+    program_names,
 };
 
 use crate::{
@@ -79,9 +81,15 @@ pub enum DataplaneError {
         #[source]
         source: Box<MapError>,
     },
-    /// Mapping the Maglev slot array failed.
-    #[error("memory-mapping the Maglev slot array: {0}")]
-    Mmap(#[source] std::io::Error),
+    /// Memory-mapping an array (the Maglev slots, the policy's /24 entries or tables) failed.
+    #[error("memory-mapping the array {map}: {source}")]
+    Mmap {
+        /// Map name.
+        map: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A slot write outside the array (a bug in region bookkeeping).
     #[error("slot range {offset}+{len} outside the Maglev array of {capacity} slots")]
     SlotRange {
@@ -91,6 +99,14 @@ pub enum DataplaneError {
         len: usize,
         /// Array size.
         capacity: usize,
+    },
+    /// A pinned map holds something this daemon cannot have written.
+    #[error("map {map} holds {what}")]
+    Inconsistent {
+        /// Map name.
+        map: &'static str,
+        /// What is wrong.
+        what: String,
     },
     /// A limit from the config would be exceeded by this change.
     #[error("not enough {what}: need {needed}, {available} available (raise limits.{limit})")]
@@ -281,6 +297,24 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Datap
     ebpf.take_map(name).ok_or(DataplaneError::Missing(name))
 }
 
+/// An array map's data, to memory-map.
+fn take_array(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DataplaneError> {
+    match take_map(ebpf, name)? {
+        aya::maps::Map::Array(data) => Ok(data),
+        _ => Err(DataplaneError::Missing(name)),
+    }
+}
+
+/// Tables of mixed IPv4 /24s (`XLB_POL_V4_MIX`) for a prefix limit: each mixed /24 holds a
+/// prefix longer than /24, and a change holds at most the old tables and two sets of new ones
+/// (a change of the allow-list flag writes a transition first); no more than a 16-bit entry
+/// can name.
+fn mixed_tables(policy_prefixes: u32) -> u32 {
+    policy_prefixes
+        .saturating_mul(3)
+        .clamp(1, xlb_common::policy::POLICY_V4_MIX_MAX)
+}
+
 fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -387,11 +421,10 @@ impl Dataplane {
             (map_names::STATS_BACKENDS, limits.max_backends),
             (map_names::POLICY_V4, limits.policy_prefixes),
             (map_names::POLICY_V6, limits.policy_prefixes),
-            // Mixed /24s: each holds a prefix longer than /24; a change briefly holds the old
-            // ones and the new ones.
+            (map_names::POLICY_V4_24, POLICY_V4_24_WORDS),
             (
                 map_names::POLICY_V4_MIX,
-                limits.policy_prefixes.saturating_mul(2),
+                mixed_tables(limits.policy_prefixes),
             ),
             (
                 map_names::POLICY_VIP,
@@ -425,10 +458,7 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
 
-        let maglev = match take_map(&mut ebpf, map_names::MAGLEV)? {
-            aya::maps::Map::Array(data) => data,
-            _ => return Err(DataplaneError::Missing("array map XLB_MAGLEV")),
-        };
+        let maglev = take_array(&mut ebpf, map_names::MAGLEV)?;
         let mut dataplane = Dataplane {
             vips: typed(&mut ebpf, map_names::VIPS)?,
             vips6: typed(&mut ebpf, map_names::VIPS6)?,
@@ -451,9 +481,12 @@ impl Dataplane {
                 typed(&mut ebpf, map_names::POLICY_V4)?,
                 typed(&mut ebpf, map_names::POLICY_V6)?,
                 typed(&mut ebpf, map_names::POLICY_VIP)?,
-                typed(&mut ebpf, map_names::POLICY_V4_B16)?,
-                typed(&mut ebpf, map_names::POLICY_V4_24)?,
-                typed(&mut ebpf, map_names::POLICY_V4_MIX)?,
+                policy::Resolved::new(
+                    typed(&mut ebpf, map_names::POLICY_V4_B16)?,
+                    take_array(&mut ebpf, map_names::POLICY_V4_24)?,
+                    take_array(&mut ebpf, map_names::POLICY_V4_MIX)?,
+                    mixed_tables(limits.policy_prefixes),
+                )?,
             ),
             flows: flows::FlowTable::new(
                 take_map(&mut ebpf, map_names::FLOWS)?,

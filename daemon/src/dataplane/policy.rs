@@ -7,14 +7,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use aya::maps::{
-    Array, HashMap, MapData,
+    Array, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use xlb_common::{
-    PolicyConfig as DatapathPolicy, VipSourceKey, map_names, policy::MixedSlash24, policy_flags,
-    verdict,
+    PolicyConfig as DatapathPolicy, VipSourceKey, map_names,
+    policy::{MixedSlash24, POLICY_V4_24_WORDS, entry_slot, v4_code, v4_entry},
+    policy_flags, verdict,
 };
 
+use super::slots::Mapped;
 use super::verdicts::V4Verdicts;
 use super::{DataplaneError, map_err};
 use crate::config::{Action, Cidr, EventsConfig, IcmpEcho, PolicyConfig};
@@ -121,23 +123,14 @@ impl PolicyMaps {
         v4: LpmTrie<MapData, u32, u32>,
         v6: LpmTrie<MapData, [u32; 4], u32>,
         vip: LpmTrie<MapData, VipSourceKey, u32>,
-        b16: Array<MapData, u64>,
-        codes: Array<MapData, u64>,
-        mixed: HashMap<MapData, u32, MixedSlash24>,
+        resolved: Resolved,
     ) -> Self {
         PolicyMaps {
             settings,
             v4,
             v6,
             vip,
-            resolved: Resolved {
-                b16,
-                codes,
-                mixed,
-                written: V4Verdicts::default(),
-                list: Some(Vec::new()),
-                pending: None,
-            },
+            resolved,
             global: BTreeMap::new(),
             vip_ranges: BTreeMap::new(),
             written: None,
@@ -193,6 +186,7 @@ impl PolicyMaps {
             } else {
                 V4Verdicts::transition(&self.resolved.written, &new)
             };
+            self.resolved.begin_change(&now, &new)?;
             self.resolved.list = None;
             self.lists_changed = true;
             self.resolved.write(&now)?;
@@ -365,12 +359,21 @@ fn v4_list(entries: &BTreeMap<Cidr, u32>) -> V4List {
 
 /// The maps of the resolved IPv4 lists (`XLB_POL_V4_B16`, `XLB_POL_V4_24`, `XLB_POL_V4_MIX`)
 /// and what they hold.
-struct Resolved {
+///
+/// A mixed /24's table lives at an index of `XLB_POL_V4_MIX` that its /24's entry names. A
+/// table is never rewritten in place: a changed or new table goes to a free index before the
+/// entry that names it is written, and the index a change frees (the old table) becomes free
+/// only at the next change. A reader that read the old entry a moment ago therefore still finds
+/// the old table there: an XDP program run lasts microseconds, and a change is itself many
+/// syscalls plus the settings word, and the next one comes after it.
+pub(super) struct Resolved {
     b16: Array<MapData, u64>,
-    codes: Array<MapData, u64>,
-    mixed: HashMap<MapData, u32, MixedSlash24>,
+    entries: Mapped<u64>,
+    tables: Mapped<MixedSlash24>,
     /// What the maps hold, kept up to date entry by entry.
     written: V4Verdicts,
+    /// Where the tables of `written` are, and which indices are free.
+    indices: TableIndices,
     /// The list `written` resolves, once written whole; `None` while a change is under way or
     /// after an adoption (the next change then compares with what the maps hold).
     list: Option<V4List>,
@@ -378,92 +381,246 @@ struct Resolved {
     pending: Option<(V4List, V4Verdicts)>,
 }
 
-impl Resolved {
-    /// Makes the maps hold `target`, writing only what differs, in an order that gives every
-    /// source its verdict in `written` or in `target` at any moment: a mixed /24's table before
-    /// the code that sends readers to it, a /16 bit before the codes under it; stale tables and
-    /// /16 bits after.
-    fn write(&mut self, target: &V4Verdicts) -> Result<(), DataplaneError> {
-        let written = &mut self.written;
+/// Tables `to` holds that `from` does not hold for the same /24: each needs a fresh index.
+fn tables_needed(from: &V4Verdicts, to: &V4Verdicts) -> usize {
+    to.mixed
+        .iter()
+        .filter(|&(net, table)| from.mixed.get(net) != Some(table))
+        .count()
+}
+
+/// The error of a change that needs more fresh table indices than are free.
+fn out_of_tables(needed: usize, available: usize) -> DataplaneError {
+    DataplaneError::Capacity {
+        what: "mixed IPv4 /24 tables (XLB_POL_V4_MIX, at most min(3 x limits.policy_prefixes, \
+               65533); each /24 holding a prefix longer than /24 needs one, and a change \
+               holds the old ones and the new ones)",
+        needed: needed as u64,
+        available: available as u64,
+        limit: "policy_prefixes",
+    }
+}
+
+/// The indices of `XLB_POL_V4_MIX`: which /24's table is where, and which are free. A changed
+/// or new table always gets a fresh index (a table is never rewritten in place), and an index
+/// freed by a change is handed out again no earlier than the next change
+/// ([`TableIndices::begin_change`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct TableIndices {
+    /// The table index of each mixed /24 written.
+    of: BTreeMap<u32, u32>,
+    /// Free for this change (taken from the end, lowest first).
+    free: Vec<u32>,
+    /// Freed during this change: free from the next one on.
+    freed: Vec<u32>,
+}
+
+impl TableIndices {
+    /// All of `capacity` indices free.
+    fn new(capacity: u32) -> TableIndices {
+        TableIndices::adopted(capacity, BTreeMap::new())
+    }
+
+    /// The indices as found in pinned maps: `of` in use, every other one free.
+    fn adopted(capacity: u32, of: BTreeMap<u32, u32>) -> TableIndices {
+        let used: BTreeSet<u32> = of.values().copied().collect();
+        TableIndices {
+            free: (0..capacity).rev().filter(|i| !used.contains(i)).collect(),
+            of,
+            freed: Vec::new(),
+        }
+    }
+
+    /// A new change begins: what the previous one freed may be handed out again.
+    fn begin_change(&mut self) {
+        self.free.append(&mut self.freed);
+    }
+
+    /// Moves from the tables of `written` to those of `target`: a fresh index for every table
+    /// of `target` that `written` does not hold for the same /24, returned as (/24, index) to
+    /// be written before any entry names it; the indices of replaced and removed tables are
+    /// freed for the next change. When too few indices are free nothing changes.
+    fn assign(
+        &mut self,
+        written: &V4Verdicts,
+        target: &V4Verdicts,
+    ) -> Result<Vec<(u32, u32)>, DataplaneError> {
+        let needed = tables_needed(written, target);
+        if needed > self.free.len() {
+            return Err(out_of_tables(needed, self.free.len()));
+        }
+        let mut fresh = Vec::with_capacity(needed);
         for (&net, table) in &target.mixed {
             if written.mixed.get(&net) != Some(table) {
-                self.mixed
-                    .insert(net, table, 0)
-                    .map_err(map_err("update", map_names::POLICY_V4_MIX))?;
-                written.mixed.insert(net, *table);
+                let at = self.free.pop().expect("counted above");
+                fresh.push((net, at));
+                self.freed.extend(self.of.insert(net, at));
             }
         }
-        let write_words = |map: &mut Array<MapData, u64>,
-                           held: &mut [u64],
-                           wanted: &mut dyn Iterator<Item = u64>,
-                           name| {
-            for (index, (old, new)) in held.iter_mut().zip(wanted).enumerate() {
-                if *old != new {
-                    map.set(index as u32, new, 0)
-                        .map_err(map_err("update", name))?;
-                    *old = new;
-                }
+        for net in written.mixed.keys() {
+            if !target.mixed.contains_key(net) {
+                self.freed.extend(self.of.remove(net));
             }
-            Ok::<(), DataplaneError>(())
-        };
+        }
+        Ok(fresh)
+    }
+
+    /// The 16-bit entry of /24 `net` in lists whose tables this holds.
+    fn entry(&self, lists: &V4Verdicts, net: u32) -> u64 {
+        match lists.code_of_net(net) {
+            v4_code::MIXED => u64::from(v4_entry::FIRST_TABLE + self.of[&net]),
+            code => code,
+        }
+    }
+}
+
+impl Resolved {
+    /// Wraps the maps (mapped) of a freshly loaded program, or of pinned ones before
+    /// [`Resolved::adopt_live`].
+    pub(super) fn new(
+        b16: Array<MapData, u64>,
+        entries: MapData,
+        tables: MapData,
+        capacity: u32,
+    ) -> Result<Resolved, DataplaneError> {
+        Ok(Resolved {
+            b16,
+            entries: Mapped::new(entries, map_names::POLICY_V4_24, POLICY_V4_24_WORDS)?,
+            tables: Mapped::new(tables, map_names::POLICY_V4_MIX, capacity)?,
+            written: V4Verdicts::default(),
+            indices: TableIndices::new(capacity),
+            list: Some(Vec::new()),
+            pending: None,
+        })
+    }
+
+    /// Starts a change: the indices the previous change freed become free, and the change
+    /// (`now`, then `then` if it differs: the two steps of a change of the allow-list flag)
+    /// must find enough of them, or nothing is written and the old lists keep serving.
+    fn begin_change(&mut self, now: &V4Verdicts, then: &V4Verdicts) -> Result<(), DataplaneError> {
+        self.indices.begin_change();
+        let mut needed = tables_needed(&self.written, now);
+        if then != now {
+            needed += tables_needed(now, then);
+        }
+        let available = self.indices.free.len();
+        if needed > available {
+            return Err(out_of_tables(needed, available));
+        }
+        Ok(())
+    }
+
+    /// Makes the maps hold `target`, writing only what differs, in an order that gives every
+    /// source its verdict in `written` or in `target` at any moment: new tables at fresh
+    /// indices before the entries that name them (release stores), a /16 bit before the
+    /// entries under it; stale /16 bits after; replaced tables' indices free at the next change.
+    fn write(&mut self, target: &V4Verdicts) -> Result<(), DataplaneError> {
+        let fresh = self.indices.assign(&self.written, target)?;
+        let tables = self.tables.as_mut_slice();
+        for &(net, at) in &fresh {
+            tables[at as usize] = target.mixed[&net];
+        }
+        let written = &mut self.written;
         let union: Vec<u64> = written
             .b16
             .iter()
             .zip(&target.b16)
             .map(|(a, b)| a | b)
             .collect();
-        let b16 = map_names::POLICY_V4_B16;
-        write_words(&mut self.b16, &mut written.b16, &mut union.into_iter(), b16)?;
-        write_words(
-            &mut self.codes,
-            &mut written.codes,
-            &mut target.codes.iter().copied(),
-            map_names::POLICY_V4_24,
-        )?;
-        let stale: Vec<u32> = written
-            .mixed
-            .keys()
-            .filter(|net| !target.mixed.contains_key(net))
-            .copied()
-            .collect();
-        for net in stale {
-            self.mixed
-                .remove(&net)
-                .map_err(map_err("delete", map_names::POLICY_V4_MIX))?;
-            written.mixed.remove(&net);
+        write_words(&mut self.b16, &mut written.b16, &union)?;
+        // The entries that change: those of the /24s whose code or table changed. A word of
+        // codes covers 32 /24s, eight words of entries.
+        let mut dirty: BTreeSet<usize> = fresh.iter().map(|&(net, _)| net as usize >> 5).collect();
+        dirty.extend(
+            (0..target.codes.len()).filter(|&word| written.codes[word] != target.codes[word]),
+        );
+        for word in dirty {
+            for part in 0..8 {
+                let first = ((word << 5) | (part << 2)) as u32;
+                let value = (0..4).fold(0, |acc, k| {
+                    acc | self.indices.entry(target, first + k) << (16 * k)
+                });
+                let at = entry_slot(first).0 as usize;
+                if self.entries.as_slice()[at] != value {
+                    self.entries.publish(at, value);
+                }
+            }
+            written.codes[word] = target.codes[word];
         }
-        write_words(
-            &mut self.b16,
-            &mut written.b16,
-            &mut target.b16.iter().copied(),
-            b16,
-        )
+        written.mixed.clone_from(&target.mixed);
+        write_words(&mut self.b16, &mut written.b16, &target.b16)
     }
 
-    /// Takes what the pinned maps hold as written.
+    /// Takes what the pinned maps hold as written: the /24 entries and tables are read through
+    /// the mappings (32 MiB, mostly zero words skipped), the /16 bitmap by syscalls (1,024
+    /// words). An entry naming an index past the tables is refused.
     fn adopt_live(&mut self) -> Result<(), DataplaneError> {
-        let read = |map: &Array<MapData, u64>, words: &mut [u64], name| {
-            for (index, word) in words.iter_mut().enumerate() {
-                *word = map
-                    .get(&(index as u32), 0)
-                    .map_err(map_err("lookup", name))?;
-            }
-            Ok::<(), DataplaneError>(())
-        };
-        read(&self.b16, &mut self.written.b16, map_names::POLICY_V4_B16)?;
-        read(
-            &self.codes,
-            &mut self.written.codes,
-            map_names::POLICY_V4_24,
-        )?;
-        self.written.mixed.clear();
-        for item in self.mixed.iter() {
-            let (net, table) = item.map_err(map_err("iterate", map_names::POLICY_V4_MIX))?;
-            self.written.mixed.insert(net, table);
+        let started = std::time::Instant::now();
+        for (index, word) in self.written.b16.iter_mut().enumerate() {
+            *word = self
+                .b16
+                .get(&(index as u32), 0)
+                .map_err(map_err("lookup", map_names::POLICY_V4_B16))?;
         }
+        let mut written = V4Verdicts {
+            b16: std::mem::take(&mut self.written.b16),
+            ..V4Verdicts::default()
+        };
+        let tables = self.tables.as_slice();
+        let mut index = BTreeMap::new();
+        for (at, &word) in self.entries.as_slice().iter().enumerate() {
+            if word == 0 {
+                continue;
+            }
+            for k in 0..4 {
+                let net = (at << 2 | k) as u32;
+                let entry = ((word >> (16 * k)) & v4_entry::MASK) as u32;
+                let code =
+                    match entry.checked_sub(v4_entry::FIRST_TABLE) {
+                        None => u64::from(entry),
+                        Some(at) => {
+                            let table = tables.get(at as usize).ok_or(DataplaneError::Inconsistent {
+                            map: map_names::POLICY_V4_24,
+                            what: format!(
+                                "an entry naming table {at} of {} (a daemon with other limits)",
+                                tables.len()
+                            ),
+                        })?;
+                            index.insert(net, at);
+                            written.mixed.insert(net, *table);
+                            v4_code::MIXED
+                        }
+                    };
+                written.set_code_of_net(net, code);
+            }
+        }
+        let mixed = index.len();
+        self.indices = TableIndices::adopted(tables.len() as u32, index);
+        self.written = written;
         self.list = None;
+        tracing::debug!(
+            mixed,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "adopted the resolved IPv4 lists"
+        );
         Ok(())
     }
+}
+
+/// Writes the words of `XLB_POL_V4_B16` that differ from `held`, one syscall each.
+fn write_words(
+    map: &mut Array<MapData, u64>,
+    held: &mut [u64],
+    wanted: &[u64],
+) -> Result<(), DataplaneError> {
+    for (index, (old, &new)) in held.iter_mut().zip(wanted).enumerate() {
+        if *old != new {
+            map.set(index as u32, new, 0)
+                .map_err(map_err("update", map_names::POLICY_V4_B16))?;
+            *old = new;
+        }
+    }
+    Ok(())
 }
 
 fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
@@ -475,4 +632,118 @@ fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
             addr: words[0],
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::Rng;
+
+    /// Lists of /32s (allow or deny) in random /24s of 10.0.0.0/20 (16 /24s), so that changes
+    /// keep some mixed /24s, change some tables, and add and remove others.
+    fn random_lists(rng: &mut Rng) -> V4Verdicts {
+        let count = 1 + rng.u32() % 12;
+        let prefixes: BTreeMap<u32, u32> = (0..count)
+            .map(|_| (0x0a00_0000 | (rng.u32() & 0x0fff), 1 + rng.u32() % 2))
+            .collect();
+        V4Verdicts::compute(prefixes.into_iter().map(|(a, v)| (a, 32, v)))
+    }
+
+    /// Every mixed /24 has an index of its own, and free, freed and used indices are disjoint
+    /// and together all of them.
+    fn check_whole(indices: &TableIndices, lists: &V4Verdicts, capacity: u32) {
+        let nets: Vec<u32> = indices.of.keys().copied().collect();
+        let mixed: Vec<u32> = lists.mixed.keys().copied().collect();
+        assert_eq!(nets, mixed);
+        let mut all: Vec<u32> = indices.of.values().copied().collect();
+        all.extend(&indices.free);
+        all.extend(&indices.freed);
+        all.sort_unstable();
+        assert_eq!(all, (0..capacity).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_freed_table_index_is_reused_no_earlier_than_the_next_change() {
+        let mut rng = Rng(0x5eed);
+        let capacity = 64;
+        let mut indices = TableIndices::new(capacity);
+        let mut written = V4Verdicts::default();
+        for change in 0..80 {
+            indices.begin_change();
+            // One or two writes per change (the second as for a change of the allow-list flag).
+            let mut freed_in_change: BTreeSet<u32> = BTreeSet::new();
+            for _ in 0..1 + change % 2 {
+                let target = random_lists(&mut rng);
+                let in_use: BTreeSet<u32> = indices.of.values().copied().collect();
+                let fresh = indices.assign(&written, &target).expect("capacity");
+                for &(net, at) in &fresh {
+                    // A fresh table never lands where a reader may still look: not on a table
+                    // in use, nor on one freed earlier in this change.
+                    assert!(!in_use.contains(&at), "change {change}: {at} in use");
+                    assert!(
+                        !freed_in_change.contains(&at),
+                        "change {change}: {at} reused"
+                    );
+                    assert_eq!(indices.of[&net], at);
+                }
+                // Unchanged tables keep their index; changed ones got a fresh one.
+                for (net, table) in &target.mixed {
+                    let moved = fresh.iter().any(|&(n, _)| n == *net);
+                    assert_eq!(moved, written.mixed.get(net) != Some(table));
+                }
+                freed_in_change.extend(&indices.freed);
+                check_whole(&indices, &target, capacity);
+                written = target;
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_table_indices_change_nothing() {
+        let lists = |base: u32, count: u32| {
+            V4Verdicts::compute((0..count).map(|i| (base + (i << 8) + 1, 32, verdict::DENY)))
+        };
+        let mut indices = TableIndices::new(5);
+        let first = lists(0x0a00_0000, 3);
+        assert_eq!(
+            indices
+                .assign(&V4Verdicts::default(), &first)
+                .unwrap()
+                .len(),
+            3
+        );
+        indices.begin_change();
+        // Three other /24s: only two indices are free (the first three are still in use).
+        let before = indices.clone();
+        let error = indices.assign(&first, &lists(0x0b00_0000, 3)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DataplaneError::Capacity {
+                    needed: 3,
+                    available: 2,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(indices, before);
+        // Two fit; the three freed become free at the next change, and then three more fit.
+        let second = lists(0x0b00_0000, 2);
+        indices.assign(&first, &second).unwrap();
+        assert!(indices.free.is_empty());
+        indices.begin_change();
+        indices.assign(&second, &lists(0x0c00_0000, 3)).unwrap();
+        check_whole(&indices, &lists(0x0c00_0000, 3), 5);
+    }
+
+    #[test]
+    fn the_table_capacity_is_three_lists_and_fits_a_16_bit_entry() {
+        assert_eq!(super::super::mixed_tables(1000), 3000);
+        assert_eq!(super::super::mixed_tables(65_536), 65_533);
+        assert_eq!(
+            u32::from(u16::MAX),
+            v4_entry::FIRST_TABLE + super::super::mixed_tables(u32::MAX) - 1
+        );
+    }
 }

@@ -1,35 +1,38 @@
-//! The Maglev slot array, memory-mapped: a new table is written with one copy instead of one
-//! syscall per slot (65,537 syscalls would take tens of milliseconds). The kernel lays array
-//! values out at 8-byte strides; the map's values are pairs of u32 slots, so the mapping is a
-//! dense array of slots.
+//! Memory-mapped BPF arrays (created with BPF_F_MMAPABLE): the Maglev slot array, the IPv4
+//! /24 entries and the mixed /24 tables of the policy. A table is written with one copy
+//! instead of one syscall per element (65,537 syscalls for the slots, or 2^22 to read the /24
+//! entries back at adoption, would take tens of milliseconds to seconds). The kernel lays array
+//! values out at 8-byte strides, so a mapping is a dense array of its elements (the Maglev
+//! map's values are pairs of u32 slots: a dense array of slots).
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::maps::MapData;
 
 use super::DataplaneError;
 
-/// Shared, writable mapping of the `XLB_MAGLEV` array (created with BPF_F_MMAPABLE).
-pub struct SlotArray {
+/// Shared, writable mapping of a BPF array of `len` elements of `T`.
+pub struct Mapped<T> {
     /// Keeps the map (and so the mapping's backing memory) alive.
     _map: MapData,
-    base: NonNull<u32>,
+    base: NonNull<T>,
     len: usize,
     mapped_bytes: usize,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; access goes through &mut self.
-unsafe impl Send for SlotArray {}
+// SAFETY: the mapping is plain shared memory owned by this value; writes go through &mut self.
+unsafe impl<T: Send> Send for Mapped<T> {}
 
-impl SlotArray {
-    /// Maps `len` slots (twice the map's entries) of the array behind `map`.
-    pub fn new(map: MapData, len: u32) -> Result<SlotArray, DataplaneError> {
+impl<T: Copy> Mapped<T> {
+    /// Maps `len` elements of the array behind `map` (named `name` in errors).
+    pub fn new(map: MapData, name: &'static str, len: u32) -> Result<Mapped<T>, DataplaneError> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len as usize * 4).div_ceil(page) * page;
+        let bytes = (len as usize * size_of::<T>()).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks size and flags and
         // returns MAP_FAILED on error, which is handled below.
         let addr = unsafe {
@@ -42,13 +45,13 @@ impl SlotArray {
                 0,
             )
         };
+        let mmap_err = |source| DataplaneError::Mmap { map: name, source };
         if addr == libc::MAP_FAILED {
-            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+            return Err(mmap_err(std::io::Error::last_os_error()));
         }
-        let base = NonNull::new(addr.cast::<u32>()).ok_or_else(|| {
-            DataplaneError::Mmap(std::io::Error::other("mmap returned a null pointer"))
-        })?;
-        Ok(SlotArray {
+        let base = NonNull::new(addr.cast::<T>())
+            .ok_or_else(|| mmap_err(std::io::Error::other("mmap returned a null pointer")))?;
+        Ok(Mapped {
             _map: map,
             base,
             len: len as usize,
@@ -56,47 +59,77 @@ impl SlotArray {
         })
     }
 
-    /// Writes `slots` starting at `offset`. Callers write only regions no VIP entry points to
-    /// yet, then publish them with one VIP map update (a syscall, hence a full barrier).
-    pub fn write(&mut self, offset: u32, slots: &[u32]) -> Result<(), DataplaneError> {
-        let start = offset as usize;
-        let end = start + slots.len();
-        if end > self.len {
-            return Err(DataplaneError::SlotRange {
-                offset,
-                len: slots.len(),
-                capacity: self.len,
-            });
-        }
-        // SAFETY: start..end lies inside the mapping (checked above), which is valid for
-        // writes of u32 for the whole life of self.
-        let region =
-            unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), slots.len()) };
-        region.copy_from_slice(slots);
-        Ok(())
+    /// The elements (the datapath only reads these maps).
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: the mapping holds `len` elements, valid for reads for the life of self.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
     }
 
-    /// Reads `len` slots starting at `offset`.
-    pub fn read(&self, offset: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {
-        let start = offset as usize;
-        if start + len > self.len {
-            return Err(DataplaneError::SlotRange {
-                offset,
-                len,
-                capacity: self.len,
-            });
-        }
-        // SAFETY: start..start+len lies inside the mapping (checked above).
-        let region = unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), len) };
-        Ok(region.to_vec())
+    /// The elements, to write.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as above, and valid for writes; &mut self makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
     }
 }
 
-impl Drop for SlotArray {
+impl Mapped<u64> {
+    /// Stores `value` at `index` in one 8-byte store, after every write made before it (a
+    /// release store): a reader sees the old word or the new one whole, and whatever the new
+    /// word points at is written before it. Returns false if `index` is out of range.
+    pub fn publish(&mut self, index: usize, value: u64) -> bool {
+        if index >= self.len {
+            return false;
+        }
+        // SAFETY: index is in range; the element is 8-byte aligned (the mapping is
+        // page-aligned) and only accessed atomically by this process while the store runs.
+        let word = unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(index)) };
+        word.store(value, Ordering::Release);
+        true
+    }
+}
+
+impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping created in `new`; nothing refers to it afterwards.
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.mapped_bytes);
         }
+    }
+}
+
+/// The Maglev slot array `XLB_MAGLEV`, memory-mapped.
+pub struct SlotArray(Mapped<u32>);
+
+impl SlotArray {
+    /// Maps `len` slots (twice the map's entries) of the array behind `map`.
+    pub fn new(map: MapData, len: u32) -> Result<SlotArray, DataplaneError> {
+        Mapped::new(map, xlb_common::map_names::MAGLEV, len).map(SlotArray)
+    }
+
+    /// Checks that `offset .. offset + len` lies in the array.
+    fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, DataplaneError> {
+        let start = offset as usize;
+        if start + len > self.0.len {
+            return Err(DataplaneError::SlotRange {
+                offset,
+                len,
+                capacity: self.0.len,
+            });
+        }
+        Ok(start..start + len)
+    }
+
+    /// Writes `slots` starting at `offset`. Callers write only regions no VIP entry points to
+    /// yet, then publish them with one VIP map update (a syscall, hence a full barrier).
+    pub fn write(&mut self, offset: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let range = self.range(offset, slots.len())?;
+        self.0.as_mut_slice()[range].copy_from_slice(slots);
+        Ok(())
+    }
+
+    /// Reads `len` slots starting at `offset`.
+    pub fn read(&self, offset: u32, len: usize) -> Result<Vec<u32>, DataplaneError> {
+        let range = self.range(offset, len)?;
+        Ok(self.0.as_slice()[range].to_vec())
     }
 }

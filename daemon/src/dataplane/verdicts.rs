@@ -113,6 +113,16 @@ impl V4Verdicts {
         }
     }
 
+    /// The code of /24 number `net`.
+    pub fn code_of_net(&self, net: u32) -> u64 {
+        get(&self.codes, net)
+    }
+
+    /// Sets the code of /24 number `net` (the /16 bits are not touched).
+    pub fn set_code_of_net(&mut self, net: u32, code: u64) {
+        paint(&mut self.codes, net, 1, code);
+    }
+
     /// The code the datapath reads for an address (a number): `NONE`, `ALLOW` or `DENY`.
     #[cfg(test)]
     pub fn code(&self, addr: u32) -> u64 {

@@ -510,9 +510,10 @@ fn main() -> ExitCode {
         md,
         "\nWith no list the stage costs one read of the settings word (flags say which lists \
          are in use). With prefixes, an IPv4 source reads its /16's bit in an 8 KiB bitmap, \
-         then, if set, its /24's 2-bit verdict in a 4 MiB array (none, allow, deny, or mixed), \
-         and only for a mixed /24 (one holding a prefix longer than /24) that /24's 64-byte \
-         per-address table from a hash map: never a trie walk. The daemon resolves the lists \
+         then, if set, its /24's 16-bit entry in a 32 MiB array (none, allow, deny, or the \
+         index of its table), and only for a mixed /24 (one holding a prefix longer than /24) \
+         that /24's 64-byte per-address table in an array: never a trie walk or a hash \
+         lookup. The daemon resolves the lists \
          into these maps when they change. The figures include the test harness's fixed cost \
          per call, the same on both sides."
     )

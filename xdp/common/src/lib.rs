@@ -31,7 +31,10 @@ pub use policy::{
 /// source; ICMP and MTU: `XLB_ST_LB` gained four ICMP counters (9 entries), `Globals` the
 /// encapsulation MTU and flags (56 bytes in all), and the drop counters the IPv6 and ICMP
 /// reasons (25 entries).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: `XLB_POL_V4_24` holds a 16-bit entry per /24 (verdict, or the index of the /24's table;
+/// 32 MiB, mmapable) and `XLB_POL_V4_MIX` became an mmapable array of tables (was a hash map
+/// keyed by the /24).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
@@ -107,9 +110,9 @@ pub mod map_names {
     pub const POLICY_V4: &str = "XLB_POL_V4";
     /// Global IPv6 CIDR trie: prefix -> [`crate::verdict`].
     pub const POLICY_V6: &str = "XLB_POL_V6";
-    /// A 2-bit [`crate::policy::v4_code`] per IPv4 /24: none, allow, deny or mixed.
+    /// A 16-bit [`crate::policy::v4_entry`] per IPv4 /24: none, allow, deny, or its table.
     pub const POLICY_V4_24: &str = "XLB_POL_V4_24";
-    /// Mixed IPv4 /24s: /24 number -> [`crate::policy::MixedSlash24`] (a code per address).
+    /// Mixed IPv4 /24s' tables: an array of [`crate::policy::MixedSlash24`] (a code per address).
     pub const POLICY_V4_MIX: &str = "XLB_POL_V4_MIX";
     /// One bit per IPv4 /16 that some global prefix touches: the first, cache-sized filter.
     pub const POLICY_V4_B16: &str = "XLB_POL_V4_B16";

@@ -63,21 +63,24 @@ pub struct PolicyConfig {
 }
 const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 32);
 
-/// Words of the IPv4 /24 verdict array (`XLB_POL_V4_24`): a 2-bit [`v4_code`] per /24, 32 per
-/// word (2^24 codes, 4 MiB).
-pub const POLICY_V4_24_WORDS: u32 = 1 << 19;
+/// Words of the IPv4 /24 entry array (`XLB_POL_V4_24`): a 16-bit [`v4_entry`] per /24, four
+/// per word (2^24 entries, 32 MiB). Array values are 8-byte slots, hence the packing.
+pub const POLICY_V4_24_WORDS: u32 = 1 << 22;
 /// Words of the IPv4 /16 bitmap (`XLB_POL_V4_B16`): 2^16 bits (8 KiB, stays in cache).
 pub const POLICY_V4_B16_WORDS: u32 = 1 << 10;
-/// Words of a mixed /24's table (the value of `XLB_POL_V4_MIX`): a 2-bit [`v4_code`] per address.
+/// Words of a mixed /24's table (an element of `XLB_POL_V4_MIX`): a 2-bit [`v4_code`] per
+/// address.
 pub const POLICY_V4_MIX_WORDS: usize = 8;
+/// Most tables `XLB_POL_V4_MIX` can hold: a [`v4_entry`] is 16 bits and its first three
+/// values are verdicts.
+pub const POLICY_V4_MIX_MAX: u32 = (1 << 16) - v4_entry::FIRST_TABLE;
 
-/// A mixed /24's per-address verdicts, the value of `XLB_POL_V4_MIX` (key: the /24's number,
-/// the address as a number shifted right by 8).
+/// A mixed /24's per-address verdicts, an element of the array `XLB_POL_V4_MIX` (64 bytes,
+/// one cache line), at the index its /24's [`v4_entry`] names.
 pub type MixedSlash24 = [u64; POLICY_V4_MIX_WORDS];
 
-/// The 2-bit codes of the IPv4 verdict arrays: what the global lists decide for a /24 (in
-/// `XLB_POL_V4_24`) or for one address (in a mixed /24's table). `ALLOW` and `DENY` equal
-/// [`verdict::ALLOW`] and [`verdict::DENY`].
+/// The 2-bit codes of a mixed /24's table: what the global lists decide for one address.
+/// `ALLOW` and `DENY` equal [`verdict::ALLOW`] and [`verdict::DENY`].
 pub mod v4_code {
     /// No prefix matches (the allow-list flag decides).
     pub const NONE: u64 = 0;
@@ -85,11 +88,21 @@ pub mod v4_code {
     pub const ALLOW: u64 = 1;
     /// The most specific matching prefix is a deny prefix.
     pub const DENY: u64 = 2;
-    /// (A /24 only) its addresses differ: a prefix longer than /24 lies inside it; its table in
-    /// `XLB_POL_V4_MIX` decides.
+    /// (A /24 only, in the daemon's resolved lists) its addresses differ: a prefix longer
+    /// than /24 lies inside it; its table decides.
     pub const MIXED: u64 = 3;
     /// Mask of one code.
     pub const MASK: u64 = 3;
+}
+
+/// The 16-bit entries of `XLB_POL_V4_24`, one per /24: a verdict for the whole /24
+/// ([`v4_code::NONE`], [`v4_code::ALLOW`], [`v4_code::DENY`]), or, from `FIRST_TABLE` on,
+/// `FIRST_TABLE` + the index of the /24's table in `XLB_POL_V4_MIX` (a mixed /24).
+pub mod v4_entry {
+    /// The first value that names a table (index 0).
+    pub const FIRST_TABLE: u32 = 3;
+    /// Mask of one entry.
+    pub const MASK: u64 = 0xffff;
 }
 
 /// Where the `/len` network of an IPv4 address lives in a bitmap of `/len` networks:
@@ -99,6 +112,13 @@ pub mod v4_code {
 pub const fn v4_bit(host_order: u32, len: u32) -> (u32, u64) {
     let index = host_order >> (32 - len);
     (index >> 6, 1u64 << (index & 63))
+}
+
+/// Where the 16-bit [`v4_entry`] of /24 number `net` lives in `XLB_POL_V4_24`: (word index,
+/// shift).
+#[inline(always)]
+pub const fn entry_slot(net: u32) -> (u32, u32) {
+    (net >> 2, (net & 3) * 16)
 }
 
 /// Where the 2-bit code of entry `index` lives in an array of 2-bit codes: (word index, shift).

@@ -101,16 +101,19 @@ pub static POLICY_V4: LpmTrie<u32, u32> = LpmTrie::with_max_entries(65_536, BPF_
 #[map(name = "XLB_POL_V4_B16")]
 pub static POLICY_V4_B16: Array<u64> = Array::with_max_entries(POLICY_V4_B16_WORDS, 0);
 
-/// The global lists' verdict per IPv4 /24, a 2-bit [`xlb_common::policy::v4_code`] (4 MiB),
-/// read when the /16 bit is set: none, allow, deny (the whole /24), or mixed.
+/// The global lists per IPv4 /24, a 16-bit [`xlb_common::policy::v4_entry`] (four per word,
+/// 32 MiB), read when the /16 bit is set: none, allow, deny (the whole /24), or the index of
+/// the /24's table in `XLB_POL_V4_MIX`. Memory-mapped by the daemon, which writes and adopts
+/// it without a syscall per word.
 #[map(name = "XLB_POL_V4_24")]
-pub static POLICY_V4_24: Array<u64> = Array::with_max_entries(POLICY_V4_24_WORDS, 0);
+pub static POLICY_V4_24: Array<u64> = Array::with_max_entries(POLICY_V4_24_WORDS, BPF_F_MMAPABLE);
 
-/// Mixed /24s (a prefix longer than /24 lies inside): /24 number -> a code per address. Not
-/// preallocated, so a replaced table is freed after readers are done, never overwritten.
+/// Mixed /24s' tables (a prefix longer than /24 lies inside): a 2-bit code per address, at the
+/// index the /24's entry names. Memory-mapped by the daemon; a table is never rewritten in
+/// place (a change writes a new one at a free index), and a freed index is reused only in a
+/// later change.
 #[map(name = "XLB_POL_V4_MIX")]
-pub static POLICY_V4_MIX: HashMap<u32, MixedSlash24> =
-    HashMap::with_max_entries(131_072, BPF_F_NO_PREALLOC);
+pub static POLICY_V4_MIX: Array<MixedSlash24> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// Global IPv6 allow and deny prefixes -> [`xlb_common::verdict`].
 #[map(name = "XLB_POL_V6")]

@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::
 use xlb_common::{
     DropReason, FlowKey, FlowValue, PolicyConfig, PolicyCounter, TokenBucket, VipMeta,
     VipSourceKey,
-    policy::{code_slot, v4_bit, v4_code, window},
+    policy::{code_slot, entry_slot, v4_bit, v4_code, v4_entry, window},
     policy_flags, proto,
 };
 use xlb_ebpf::headers::{IPV4_HLEN, tcp_flags};
@@ -48,7 +48,9 @@ fn code_at(words: Option<&u64>, shift: u32) -> u64 {
 }
 
 /// What the global lists say about an IPv4 source (`saddr` as the packet carries it): the /16
-/// bitmap, then the /24's code, then for a mixed /24 its per-address table. No trie walk.
+/// bitmap, then the /24's entry, then for a mixed /24 its per-address table. Array reads only
+/// (inlined by the verifier): a covered source costs the entry's cache line, and a source in
+/// a mixed /24 one more, its table's. No trie walk, no hash.
 #[inline(always)]
 fn v4_code_of(saddr: u32) -> u64 {
     let host = u32::from_be(saddr);
@@ -56,21 +58,22 @@ fn v4_code_of(saddr: u32) -> u64 {
     if POLICY_V4_B16.get(word).is_none_or(|w| w & bit == 0) {
         return v4_code::NONE;
     }
-    let net = host >> 8;
-    let (word, shift) = code_slot(net);
-    let code = code_at(POLICY_V4_24.get(word), shift);
-    if code != v4_code::MIXED {
-        return code;
+    let (word, shift) = entry_slot(host >> 8);
+    let entry = POLICY_V4_24
+        .get(word)
+        .map_or(0, |w| ((w >> shift) & v4_entry::MASK) as u32);
+    if entry < v4_entry::FIRST_TABLE {
+        return u64::from(entry);
     }
-    // SAFETY: the map is not preallocated: a table the daemon replaces or deletes is freed only
-    // after this program is done with it, so the reference stays valid and whole.
-    match unsafe { POLICY_V4_MIX.get(net) } {
+    // The daemon writes a table before the entry that names it, and reuses a freed table's
+    // index only in a later change, so the table read here is this /24's.
+    match POLICY_V4_MIX.get(entry - v4_entry::FIRST_TABLE) {
         Some(table) => {
             let (word, shift) = code_slot(host & 0xff);
             code_at(table.get(word as usize), shift)
         }
-        // The daemon writes a table before the code that sends readers to it; were it missing
-        // anyway, the trie (the lists' record) still gives the exact verdict.
+        // An index past the array (never written so): the trie, the lists' record, still
+        // gives the exact verdict.
         None => POLICY_V4
             .get(Key::new(32, saddr))
             .map_or(v4_code::NONE, |&v| u64::from(v)),
