@@ -27,7 +27,7 @@ bold "build (cargo build --release: daemon, CLI and the XDP programs)"
 
 for mode in "${modes[@]}"; do
     config=$repo/config/demo-$mode.toml
-    bold "$mode mode: lab up (client 10.99.0.1, balancer 10.99.0.2, backends 10.99.0.11-13, VIP 10.99.0.100)"
+    bold "$mode mode: lab up (client 10.99.0.1 / fd99::1, balancer 10.99.0.2, backends 10.99.0.11-13 / fd99::11-13, VIPs 10.99.0.100 and fd99:1::100)"
     bash "$here/lab.sh" up "$prefix" "$mode" "$workdir" 3
     "$XLBD" check "$config"
     ip netns exec "${prefix}lb" "$XLBD" --config "$config" --no-pin \
@@ -56,6 +56,32 @@ for i in range(12):
     s.sendto(b"ping", ("10.99.0.100", 53))
     print("  datagram %2d -> %s" % (i + 1, s.recvfrom(256)[0].decode()))
 '
+    bold "$mode mode: 12 HTTP requests over IPv6 to http://[fd99:1::100]/ (VIP web6)"
+    for i in $(seq 1 12); do
+        printf '  request %2d -> ' "$i"
+        ip netns exec "${prefix}client" curl -s --max-time 3 -H 'Connection: close' 'http://[fd99:1::100]/'
+    done
+    bold "$mode mode: ping 10.99.0.100 (echo requests answered by the XDP program itself)"
+    ip netns exec "${prefix}client" python3 -c '
+import socket, struct, time
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s & 0xffff) + (s >> 16)
+    return ~((s & 0xffff) + (s >> 16)) & 0xffff
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+sock.settimeout(2)
+for seq in range(3):
+    msg = struct.pack("!BBHHH", 8, 0, 0, 0x4a1c, seq) + b"xlb demo"
+    msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
+    sent = time.time()
+    sock.sendto(msg, ("10.99.0.100", 0))
+    while True:
+        data, peer = sock.recvfrom(2048)
+        kind, _, _, ident, rseq = struct.unpack("!BBHHH", data[(data[0] & 15) * 4:][:8])
+        if kind == 0 and ident == 0x4a1c and rseq == seq:
+            print("  echo reply from %s seq %d in %.0f us" % (peer[0], seq, (time.time() - sent) * 1e6))
+            break
+'
     bold "$mode mode: what the operator sees (xlb lb list, through xlbd's API)"
     "$repo/target/release/xlb" --socket "$workdir/xlbd.sock" lb list
     kill -TERM "$xlbd_pid"; wait "$xlbd_pid" || true
@@ -66,7 +92,7 @@ s = json.load(open(sys.argv[1]))
 acts = {name: c["packets"] for name, c in s["actions"]}
 print("  XDP actions: " + ", ".join(f"{k}={v}" for k, v in acts.items()))
 print("  drops: " + (", ".join(f"{k}={v}" for k, v in s["drops"] if v) or "none"))
-print("  flow table: " + ", ".join(f"{k}={v}" for k, v in s["lb"]))
+print("  flow table and ICMP: " + ", ".join(f"{k}={v}" for k, v in s["lb"]))
 for vip in s["vips"]:
     print(f"  VIP {vip['name']} {vip['service']} ({vip['mode']}): {vip['counter']['packets']} packets")
     for b in vip["backends"]:

@@ -60,7 +60,21 @@ impl NetNs {
 }
 
 impl Drop for NetNs {
+    /// Stops whatever still runs inside the namespace (a test that failed half way may leave a
+    /// daemon there: deleting the namespace would not stop it), then deletes it.
     fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) has no memory preconditions; the pid was listed as running
+                    // in this test's own namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

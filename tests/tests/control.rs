@@ -602,7 +602,7 @@ fn systemd_hears_ready_reloading_and_stopping() {
     };
     let ready = next();
     assert!(ready.starts_with("READY=1\nSTATUS="), "{ready}");
-    assert!(ready.contains("2 VIPs"), "{ready}");
+    assert!(ready.contains("3 VIPs"), "{ready}");
     // SAFETY: kill(2) on our own, unreaped child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let reloading = next();

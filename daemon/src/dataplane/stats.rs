@@ -213,9 +213,11 @@ impl StatsMaps {
             }
             snapshot.vips.push(VipStats {
                 name: vip.name.clone(),
+                // `[addr]:port` for IPv6, as socket addresses are written.
                 service: format!(
-                    "{}:{}/{}",
-                    vip.config.address, vip.config.port, vip.config.protocol
+                    "{}/{}",
+                    std::net::SocketAddr::new(vip.config.address, vip.config.port),
+                    vip.config.protocol
                 ),
                 mode: vip.config.mode.to_string(),
                 counter: sum_counter(&self.vips, labels.vip_id, map_names::STATS_VIPS)?,
