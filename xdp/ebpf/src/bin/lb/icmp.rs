@@ -12,9 +12,8 @@
 //! - anything else: passed to the kernel (`policy.icmp_other = "pass"`, the default) or
 //!   dropped (`icmp_unhandled`).
 //!
-//! Shape for IPv6 (ICMPv6 echo, "packet too big"): the same three entry points (`to_vip`,
-//! `frag_needed`, `other`) with a v6 parser of the quote; the routing tail (`route_error`)
-//! takes a flow key and is shared.
+//! ICMPv6 (icmp6.rs) follows the same rules with its own parser of the quote; `other` is
+//! shared.
 
 use aya_ebpf::{
     bindings::xdp_action,
