@@ -124,8 +124,8 @@ for seq in range(3):
     );
 }
 
-/// A router between the lab and a client further away: its client-side link has an MTU of
-/// 1000 while the backends send 1500-byte segments (the client's MSS says 1460).
+/// A router between the lab and a client further away, whose client-side link has a smaller
+/// MTU than the backends' (which send full 1500-byte packets: the client's MSS says 1460).
 struct FarClient {
     // Dropped in this order: the client, then the router (whose bridge port goes with it).
     client: NetNs,
@@ -133,29 +133,62 @@ struct FarClient {
     _router: NetNs,
 }
 
-/// The far client's address.
+/// The addressing of a [`FarClient`] in one family.
+struct FarAddressing {
+    /// Prefix of the router's and the client's namespace names (and the bridge port's).
+    prefix: &'static str,
+    /// `-4` or `-6`, for `ip`.
+    family: &'static str,
+    /// Extra words after `ip addr add` (`nodad` for IPv6: usable at once).
+    addr_flags: &'static [&'static str],
+    /// The router's address on the lab's bridge, with its prefix length.
+    router_lab: &'static str,
+    /// The router's address on the client's link, with its prefix length.
+    router_client_side: &'static str,
+    /// The router's address on the client's link (the client's gateway).
+    gateway: &'static str,
+    /// The client's address, with its prefix length.
+    client: &'static str,
+    /// The client's network (the backends' route towards it).
+    client_net: &'static str,
+    /// The VIP as a host route, and the balancer's address (its next hop).
+    vip_route: String,
+    lb: &'static str,
+    /// The MTU of the router's end of the client's link.
+    mtu: &'static str,
+    /// Forwarding on, ICMP rate limit off.
+    sysctls: &'static [&'static str],
+}
+
+/// The far client's address (IPv4).
 const FAR_CLIENT: &str = "10.98.1.1";
-/// The router's address on the lab's bridge.
-const ROUTER: &str = "10.99.0.250";
+/// The far client's address (IPv6).
+const FAR_CLIENT6: &str = "fd98:1::1";
 
 impl FarClient {
-    fn attach(lab: &Lab) -> FarClient {
-        let router = NetNs::new("xicrt");
-        let client = NetNs::new("xiccl");
-        let sw = lab.ns("sw");
-        let lab_ns = |ns: &str, args: &[&str]| {
-            let mut full = vec!["netns", "exec", ns];
+    fn attach(lab: &Lab, a: &FarAddressing) -> FarClient {
+        let router = NetNs::new(&format!("{}rt", a.prefix));
+        let client = NetNs::new(&format!("{}cl", a.prefix));
+        let port = format!("p-{}rt", a.prefix);
+        let in_lab = |host: &str, args: &[&str]| {
+            let ns = lab.ns(host);
+            let mut full = vec!["netns", "exec", &ns];
             full.extend_from_slice(args);
             xlb_tests::netns::run("ip", &full);
         };
+        let addr = |ns: &NetNs, address: &str| {
+            let mut args = vec!["ip", a.family, "addr", "add", address, "dev", "eth0"];
+            args.extend_from_slice(a.addr_flags);
+            ns.exec(&args);
+        };
         // Bridge side.
-        lab_ns(
-            &sw,
+        in_lab(
+            "sw",
             &[
                 "ip",
                 "link",
                 "add",
-                "p-xicrt",
+                &port,
                 "type",
                 "veth",
                 "peer",
@@ -165,13 +198,13 @@ impl FarClient {
                 &router.name,
             ],
         );
-        lab_ns(
-            &sw,
-            &["ip", "link", "set", "p-xicrt", "master", "br0", "up"],
-        );
+        in_lab("sw", &["ip", "link", "set", &port, "master", "br0", "up"]);
+        let mut sysctl = vec!["sysctl", "-qw"];
+        sysctl.extend_from_slice(a.sysctls);
+        router.exec(&sysctl);
         router.exec(&["ip", "link", "set", "eth0", "up"]);
-        router.exec(&["ip", "addr", "add", &format!("{ROUTER}/24"), "dev", "eth0"]);
-        // Client side, MTU 1000 on the router's end only.
+        addr(&router, a.router_lab);
+        // Client side, the smaller MTU on the router's end only.
         router.exec(&[
             "ip",
             "link",
@@ -185,38 +218,37 @@ impl FarClient {
             "netns",
             &client.name,
         ]);
-        router.exec(&["ip", "link", "set", "eth1", "mtu", "1000", "up"]);
-        router.exec(&["ip", "addr", "add", "10.98.1.254/24", "dev", "eth1"]);
-        router.exec(&[
+        router.exec(&["ip", "link", "set", "eth1", "mtu", a.mtu, "up"]);
+        let mut args = vec![
             "ip",
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "via",
-            "10.99.0.2",
-        ]);
-        router.exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.icmp_ratelimit=0",
-        ]);
-        client.exec(&["ip", "link", "set", "eth0", "up"]);
-        client.exec(&[
-            "ip",
+            a.family,
             "addr",
             "add",
-            &format!("{FAR_CLIENT}/24"),
+            a.router_client_side,
             "dev",
-            "eth0",
-        ]);
-        client.exec(&["ip", "route", "add", "default", "via", "10.98.1.254"]);
+            "eth1",
+        ];
+        args.extend_from_slice(a.addr_flags);
+        router.exec(&args);
+        router.exec(&["ip", a.family, "route", "add", &a.vip_route, "via", a.lb]);
+        client.exec(&["ip", "link", "set", "eth0", "up"]);
+        addr(&client, a.client);
+        client.exec(&["ip", a.family, "route", "add", "default", "via", a.gateway]);
         // As in scripts/lab.sh: a veth leaves checksums unfinished, XDP would carry them on.
         client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        let router_addr = a.router_lab.split('/').next().unwrap();
         for backend in ["be1", "be2", "be3"] {
-            lab_ns(
-                &lab.ns(backend),
-                &["ip", "route", "add", "10.98.1.0/24", "via", ROUTER],
+            in_lab(
+                backend,
+                &[
+                    "ip",
+                    a.family,
+                    "route",
+                    "add",
+                    a.client_net,
+                    "via",
+                    router_addr,
+                ],
             );
         }
         FarClient {
@@ -226,14 +258,16 @@ impl FarClient {
     }
 }
 
-#[test]
-fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
-    if !have_root() {
-        return;
-    }
-    let mut lab = Lab::up("xicm", "l2");
-    let far = FarClient::attach(&lab);
-    lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
+/// Downloads 2 MiB from `url` (a VIP served in mode l2) by the far client; the backends' full
+/// segments only get through once the router's error about them (`error_kind`) reaches the
+/// flow's backend through the balancer, which then caches `mtu` towards `far_client` from `vip`.
+fn download_learns_the_path_mtu(
+    lab: &Lab,
+    far: &FarClient,
+    url: &str,
+    (far_client, vip, mtu): (&str, &str, u16),
+    error_kind: &str,
+) {
     let size = 2 * 1024 * 1024;
     let downloaded = curl(
         far.client.command("curl"),
@@ -242,20 +276,80 @@ fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
             "/dev/null",
             "-w",
             "%{size_download}",
-            &format!("http://{VIP}/bytes/{size}"),
+            &format!("{url}bytes/{size}"),
         ],
-        "the download through the 1000-byte link stalled",
+        &format!("the download through the {mtu}-byte link stalled"),
     );
     assert_eq!(downloaded, size.to_string());
     assert!(
-        icmp_count(&lab, "error_forwarded", 1.0) >= 1.0,
-        "the router's fragmentation needed did not go through the balancer"
+        icmp_count(lab, "error_forwarded", 1.0) >= 1.0,
+        "the router's {error_kind} did not go through the balancer"
     );
     // The backend learnt the smaller MTU towards the client from the forwarded error.
     let learnt = ["be1", "be2", "be3"]
         .iter()
-        .any(|be| route_mtu(&lab, be, FAR_CLIENT, Some(VIP), 1000));
-    assert!(learnt, "no backend caches the path MTU 1000 to the client");
+        .any(|be| route_mtu(lab, be, far_client, Some(vip), mtu));
+    assert!(learnt, "no backend caches the path MTU {mtu} to the client");
+}
+
+#[test]
+fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::up("xicm", "l2");
+    let far = FarClient::attach(
+        &lab,
+        &FarAddressing {
+            prefix: "xic",
+            family: "-4",
+            addr_flags: &[],
+            router_lab: "10.99.0.250/24",
+            router_client_side: "10.98.1.254/24",
+            gateway: "10.98.1.254",
+            client: "10.98.1.1/24",
+            client_net: "10.98.1.0/24",
+            vip_route: format!("{VIP}/32"),
+            lb: "10.99.0.2",
+            mtu: "1000",
+            sysctls: &["net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"],
+        },
+    );
+    lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
+    download_learns_the_path_mtu(
+        &lab,
+        &far,
+        &format!("http://{VIP}/"),
+        (FAR_CLIENT, VIP, 1000),
+        "fragmentation needed",
+    );
+}
+
+/// Uploads 1 MiB to `url` (a VIP served in mode ipip) from the lab's client: its full-size
+/// segments only get through once the balancer's own error about them has taught the client
+/// the MTU `mtu` towards `vip`.
+fn upload_learns_the_mtu(lab: &Lab, url: &str, vip: &str, mtu: u16) {
+    let size = 1024 * 1024;
+    let upload = lab.workdir.join("upload.bin");
+    std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
+    let body = curl(
+        lab.command("client", "curl"),
+        &["--data-binary", &format!("@{}", upload.display()), url],
+        "the upload stalled",
+    );
+    assert!(
+        body.trim_end().ends_with(&format!("received {size}")),
+        "unexpected answer {body:?}"
+    );
+    assert!(
+        icmp_count(lab, "too_big_sent", 1.0) >= 1.0,
+        "the balancer sent no error for packets too big"
+    );
+    // The client learnt the MTU the balancer announced: 1500 less the outer header.
+    assert!(
+        route_mtu(lab, "client", vip, None, mtu),
+        "the client caches no path MTU {mtu} to the VIP"
+    );
 }
 
 #[test]
@@ -284,31 +378,7 @@ fn an_upload_too_big_to_encapsulate_completes_through_the_balancers_icmp() {
         ),
         "{policy}"
     );
-    let size = 1024 * 1024;
-    let upload = lab.workdir.join("upload.bin");
-    std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
-    let body = curl(
-        lab.command("client", "curl"),
-        &[
-            "--data-binary",
-            &format!("@{}", upload.display()),
-            &format!("http://{VIP}/"),
-        ],
-        "the upload stalled",
-    );
-    assert!(
-        body.trim_end().ends_with(&format!("received {size}")),
-        "unexpected answer {body:?}"
-    );
-    assert!(
-        icmp_count(&lab, "too_big_sent", 1.0) >= 1.0,
-        "the balancer sent no fragmentation needed"
-    );
-    // The client learnt the MTU the balancer announced: 1500 less the outer header.
-    assert!(
-        route_mtu(&lab, "client", VIP, None, 1480),
-        "the client caches no path MTU 1480 to the VIP"
-    );
+    upload_learns_the_mtu(&lab, &format!("http://{VIP}/"), VIP, 1480);
 }
 
 // ----- IPv6: ICMPv6 echo, packet too big towards the backends and from the balancer -----
@@ -399,159 +469,42 @@ for seq in range(3):
     );
 }
 
-/// The far IPv6 client's address.
-const FAR_CLIENT6: &str = "fd98:1::1";
-/// The IPv6 router's address on the lab's bridge.
-const ROUTER6: &str = "fd99::250";
-
-/// As [`FarClient`], over IPv6: a router whose client-side link has the IPv6 minimum MTU, 1280.
-fn attach_far_client6(lab: &Lab) -> FarClient {
-    let router = NetNs::new("xi6rt");
-    let client = NetNs::new("xi6cl");
-    let sw = lab.ns("sw");
-    xlb_tests::netns::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &sw,
-            "ip",
-            "link",
-            "add",
-            "p-xi6rt",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &router.name,
-        ],
-    );
-    xlb_tests::netns::run(
-        "ip",
-        &[
-            "netns", "exec", &sw, "ip", "link", "set", "p-xi6rt", "master", "br0", "up",
-        ],
-    );
-    router.exec(&[
-        "sysctl",
-        "-qw",
-        "net.ipv6.conf.all.forwarding=1",
-        "net.ipv6.icmp.ratelimit=0",
-    ]);
-    router.exec(&["ip", "link", "set", "eth0", "up"]);
-    router.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{ROUTER6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    router.exec(&[
-        "ip",
-        "link",
-        "add",
-        "eth1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &client.name,
-    ]);
-    router.exec(&["ip", "link", "set", "eth1", "mtu", "1280", "up"]);
-    router.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "fd98:1::254/64",
-        "dev",
-        "eth1",
-        "nodad",
-    ]);
-    router.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        &format!("{VIP6}/128"),
-        "via",
-        "fd99::2",
-    ]);
-    client.exec(&["ip", "link", "set", "eth0", "up"]);
-    client.exec(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{FAR_CLIENT6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    client.exec(&["ip", "-6", "route", "add", "default", "via", "fd98:1::254"]);
-    // As in scripts/lab.sh: a veth leaves checksums unfinished, XDP would carry them on.
-    client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
-    for backend in ["be1", "be2", "be3"] {
-        xlb_tests::netns::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &lab.ns(backend),
-                "ip",
-                "-6",
-                "route",
-                "add",
-                "fd98:1::/64",
-                "via",
-                ROUTER6,
-            ],
-        );
-    }
-    FarClient {
-        client,
-        _router: router,
-    }
-}
-
 #[test]
 fn ipv6_path_mtu_discovery_through_the_balancer_lets_a_large_download_complete() {
     if !have_root() {
         return;
     }
     let mut lab = Lab::up("xi6m", "l2");
-    let far = attach_far_client6(&lab);
+    // The client-side link has the IPv6 minimum MTU, 1280.
+    let far = FarClient::attach(
+        &lab,
+        &FarAddressing {
+            prefix: "xi6",
+            family: "-6",
+            addr_flags: &["nodad"],
+            router_lab: "fd99::250/64",
+            router_client_side: "fd98:1::254/64",
+            gateway: "fd98:1::254",
+            client: "fd98:1::1/64",
+            client_net: "fd98:1::/64",
+            vip_route: format!("{VIP6}/128"),
+            lb: "fd99::2",
+            mtu: "1280",
+            sysctls: &[
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.icmp.ratelimit=0",
+            ],
+        },
+    );
     let config = config6(&lab, "l2");
     lab.start_xlbd(&config);
-    let size = 2 * 1024 * 1024;
-    let downloaded = curl(
-        far.client.command("curl"),
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download}",
-            &format!("http://[{VIP6}]/bytes/{size}"),
-        ],
-        "the IPv6 download through the 1280-byte link stalled",
+    download_learns_the_path_mtu(
+        &lab,
+        &far,
+        &format!("http://[{VIP6}]/"),
+        (FAR_CLIENT6, VIP6, 1280),
+        "packet too big",
     );
-    assert_eq!(downloaded, size.to_string());
-    assert!(
-        icmp_count(&lab, "error_forwarded", 1.0) >= 1.0,
-        "the router's packet too big did not go through the balancer"
-    );
-    // The backend that served the download learnt the smaller MTU from the forwarded error.
-    let learnt = ["be1", "be2", "be3"]
-        .iter()
-        .any(|be| route_mtu(&lab, be, FAR_CLIENT6, Some(VIP6), 1280));
-    assert!(learnt, "no backend caches the path MTU 1280 to the client");
 }
 
 #[test]
@@ -562,29 +515,5 @@ fn an_ipv6_upload_too_big_to_encapsulate_completes_through_packet_too_big() {
     let mut lab = Lab::up("xi6u", "ipip");
     let config = config6(&lab, "ipip");
     lab.start_xlbd(&config);
-    let size = 1024 * 1024;
-    let upload = lab.workdir.join("upload6.bin");
-    std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
-    let body = curl(
-        lab.command("client", "curl"),
-        &[
-            "--data-binary",
-            &format!("@{}", upload.display()),
-            &format!("http://[{VIP6}]/"),
-        ],
-        "the IPv6 upload stalled",
-    );
-    assert!(
-        body.trim_end().ends_with(&format!("received {size}")),
-        "unexpected answer {body:?}"
-    );
-    assert!(
-        icmp_count(&lab, "too_big_sent", 1.0) >= 1.0,
-        "the balancer sent no packet too big"
-    );
-    // The client learnt the MTU the balancer announced: 1500 less the outer IPv6 header.
-    assert!(
-        route_mtu(&lab, "client", VIP6, None, 1460),
-        "the client caches no path MTU 1460 to the IPv6 VIP"
-    );
+    upload_learns_the_mtu(&lab, &format!("http://[{VIP6}]/"), VIP6, 1460);
 }

@@ -213,18 +213,21 @@ fn route_error(
     Ok(action)
 }
 
-/// Turns the IPv4 packet at `l3_off` into an ICMP "fragmentation needed" (type 3 code 4) from
-/// the address it was sent to, back to its sender through the MAC it came from: a new IPv4
-/// and ICMP header in front of the packet's first [`QUOTE_LEN`] bytes (the frame is cut to
-/// them). The caller guarantees the packet is at least that long (`encap.mtu` >= 576).
+/// Prepares the frame for an error about the packet at `l3_off`, sent back where it came from:
+/// cuts it to the packet's first `quote_len` bytes and grows it at the front by `headers`
+/// bytes (the error's IP and ICMP headers, written by the caller at `l3_off`), the Ethernet
+/// header (and any tag) in front, its MACs swapped. The packet must hold the whole quote.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, l3_off: usize, next_hop_mtu: u16) -> Result<u32, DropReason> {
+pub fn room_for_error(
+    ctx: &XdpContext,
+    l3_off: usize,
+    quote_len: usize,
+    headers: usize,
+) -> Result<(), DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
-    let packet: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(DropReason::Ipv4Truncated)?;
-    // SAFETY: both headers were bounds-checked by ptr_at.
-    let (sender_mac, own_mac, sender, addressed) =
-        unsafe { ((*eth).src, (*eth).dst, (*packet).saddr, (*packet).daddr) };
-    let keep = l3_off + QUOTE_LEN;
+    // SAFETY: the header was bounds-checked by ptr_at.
+    let (sender_mac, own_mac) = unsafe { ((*eth).src, (*eth).dst) };
+    let keep = l3_off + quote_len;
     let len = frame_len(ctx);
     if len < keep {
         return Err(DropReason::EncapTooBig);
@@ -235,7 +238,19 @@ pub fn frag_needed(ctx: &XdpContext, l3_off: usize, next_hop_mtu: u16) -> Result
             return Err(DropReason::EncapFailed);
         }
     }
-    forward::grow_front(ctx, IPV4_HLEN + ICMP_HLEN, l3_off, sender_mac, own_mac)?;
+    forward::grow_front(ctx, headers, l3_off, sender_mac, own_mac)
+}
+
+/// Turns the IPv4 packet at `l3_off` into an ICMP "fragmentation needed" (type 3 code 4) from
+/// the address it was sent to, back to its sender through the MAC it came from: a new IPv4
+/// and ICMP header in front of the packet's first [`QUOTE_LEN`] bytes (the frame is cut to
+/// them). The caller guarantees the packet is at least that long (`encap.mtu` >= 576).
+#[inline(always)]
+pub fn frag_needed(ctx: &XdpContext, l3_off: usize, next_hop_mtu: u16) -> Result<u32, DropReason> {
+    let packet: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(DropReason::Ipv4Truncated)?;
+    // SAFETY: the header was bounds-checked by ptr_at.
+    let (sender, addressed) = unsafe { ((*packet).saddr, (*packet).daddr) };
+    room_for_error(ctx, l3_off, QUOTE_LEN, IPV4_HLEN + ICMP_HLEN)?;
 
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,

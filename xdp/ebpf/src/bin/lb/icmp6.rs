@@ -13,20 +13,16 @@
 //!   falls to the next rule;
 //! - anything else: `policy.icmp_other` (passed and counted, or dropped as `icmp_unhandled`).
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_csum_diff, programs::XdpContext};
 use xlb_common::{DropReason, FlowKey6, LbCounter, PolicyConfig, policy_flags, proto};
 use xlb_ebpf::{
     csum,
     headers::{EthHdr, ICMP_HLEN, IPV6_HLEN, IPV6_MIN_MTU, IcmpHdr, Ipv6Hdr, PortsHdr, icmp6_type},
-    packet::{frame_len, ptr_at},
+    packet::ptr_at,
     parse,
 };
 
-use crate::{balance, forward, forward6, icmp, maps::GLOBALS, stats, v6};
+use crate::{balance, forward6, icmp, maps::GLOBALS, stats, v6};
 
 /// Bytes of the offending packet a "packet too big" quotes: as many as keep the error within
 /// the minimum IPv6 MTU (RFC 4443 2.4 (c)).
@@ -197,23 +193,10 @@ fn route_error(
 /// `mtu`) holds the whole quote.
 #[inline(always)]
 pub fn packet_too_big(ctx: &XdpContext, l3_off: usize, mtu: u32) -> Result<u32, DropReason> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
     let packet: *const Ipv6Hdr = ptr_at(ctx, l3_off).ok_or(DropReason::Ipv6Truncated)?;
-    // SAFETY: both headers were bounds-checked by ptr_at.
-    let (sender_mac, own_mac, sender, addressed) =
-        unsafe { ((*eth).src, (*eth).dst, (*packet).saddr, (*packet).daddr) };
-    let keep = l3_off + QUOTE_LEN;
-    let len = frame_len(ctx);
-    if len < keep {
-        return Err(DropReason::EncapTooBig);
-    }
-    if len > keep {
-        // SAFETY: the helper only moves ctx->data_end; pointers are re-derived afterwards.
-        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - keep) as i32)) } != 0 {
-            return Err(DropReason::EncapFailed);
-        }
-    }
-    forward::grow_front(ctx, IPV6_HLEN + ICMP_HLEN, l3_off, sender_mac, own_mac)?;
+    // SAFETY: the header was bounds-checked by ptr_at.
+    let (sender, addressed) = unsafe { ((*packet).saddr, (*packet).daddr) };
+    icmp::room_for_error(ctx, l3_off, QUOTE_LEN, IPV6_HLEN + ICMP_HLEN)?;
 
     let message_len = (ICMP_HLEN + QUOTE_LEN) as u16;
     let ip = Ipv6Hdr {
