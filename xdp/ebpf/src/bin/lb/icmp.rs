@@ -103,12 +103,8 @@ fn echo(
     icmp: *mut IcmpHdr,
     policy: &PolicyConfig,
 ) -> Result<u32, DropReason> {
-    if policy.flags & policy_flags::ICMP_ECHO_DROP != 0 {
-        return Err(DropReason::IcmpEcho);
-    }
-    if policy.flags & policy_flags::ICMP_ECHO_PASS != 0 {
-        stats::lb(LbCounter::IcmpPassed);
-        return Ok(xdp_action::XDP_PASS);
+    if let Some(action) = echo_policy(policy, false)? {
+        return Ok(action);
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
     let hdr = ip.hdr;
@@ -123,16 +119,44 @@ fn echo(
         let new = u16::from_ne_bytes([TTL, (*hdr).protocol]);
         (*hdr).check = csum::replace16((*hdr).check, old, new);
 
-        let code = (*icmp).code;
-        (*icmp).kind = icmp_type::ECHO_REPLY;
-        (*icmp).check = csum::replace16(
-            (*icmp).check,
-            u16::from_ne_bytes([icmp_type::ECHO_REQUEST, code]),
-            u16::from_ne_bytes([icmp_type::ECHO_REPLY, code]),
-        );
+        reply_type(icmp, icmp_type::ECHO_REQUEST, icmp_type::ECHO_REPLY);
     }
     stats::lb(LbCounter::IcmpEchoReplied);
     Ok(xdp_action::XDP_TX)
+}
+
+/// What `policy.icmp_echo` makes of an echo request (ICMP or ICMPv6) before any reply: an
+/// error to drop it, `Some(XDP_PASS)` (counted) to give it to the kernel, which it also is when
+/// the caller cannot answer it here (`to_kernel`), or `None` to answer it.
+#[inline(always)]
+pub fn echo_policy(policy: &PolicyConfig, to_kernel: bool) -> Result<Option<u32>, DropReason> {
+    if policy.flags & policy_flags::ICMP_ECHO_DROP != 0 {
+        return Err(DropReason::IcmpEcho);
+    }
+    if policy.flags & policy_flags::ICMP_ECHO_PASS != 0 || to_kernel {
+        stats::lb(LbCounter::IcmpPassed);
+        return Ok(Some(xdp_action::XDP_PASS));
+    }
+    Ok(None)
+}
+
+/// Turns the echo request header at `icmp` into the reply: type `request` -> `reply`, the
+/// checksum updated for that one word (RFC 1624).
+///
+/// # Safety
+/// `icmp` must point at an ICMP (or ICMPv6) header inside the frame, bounds-checked.
+#[inline(always)]
+pub unsafe fn reply_type(icmp: *mut IcmpHdr, request: u8, reply: u8) {
+    // SAFETY: the caller guarantees the header lies inside the frame.
+    unsafe {
+        let code = (*icmp).code;
+        (*icmp).kind = reply;
+        (*icmp).check = csum::replace16(
+            (*icmp).check,
+            u16::from_ne_bytes([request, code]),
+            u16::from_ne_bytes([reply, code]),
+        );
+    }
 }
 
 /// The client->VIP flow an ICMP error is about, read from the header it quotes: the packet a

@@ -14,7 +14,7 @@
 //! - anything else: `policy.icmp_other` (passed and counted, or dropped as `icmp_unhandled`).
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_csum_diff, programs::XdpContext};
-use xlb_common::{DropReason, FlowKey6, LbCounter, PolicyConfig, policy_flags, proto};
+use xlb_common::{DropReason, FlowKey6, LbCounter, PolicyConfig, proto};
 use xlb_ebpf::{
     csum,
     headers::{EthHdr, ICMP_HLEN, IPV6_HLEN, IPV6_MIN_MTU, IcmpHdr, Ipv6Hdr, PortsHdr, icmp6_type},
@@ -86,13 +86,9 @@ fn echo(
     headers_len: usize,
     policy: &PolicyConfig,
 ) -> Result<u32, DropReason> {
-    if policy.flags & policy_flags::ICMP_ECHO_DROP != 0 {
-        return Err(DropReason::IcmpEcho);
-    }
     // A reply would carry the request's extension headers back: the kernel answers those.
-    if policy.flags & policy_flags::ICMP_ECHO_PASS != 0 || headers_len != IPV6_HLEN {
-        stats::lb(LbCounter::IcmpPassed);
-        return Ok(xdp_action::XDP_PASS);
+    if let Some(action) = icmp::echo_policy(policy, headers_len != IPV6_HLEN)? {
+        return Ok(action);
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
     // SAFETY: the Ethernet header (ptr_at), the IPv6 header (parse::ipv6) and the ICMPv6
@@ -101,13 +97,7 @@ fn echo(
         core::mem::swap(&mut (*eth).src, &mut (*eth).dst);
         core::mem::swap(&mut (*hdr).saddr, &mut (*hdr).daddr);
         (*hdr).hop_limit = HOP_LIMIT;
-        let code = (*icmp).code;
-        (*icmp).kind = icmp6_type::ECHO_REPLY;
-        (*icmp).check = csum::replace16(
-            (*icmp).check,
-            u16::from_ne_bytes([icmp6_type::ECHO_REQUEST, code]),
-            u16::from_ne_bytes([icmp6_type::ECHO_REPLY, code]),
-        );
+        icmp::reply_type(icmp, icmp6_type::ECHO_REQUEST, icmp6_type::ECHO_REPLY);
     }
     stats::lb(LbCounter::IcmpEchoReplied);
     Ok(xdp_action::XDP_TX)
