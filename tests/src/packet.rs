@@ -383,3 +383,45 @@ pub fn frag_needed(l2: &L2, from: Ipv4Addr, offending: &[u8], mtu: u16) -> Vec<u
     frame.extend(message);
     frame
 }
+
+/// An ICMPv6 message (RFC 4443) from `src` to `dst` with a correct checksum, which covers the
+/// IPv6 pseudo-header: type, code, the type-specific word and the body.
+pub fn icmp6_message(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let sum = pseudo_header_sum6(src, dst, 58, &m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// A whole Ethernet + IPv6 + ICMPv6 frame carrying `message` (see [`icmp6_message`]).
+pub fn icmp6(l2: &L2, src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) -> Vec<u8> {
+    let mut frame = ethernet(l2, 0x86dd);
+    frame.extend(ipv6_header(src, dst, 58, message.len()));
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Bytes of the offending packet quoted by an ICMPv6 error that keeps within the minimum IPv6
+/// MTU (RFC 4443 2.4 (c)): 1280 less the 40-byte IPv6 header and the 8-byte ICMPv6 header.
+pub const ICMP6_QUOTE_LEN: usize = 1232;
+
+/// The ICMPv6 "packet too big" (type 2, code 0, RFC 4443 3.2) the address the IPv6 packet
+/// `offending` (its IPv6 header onwards) was sent to returns to its sender with `mtu`:
+/// traffic class and flow label zero, hop limit 64, the first [`ICMP6_QUOTE_LEN`] bytes of
+/// the packet. Written from the RFCs, independently of the datapath.
+pub fn packet_too_big(l2: &L2, offending: &[u8], mtu: u32) -> Vec<u8> {
+    let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&offending[at..at + 16]).unwrap());
+    let (to, from) = (addr(8), addr(24));
+    let quote = &offending[..ICMP6_QUOTE_LEN.min(offending.len())];
+    let message = icmp6_message(from, to, 2, 0, mtu.to_be_bytes(), quote);
+    icmp6(l2, from, to, &message)
+}

@@ -1892,10 +1892,9 @@ fn ipv6_cases(lab: &Lab) -> Vec<Case> {
         output: Expected::Unchanged,
         drop: None,
     });
-    let to_vip = flow6("2001:db8:c::21", "2001:db8::10", 40021, 80);
     cases.push(Case {
-        description: "ICMPv6 echo to an IPv6 VIP address passes to the stack",
-        input: packet::ipv6_frame(&to_lb(None), &to_vip, 58, &[128, 0, 0, 0, 0, 0, 0, 0]),
+        description: "neighbour solicitation for an IPv6 VIP address passes to the stack",
+        input: neighbour_solicitation(ip6("2001:db8:c::21"), ip6("2001:db8::10")),
         action: XDP_PASS,
         output: Expected::Unchanged,
         drop: None,
@@ -2949,4 +2948,535 @@ fn icmp_errors_follow_the_flow_table_then_the_maglev_table() {
             "{name}: an error added a flow entry"
         );
     }
+}
+
+// ----- ICMPv6 to an IPv6 VIP address, and the MTU of IPv6 encapsulation -----
+
+/// The IPv6 fixture config with `encap.mtu = 1400`: an IPv6 (or IPv4-in-IPv6) packet of more
+/// than 1360 bytes is too big to encapsulate, and "packet too big" reports 1360.
+fn icmp6_config() -> String {
+    let next_hop = "next_hop_mac = \"02:00:00:00:fe:01\"\n";
+    V6_CONFIG.replacen(next_hop, &format!("{next_hop}mtu = 1400\n"), 1)
+}
+
+/// A router on the IPv6 path between the backends and the clients.
+const ROUTER6: &str = "2001:db8:ffff::1";
+
+/// A unicast neighbour solicitation (RFC 4861 4.3) from `src` for `target`, sent to it, with
+/// the source link-layer address option.
+fn neighbour_solicitation(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let mut body = target.octets().to_vec();
+    body.extend_from_slice(&[1, 1]);
+    body.extend_from_slice(&CLIENT_MAC);
+    let message = packet::icmp6_message(src, target, 135, 0, [0; 4], &body);
+    let mut frame = packet::icmp6(&to_lb(None), src, target, &message);
+    frame[14 + 7] = 255;
+    frame
+}
+
+/// An IPv6 TCP frame of exactly `len` IP bytes (40-byte header, 20-byte TCP header, zeros).
+fn tcp6_sized(l2: &L2, f: &Flow6, len: usize) -> Vec<u8> {
+    packet::tcp6(l2, f, TCP_ACK, &vec![0u8; len - 60])
+}
+
+/// The packet a backend sends for `client_flow` (client -> VIP), reversed, as an IPv6 packet
+/// (no Ethernet header) with `payload` bytes of data.
+fn from_vip6(client_flow: &Flow6, proto: u8, payload: usize) -> Vec<u8> {
+    let reply = Flow6 {
+        src: client_flow.dst,
+        dst: client_flow.src,
+        sport: client_flow.dport,
+        dport: client_flow.sport,
+    };
+    let l2 = to_lb(None);
+    let frame = if proto == 6 {
+        packet::tcp6(&l2, &reply, TCP_ACK, &vec![0u8; payload])
+    } else {
+        packet::udp6(&l2, &reply, &vec![0u8; payload])
+    };
+    frame[14..].to_vec()
+}
+
+/// An ICMPv6 error of `kind`/`code` from the router to the source of `quoted` (a VIP).
+fn icmp6_error(kind: u8, code: u8, rest: [u8; 4], quoted: &[u8], vlan: Option<u16>) -> Vec<u8> {
+    let vip = Ipv6Addr::from(<[u8; 16]>::try_from(&quoted[8..24]).unwrap());
+    let message = packet::icmp6_message(ip6(ROUTER6), vip, kind, code, rest, quoted);
+    packet::icmp6(&to_lb(vlan), ip6(ROUTER6), vip, &message)
+}
+
+fn icmp6_cases(lab: &Lab) -> Vec<IcmpCase> {
+    let web6_l2 = vip_key6("2001:db8::10", 80, 6);
+    let web6_ipip = vip_key6("2001:db8::20", 80, 6);
+    let dns6_ipip = vip_key6("2001:db8::20", 53, 17);
+    let client = ip6("2001:db8:c::50");
+    let vip_l2 = ip6("2001:db8::10");
+    let mut cases = Vec::new();
+    let mut push = |case: Case, counter: Option<LbCounter>| cases.push(IcmpCase { case, counter });
+
+    // --- Echo, neighbour discovery, other types.
+    let rest = [0x12, 0x34, 0, 1];
+    let data = b"abcdefghijklmnopqrstuvwxyz012345";
+    for (description, vlan) in [
+        (
+            "ICMPv6 echo request to an IPv6 VIP: answered in place",
+            None,
+        ),
+        (
+            "VLAN-tagged ICMPv6 echo request: answered with its tag",
+            Some(4),
+        ),
+    ] {
+        let l2 = to_lb(vlan);
+        let request = packet::icmp6_message(client, vip_l2, 128, 0, rest, data);
+        let mut input = packet::icmp6(&l2, client, vip_l2, &request);
+        // A hop limit the reply must not keep.
+        input[if vlan.is_some() { 18 } else { 14 } + 7] = 57;
+        let reply_l2 = L2 {
+            dst: l2.src,
+            src: l2.dst,
+            vlan,
+        };
+        let reply = packet::icmp6_message(vip_l2, client, 129, 0, rest, data);
+        push(
+            Case {
+                description,
+                input,
+                action: XDP_TX,
+                output: Expected::Bytes(packet::icmp6(&reply_l2, vip_l2, client, &reply)),
+                drop: None,
+            },
+            Some(LbCounter::IcmpEchoReplied),
+        );
+    }
+    push(
+        Case {
+            description: "neighbour solicitation for an IPv6 VIP: passed, not counted",
+            input: neighbour_solicitation(client, vip_l2),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        None,
+    );
+    let mut rest_with_dest = packet::ipv6_ext_header(58, 0, [1, 4]);
+    rest_with_dest.extend(packet::icmp6_message(client, vip_l2, 128, 0, rest, data));
+    let to_vip = flow6("2001:db8:c::50", "2001:db8::10", 0, 0);
+    push(
+        Case {
+            description: "ICMPv6 echo request with destination options: passed to the kernel",
+            input: packet::ipv6_frame(&to_lb(None), &to_vip, DEST, &rest_with_dest),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    push(
+        Case {
+            description: "ICMPv6 node information query to an IPv6 VIP: passed (icmp_other)",
+            input: packet::icmp6(
+                &to_lb(None),
+                client,
+                vip_l2,
+                &packet::icmp6_message(client, vip_l2, 139, 0, [0; 4], &[0; 8]),
+            ),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    let mut short = packet::ipv6_frame(&to_lb(None), &to_vip, 58, &[128, 0, 0, 0]);
+    short.truncate(14 + 44);
+    push(
+        Case {
+            description: "ICMPv6 to an IPv6 VIP shorter than an ICMPv6 header",
+            input: short,
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::L4Truncated),
+        },
+        None,
+    );
+
+    // --- Errors about a VIP flow, to the flow's backend (no flow entry: Maglev).
+    let f = flow6("2001:db8:c::51", "2001:db8::10", 40200, 80);
+    let input = icmp6_error(2, 0, [0, 0, 0x05, 0x00], &from_vip6(&f, 6, 1300), None);
+    let b = lab.predicted_by_hash(&web6_l2, hash::flow_hash6(&flow_key6(&f, 6)));
+    push(
+        Case {
+            description: "packet too big about an IPv6 L2 VIP's flow: to the flow's backend MAC",
+            output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web6-l2", b))),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        Some(LbCounter::IcmpErrorForwarded),
+    );
+    for (description, vlan, f, proto, vip, name, kind, code) in [
+        (
+            "packet too big about an IPv6 ipip VIP's flow: IPv6-in-IPv6 to the flow's backend",
+            None,
+            flow6("2001:db8:c::52", "2001:db8::20", 40201, 80),
+            6u8,
+            web6_ipip,
+            "web6-ipip",
+            2u8,
+            0u8,
+        ),
+        (
+            "VLAN-tagged packet too big about an IPv6 ipip VIP's flow keeps its tag",
+            Some(6),
+            flow6("2001:db8:c::53", "2001:db8::20", 40202, 80),
+            6,
+            web6_ipip,
+            "web6-ipip",
+            2,
+            0,
+        ),
+        (
+            "port unreachable about an IPv6 ipip VIP's UDP flow",
+            None,
+            flow6("2001:db8:c::54", "2001:db8::20", 5300, 53),
+            17,
+            dns6_ipip,
+            "dns6-ipip",
+            1,
+            4,
+        ),
+        (
+            "time exceeded about an IPv6 ipip VIP's flow",
+            None,
+            flow6("2001:db8:c::55", "2001:db8::20", 40203, 80),
+            6,
+            web6_ipip,
+            "web6-ipip",
+            3,
+            0,
+        ),
+        (
+            "parameter problem about an IPv6 ipip VIP's flow",
+            None,
+            flow6("2001:db8:c::56", "2001:db8::20", 40204, 80),
+            6,
+            web6_ipip,
+            "web6-ipip",
+            4,
+            0,
+        ),
+    ] {
+        let input = icmp6_error(
+            kind,
+            code,
+            [0, 0, 0x05, 0x00],
+            &from_vip6(&f, proto, 100),
+            vlan,
+        );
+        let flow_hash = hash::flow_hash6(&flow_key6(&f, proto));
+        let b = lab.predicted_by_hash(&vip, flow_hash);
+        let new_l2 = L2 {
+            dst: lab.backend_mac(name, b),
+            src: IF_MAC,
+            vlan,
+        };
+        push(
+            Case {
+                description,
+                output: Expected::Bytes(packet::ip6_encapsulated(
+                    &input,
+                    &new_l2,
+                    ip6_source(flow_hash),
+                    lab.backend_addr6(name, b),
+                    hash::flow_label(flow_hash),
+                )),
+                input,
+                action: XDP_TX,
+                drop: None,
+            },
+            Some(LbCounter::IcmpErrorForwarded),
+        );
+    }
+
+    // --- Errors that no VIP flow explains, or that cannot be read.
+    let unserved = flow6("2001:db8:c::57", "2001:db8::10", 40205, 8080);
+    push(
+        Case {
+            description: "ICMPv6 error about a port no IPv6 VIP serves: passed (icmp_other)",
+            input: icmp6_error(1, 4, [0; 4], &from_vip6(&unserved, 6, 100), None),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    let echo_reply_from_vip = {
+        let message = packet::icmp6_message(vip_l2, client, 129, 0, rest, data);
+        let mut p = packet::ipv6_header(vip_l2, client, 58, message.len());
+        p.extend(message);
+        p
+    };
+    push(
+        Case {
+            description: "ICMPv6 error about an ICMPv6 packet the VIP sent: passed (icmp_other)",
+            input: icmp6_error(1, 3, [0; 4], &echo_reply_from_vip, None),
+            action: XDP_PASS,
+            output: Expected::Unchanged,
+            drop: None,
+        },
+        Some(LbCounter::IcmpPassed),
+    );
+    let quoted = from_vip6(&flow6("2001:db8:c::58", "2001:db8::10", 40206, 80), 6, 0);
+    push(
+        Case {
+            description: "ICMPv6 error quoting only part of an IPv6 header",
+            input: {
+                let message =
+                    packet::icmp6_message(ip6(ROUTER6), vip_l2, 2, 0, [0; 4], &quoted[..30]);
+                packet::icmp6(&to_lb(None), ip6(ROUTER6), vip_l2, &message)
+            },
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::IcmpBadQuote),
+        },
+        None,
+    );
+    push(
+        Case {
+            description: "ICMPv6 error quoting an IPv6 header but not the ports",
+            input: icmp6_error(2, 0, [0; 4], &quoted[..42], None),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::IcmpBadQuote),
+        },
+        None,
+    );
+    let mut forged = quoted.clone();
+    forged[8..24].copy_from_slice(&ip6("2001:db8::99").octets());
+    push(
+        Case {
+            description: "ICMPv6 error to a VIP quoting a packet another address sent",
+            input: {
+                let message = packet::icmp6_message(ip6(ROUTER6), vip_l2, 2, 0, [0; 4], &forged);
+                packet::icmp6(&to_lb(None), ip6(ROUTER6), vip_l2, &message)
+            },
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::IcmpBadQuote),
+        },
+        None,
+    );
+
+    // --- Encapsulation past encap.mtu (1400): 1360 bytes of IPv6 fit.
+    let f = flow6("2001:db8:c::60", "2001:db8::20", 40210, 80);
+    for (description, vlan) in [
+        (
+            "1361-byte TCP to an IPv6 ipip VIP: packet too big back, MTU 1360",
+            None,
+        ),
+        (
+            "VLAN-tagged 1361-byte TCP to an IPv6 ipip VIP: packet too big with the tag",
+            Some(3),
+        ),
+    ] {
+        let input = tcp6_sized(&to_lb(vlan), &f, 1361);
+        let l3_off = if vlan.is_some() { 18 } else { 14 };
+        let back = L2 {
+            dst: CLIENT_MAC,
+            src: IF_MAC,
+            vlan,
+        };
+        push(
+            Case {
+                description,
+                output: Expected::Bytes(packet::packet_too_big(&back, &input[l3_off..], 1360)),
+                input,
+                action: XDP_TX,
+                drop: None,
+            },
+            Some(LbCounter::IcmpTooBigSent),
+        );
+    }
+    let input = tcp6_sized(&to_lb(None), &f, 1360);
+    let flow_hash = hash::flow_hash6(&flow_key6(&f, 6));
+    let b = lab.predicted_by_hash(&web6_ipip, flow_hash);
+    push(
+        Case {
+            description: "1360-byte TCP to an IPv6 ipip VIP: exactly the MTU, encapsulated",
+            output: Expected::Bytes(packet::ip6_encapsulated(
+                &input,
+                &L2 {
+                    dst: lab.backend_mac("web6-ipip", b),
+                    src: IF_MAC,
+                    vlan: None,
+                },
+                ip6_source(flow_hash),
+                lab.backend_addr6("web6-ipip", b),
+                hash::flow_label(flow_hash),
+            )),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        None,
+    );
+    let l2_flow = flow6("2001:db8:c::61", "2001:db8::10", 40211, 80);
+    let input = tcp6_sized(&to_lb(None), &l2_flow, 1500);
+    let b = lab.predicted_by_hash(&web6_l2, hash::flow_hash6(&flow_key6(&l2_flow, 6)));
+    push(
+        Case {
+            description: "1500-byte TCP to an IPv6 L2 VIP: forwarded (L2 adds nothing)",
+            output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac("web6-l2", b))),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        None,
+    );
+    let big_error_flow = flow6("2001:db8:c::62", "2001:db8::20", 40212, 80);
+    push(
+        Case {
+            description: "ICMPv6 error too big to encapsulate: dropped, never an error about it",
+            input: icmp6_error(2, 0, [0; 4], &from_vip6(&big_error_flow, 6, 1300), None),
+            action: XDP_DROP,
+            output: Expected::Unchanged,
+            drop: Some(DropReason::EncapTooBig),
+        },
+        None,
+    );
+    // IPv4-in-IPv6 adds 40 bytes too: fragmentation needed reports 1360.
+    let f4 = flow("192.0.2.80", "10.0.0.50", 40213, 80);
+    let input = tcp4_sized(&to_lb(None), &f4, 1361, true);
+    let back = L2 {
+        dst: CLIENT_MAC,
+        src: IF_MAC,
+        vlan: None,
+    };
+    push(
+        Case {
+            description: "1361-byte TCP with DF to an IPv4 VIP with IPv6 backends: MTU 1360 back",
+            output: Expected::Bytes(packet::frag_needed(&back, f4.dst, &input[14..], 1360)),
+            input,
+            action: XDP_TX,
+            drop: None,
+        },
+        Some(LbCounter::IcmpTooBigSent),
+    );
+    cases
+}
+
+#[test]
+fn icmp6_table() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(&icmp6_config());
+    let flows_before = lab.dataplane.count_flows6().unwrap();
+    let cases = icmp6_cases(&lab);
+    assert!(cases.len() >= 20, "the table lost cases");
+    run_icmp_table(&mut lab, cases);
+    // The 1360-byte and 1500-byte packets, and the 1361-byte ones (their flow is chosen, as
+    // for IPv4, before the size is known to be too big): one flow each, none from an error.
+    assert_eq!(lab.dataplane.count_flows6().unwrap() - flows_before, 2);
+
+    // The settings that turn the defaults around; neighbour discovery passes regardless.
+    let strict = icmp6_config().replace(
+        "mtu = 1400\n",
+        "mtu = 1400\non_too_big = \"drop\"\n\n[policy]\nicmp_echo = \"drop\"\nicmp_other = \"drop\"\n",
+    );
+    let mut lab = self::lab(&strict);
+    let client = ip6("2001:db8:c::70");
+    let vip = ip6("2001:db8::10");
+    let echo = packet::icmp6(
+        &to_lb(None),
+        client,
+        vip,
+        &packet::icmp6_message(client, vip, 128, 0, [0, 1, 0, 1], b"ping"),
+    );
+    let f = flow6("2001:db8:c::71", "2001:db8::20", 40220, 80);
+    let case = |description, input, action, drop| Case {
+        description,
+        input,
+        action,
+        output: Expected::Unchanged,
+        drop,
+    };
+    let strict_cases = vec![
+        IcmpCase {
+            case: case(
+                "ICMPv6 echo request with icmp_echo = drop",
+                echo.clone(),
+                XDP_DROP,
+                Some(DropReason::IcmpEcho),
+            ),
+            counter: None,
+        },
+        IcmpCase {
+            case: case(
+                "ICMPv6 node information query with icmp_other = drop",
+                packet::icmp6(
+                    &to_lb(None),
+                    client,
+                    vip,
+                    &packet::icmp6_message(client, vip, 139, 0, [0; 4], &[0; 8]),
+                ),
+                XDP_DROP,
+                Some(DropReason::IcmpUnhandled),
+            ),
+            counter: None,
+        },
+        IcmpCase {
+            case: case(
+                "neighbour solicitation for a VIP with icmp_other = drop: still passed",
+                neighbour_solicitation(client, vip),
+                XDP_PASS,
+                None,
+            ),
+            counter: None,
+        },
+        IcmpCase {
+            case: case(
+                "1361-byte IPv6 TCP with on_too_big = drop",
+                tcp6_sized(&to_lb(None), &f, 1361),
+                XDP_DROP,
+                Some(DropReason::EncapTooBig),
+            ),
+            counter: None,
+        },
+    ];
+    run_icmp_table(&mut lab, strict_cases);
+
+    // encap.mtu 1300: 1260 bytes of IPv6 fit, but no packet too big may report less than
+    // 1280: a counted drop.
+    let small = icmp6_config().replace("mtu = 1400\n", "mtu = 1300\n");
+    let mut lab = self::lab(&small);
+    run_icmp_table(
+        &mut lab,
+        vec![IcmpCase {
+            case: case(
+                "1261-byte IPv6 TCP with encap.mtu 1300: dropped (MTU below 1280)",
+                tcp6_sized(&to_lb(None), &f, 1261),
+                XDP_DROP,
+                Some(DropReason::EncapTooBig),
+            ),
+            counter: None,
+        }],
+    );
+
+    let passing = icmp6_config().replace(
+        "mtu = 1400\n",
+        "mtu = 1400\n\n[policy]\nicmp_echo = \"pass\"\n",
+    );
+    let mut lab = self::lab(&passing);
+    run_icmp_table(
+        &mut lab,
+        vec![IcmpCase {
+            case: case(
+                "ICMPv6 echo request with icmp_echo = pass",
+                echo,
+                XDP_PASS,
+                None,
+            ),
+            counter: Some(LbCounter::IcmpPassed),
+        }],
+    );
 }

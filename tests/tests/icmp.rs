@@ -1,8 +1,10 @@
 //! ICMP through the balancer, end to end in the namespace lab (`scripts/lab.sh`): ping answered
 //! by the datapath, path MTU discovery towards the clients through the balancer (a router with
 //! a smaller MTU on the client side), and an upload through an IPIP VIP whose packets are too
-//! big once encapsulated. Namespaces are named `xic...` with this process's id, a prefix of
-//! their own per test (`xicp`, `xicm`, `xicu`, `xicrt`, `xiccl`) so the tests run side by side.
+//! big once encapsulated; each over IPv4, and over IPv6 (ICMPv6 echo, packet too big). Namespaces
+//! are named `xic...` (IPv4) and `xi6...` (IPv6) with this process's id, a prefix of their own
+//! per test (`xicp`, `xicm`, `xicu`, `xicrt`, `xiccl`, `xi6p`, `xi6m`, `xi6u`, `xi6rt`,
+//! `xi6cl`) so the tests run side by side.
 //!
 //! Each test fails without its feature: the balancer's kernel owns no VIP address and does not
 //! forward, so without the datapath no echo reply comes back, the router's "fragmentation
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use xlb_tests::{
     have_root,
-    lab::{Lab, VIP, repo_root},
+    lab::{Lab, VIP, VIP6, repo_root},
     netns::NetNs,
 };
 
@@ -122,8 +124,8 @@ for seq in range(3):
     );
 }
 
-/// A router between the lab and a client further away: its client-side link has an MTU of
-/// 1000 while the backends send 1500-byte segments (the client's MSS says 1460).
+/// A router between the lab and a client further away, whose client-side link has a smaller
+/// MTU than the backends' (which send full 1500-byte packets: the client's MSS says 1460).
 struct FarClient {
     // Dropped in this order: the client, then the router (whose bridge port goes with it).
     client: NetNs,
@@ -131,29 +133,62 @@ struct FarClient {
     _router: NetNs,
 }
 
-/// The far client's address.
+/// The addressing of a [`FarClient`] in one family.
+struct FarAddressing {
+    /// Prefix of the router's and the client's namespace names (and the bridge port's).
+    prefix: &'static str,
+    /// `-4` or `-6`, for `ip`.
+    family: &'static str,
+    /// Extra words after `ip addr add` (`nodad` for IPv6: usable at once).
+    addr_flags: &'static [&'static str],
+    /// The router's address on the lab's bridge, with its prefix length.
+    router_lab: &'static str,
+    /// The router's address on the client's link, with its prefix length.
+    router_client_side: &'static str,
+    /// The router's address on the client's link (the client's gateway).
+    gateway: &'static str,
+    /// The client's address, with its prefix length.
+    client: &'static str,
+    /// The client's network (the backends' route towards it).
+    client_net: &'static str,
+    /// The VIP as a host route, and the balancer's address (its next hop).
+    vip_route: String,
+    lb: &'static str,
+    /// The MTU of the router's end of the client's link.
+    mtu: &'static str,
+    /// Forwarding on, ICMP rate limit off.
+    sysctls: &'static [&'static str],
+}
+
+/// The far client's address (IPv4).
 const FAR_CLIENT: &str = "10.98.1.1";
-/// The router's address on the lab's bridge.
-const ROUTER: &str = "10.99.0.250";
+/// The far client's address (IPv6).
+const FAR_CLIENT6: &str = "fd98:1::1";
 
 impl FarClient {
-    fn attach(lab: &Lab) -> FarClient {
-        let router = NetNs::new("xicrt");
-        let client = NetNs::new("xiccl");
-        let sw = lab.ns("sw");
-        let lab_ns = |ns: &str, args: &[&str]| {
-            let mut full = vec!["netns", "exec", ns];
+    fn attach(lab: &Lab, a: &FarAddressing) -> FarClient {
+        let router = NetNs::new(&format!("{}rt", a.prefix));
+        let client = NetNs::new(&format!("{}cl", a.prefix));
+        let port = format!("p-{}rt", a.prefix);
+        let in_lab = |host: &str, args: &[&str]| {
+            let ns = lab.ns(host);
+            let mut full = vec!["netns", "exec", &ns];
             full.extend_from_slice(args);
             xlb_tests::netns::run("ip", &full);
         };
+        let addr = |ns: &NetNs, address: &str| {
+            let mut args = vec!["ip", a.family, "addr", "add", address, "dev", "eth0"];
+            args.extend_from_slice(a.addr_flags);
+            ns.exec(&args);
+        };
         // Bridge side.
-        lab_ns(
-            &sw,
+        in_lab(
+            "sw",
             &[
                 "ip",
                 "link",
                 "add",
-                "p-xicrt",
+                &port,
                 "type",
                 "veth",
                 "peer",
@@ -163,13 +198,13 @@ impl FarClient {
                 &router.name,
             ],
         );
-        lab_ns(
-            &sw,
-            &["ip", "link", "set", "p-xicrt", "master", "br0", "up"],
-        );
+        in_lab("sw", &["ip", "link", "set", &port, "master", "br0", "up"]);
+        let mut sysctl = vec!["sysctl", "-qw"];
+        sysctl.extend_from_slice(a.sysctls);
+        router.exec(&sysctl);
         router.exec(&["ip", "link", "set", "eth0", "up"]);
-        router.exec(&["ip", "addr", "add", &format!("{ROUTER}/24"), "dev", "eth0"]);
-        // Client side, MTU 1000 on the router's end only.
+        addr(&router, a.router_lab);
+        // Client side, the smaller MTU on the router's end only.
         router.exec(&[
             "ip",
             "link",
@@ -183,38 +218,37 @@ impl FarClient {
             "netns",
             &client.name,
         ]);
-        router.exec(&["ip", "link", "set", "eth1", "mtu", "1000", "up"]);
-        router.exec(&["ip", "addr", "add", "10.98.1.254/24", "dev", "eth1"]);
-        router.exec(&[
+        router.exec(&["ip", "link", "set", "eth1", "mtu", a.mtu, "up"]);
+        let mut args = vec![
             "ip",
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "via",
-            "10.99.0.2",
-        ]);
-        router.exec(&[
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.icmp_ratelimit=0",
-        ]);
-        client.exec(&["ip", "link", "set", "eth0", "up"]);
-        client.exec(&[
-            "ip",
+            a.family,
             "addr",
             "add",
-            &format!("{FAR_CLIENT}/24"),
+            a.router_client_side,
             "dev",
-            "eth0",
-        ]);
-        client.exec(&["ip", "route", "add", "default", "via", "10.98.1.254"]);
+            "eth1",
+        ];
+        args.extend_from_slice(a.addr_flags);
+        router.exec(&args);
+        router.exec(&["ip", a.family, "route", "add", &a.vip_route, "via", a.lb]);
+        client.exec(&["ip", "link", "set", "eth0", "up"]);
+        addr(&client, a.client);
+        client.exec(&["ip", a.family, "route", "add", "default", "via", a.gateway]);
         // As in scripts/lab.sh: a veth leaves checksums unfinished, XDP would carry them on.
         client.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+        let router_addr = a.router_lab.split('/').next().unwrap();
         for backend in ["be1", "be2", "be3"] {
-            lab_ns(
-                &lab.ns(backend),
-                &["ip", "route", "add", "10.98.1.0/24", "via", ROUTER],
+            in_lab(
+                backend,
+                &[
+                    "ip",
+                    a.family,
+                    "route",
+                    "add",
+                    a.client_net,
+                    "via",
+                    router_addr,
+                ],
             );
         }
         FarClient {
@@ -224,14 +258,16 @@ impl FarClient {
     }
 }
 
-#[test]
-fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
-    if !have_root() {
-        return;
-    }
-    let mut lab = Lab::up("xicm", "l2");
-    let far = FarClient::attach(&lab);
-    lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
+/// Downloads 2 MiB from `url` (a VIP served in mode l2) by the far client; the backends' full
+/// segments only get through once the router's error about them (`error_kind`) reaches the
+/// flow's backend through the balancer, which then caches `mtu` towards `far_client` from `vip`.
+fn download_learns_the_path_mtu(
+    lab: &Lab,
+    far: &FarClient,
+    url: &str,
+    (far_client, vip, mtu): (&str, &str, u16),
+    error_kind: &str,
+) {
     let size = 2 * 1024 * 1024;
     let downloaded = curl(
         far.client.command("curl"),
@@ -240,20 +276,80 @@ fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
             "/dev/null",
             "-w",
             "%{size_download}",
-            &format!("http://{VIP}/bytes/{size}"),
+            &format!("{url}bytes/{size}"),
         ],
-        "the download through the 1000-byte link stalled",
+        &format!("the download through the {mtu}-byte link stalled"),
     );
     assert_eq!(downloaded, size.to_string());
     assert!(
-        icmp_count(&lab, "error_forwarded", 1.0) >= 1.0,
-        "the router's fragmentation needed did not go through the balancer"
+        icmp_count(lab, "error_forwarded", 1.0) >= 1.0,
+        "the router's {error_kind} did not go through the balancer"
     );
     // The backend learnt the smaller MTU towards the client from the forwarded error.
     let learnt = ["be1", "be2", "be3"]
         .iter()
-        .any(|be| route_mtu(&lab, be, FAR_CLIENT, Some(VIP), 1000));
-    assert!(learnt, "no backend caches the path MTU 1000 to the client");
+        .any(|be| route_mtu(lab, be, far_client, Some(vip), mtu));
+    assert!(learnt, "no backend caches the path MTU {mtu} to the client");
+}
+
+#[test]
+fn a_smaller_mtu_towards_the_client_still_lets_a_large_download_complete() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::up("xicm", "l2");
+    let far = FarClient::attach(
+        &lab,
+        &FarAddressing {
+            prefix: "xic",
+            family: "-4",
+            addr_flags: &[],
+            router_lab: "10.99.0.250/24",
+            router_client_side: "10.98.1.254/24",
+            gateway: "10.98.1.254",
+            client: "10.98.1.1/24",
+            client_net: "10.98.1.0/24",
+            vip_route: format!("{VIP}/32"),
+            lb: "10.99.0.2",
+            mtu: "1000",
+            sysctls: &["net.ipv4.ip_forward=1", "net.ipv4.icmp_ratelimit=0"],
+        },
+    );
+    lab.start_xlbd(&repo_root().join("config/demo-l2.toml"));
+    download_learns_the_path_mtu(
+        &lab,
+        &far,
+        &format!("http://{VIP}/"),
+        (FAR_CLIENT, VIP, 1000),
+        "fragmentation needed",
+    );
+}
+
+/// Uploads 1 MiB to `url` (a VIP served in mode ipip) from the lab's client: its full-size
+/// segments only get through once the balancer's own error about them has taught the client
+/// the MTU `mtu` towards `vip`.
+fn upload_learns_the_mtu(lab: &Lab, url: &str, vip: &str, mtu: u16) {
+    let size = 1024 * 1024;
+    let upload = lab.workdir.join("upload.bin");
+    std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
+    let body = curl(
+        lab.command("client", "curl"),
+        &["--data-binary", &format!("@{}", upload.display()), url],
+        "the upload stalled",
+    );
+    assert!(
+        body.trim_end().ends_with(&format!("received {size}")),
+        "unexpected answer {body:?}"
+    );
+    assert!(
+        icmp_count(lab, "too_big_sent", 1.0) >= 1.0,
+        "the balancer sent no error for packets too big"
+    );
+    // The client learnt the MTU the balancer announced: 1500 less the outer header.
+    assert!(
+        route_mtu(lab, "client", vip, None, mtu),
+        "the client caches no path MTU {mtu} to the VIP"
+    );
 }
 
 #[test]
@@ -282,29 +378,142 @@ fn an_upload_too_big_to_encapsulate_completes_through_the_balancers_icmp() {
         ),
         "{policy}"
     );
-    let size = 1024 * 1024;
-    let upload = lab.workdir.join("upload.bin");
-    std::fs::write(&upload, vec![b'u'; size]).expect("upload file");
-    let body = curl(
-        lab.command("client", "curl"),
-        &[
-            "--data-binary",
-            &format!("@{}", upload.display()),
-            &format!("http://{VIP}/"),
-        ],
-        "the upload stalled",
+    upload_learns_the_mtu(&lab, &format!("http://{VIP}/"), VIP, 1480);
+}
+
+// ----- IPv6: ICMPv6 echo, packet too big towards the backends and from the balancer -----
+
+/// A config serving the lab's IPv6 VIP on port 80 in `mode` with the three backends at their
+/// IPv6 addresses, health-checked directly over TCP.
+fn config6(lab: &Lab, mode: &str) -> std::path::PathBuf {
+    let mut text = format!(
+        "[interface]\nname = \"xlbdemo-lb\"\nattach_mode = \"native\"\n\n\
+         [encap]\nsource_prefix_v6 = \"fd99:ffff::/64\"\n\n\
+         [[vip]]\nname = \"web6\"\naddress = \"{VIP6}\"\nport = 80\nprotocol = \"tcp\"\n\
+         mode = \"{mode}\"\ntable_size = 251\n  [vip.health]\n  via = \"direct\"\n  \
+         check = \"tcp\"\n  interval_ms = 500\n  timeout_ms = 400\n"
+    );
+    for i in 1..=3 {
+        text.push_str(&format!(
+            "  [[vip.backend]]\n  name = \"be{i}\"\n  address = \"fd99::1{i}\"\n  \
+             mac = \"02:99:00:00:00:1{i}\"\n"
+        ));
+    }
+    let path = lab.workdir.join("icmp6.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    path
+}
+
+#[test]
+fn ping6_to_an_ipv6_vip_is_answered_by_the_datapath() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::up("xi6p", "l2");
+    let config = config6(&lab, "l2");
+    lab.start_xlbd(&config);
+    // Three ICMPv6 echo requests on a raw socket (the kernel fills in their checksum), each
+    // answered within 5 s by an echo reply from the VIP with the same identifier, sequence and
+    // data, and a checksum that holds over the pseudo-header.
+    let script = format!(
+        r#"
+import socket, struct, time
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s & 0xffff) + (s >> 16)
+    s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+vip = socket.inet_pton(socket.AF_INET6, "{VIP6}")
+me = socket.inet_pton(socket.AF_INET6, "fd99::1")
+sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+sock.settimeout(5)
+ident = 0x4a1d
+for seq in range(3):
+    body = b"xlb ping6 %d..." % seq
+    sock.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, seq) + body, ("{VIP6}", 0))
+    deadline = time.time() + 5
+    while True:
+        data, peer = sock.recvfrom(2048)
+        kind, code, _, rid, rseq = struct.unpack("!BBHHH", data[:8])
+        if peer[0] == "{VIP6}" and kind == 129 and rid == ident and rseq == seq:
+            pseudo = vip + me + struct.pack("!I", len(data)) + b"\0\0\0\x3a"
+            assert data[8:] == body and csum(pseudo + data) == 0, "bad reply"
+            print("reply", seq)
+            break
+        assert time.time() < deadline, "no reply"
+"#
+    );
+    let out = lab
+        .command("client", "python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "no echo reply from the IPv6 VIP:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "every request answered: {stdout}"
     );
     assert!(
-        body.trim_end().ends_with(&format!("received {size}")),
-        "unexpected answer {body:?}"
+        icmp_count(&lab, "echo_replied", 3.0) >= 3.0,
+        "the replies did not come from the datapath"
     );
-    assert!(
-        icmp_count(&lab, "too_big_sent", 1.0) >= 1.0,
-        "the balancer sent no fragmentation needed"
+}
+
+#[test]
+fn ipv6_path_mtu_discovery_through_the_balancer_lets_a_large_download_complete() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::up("xi6m", "l2");
+    // The client-side link has the IPv6 minimum MTU, 1280.
+    let far = FarClient::attach(
+        &lab,
+        &FarAddressing {
+            prefix: "xi6",
+            family: "-6",
+            addr_flags: &["nodad"],
+            router_lab: "fd99::250/64",
+            router_client_side: "fd98:1::254/64",
+            gateway: "fd98:1::254",
+            client: "fd98:1::1/64",
+            client_net: "fd98:1::/64",
+            vip_route: format!("{VIP6}/128"),
+            lb: "fd99::2",
+            mtu: "1280",
+            sysctls: &[
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.icmp.ratelimit=0",
+            ],
+        },
     );
-    // The client learnt the MTU the balancer announced: 1500 less the outer header.
-    assert!(
-        route_mtu(&lab, "client", VIP, None, 1480),
-        "the client caches no path MTU 1480 to the VIP"
+    let config = config6(&lab, "l2");
+    lab.start_xlbd(&config);
+    download_learns_the_path_mtu(
+        &lab,
+        &far,
+        &format!("http://[{VIP6}]/"),
+        (FAR_CLIENT6, VIP6, 1280),
+        "packet too big",
     );
+}
+
+#[test]
+fn an_ipv6_upload_too_big_to_encapsulate_completes_through_packet_too_big() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::up("xi6u", "ipip");
+    let config = config6(&lab, "ipip");
+    lab.start_xlbd(&config);
+    upload_learns_the_mtu(&lab, &format!("http://[{VIP6}]/"), VIP6, 1460);
 }

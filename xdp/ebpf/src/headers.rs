@@ -112,6 +112,31 @@ pub mod icmp_type {
     pub const FRAG_NEEDED: u8 = 4;
 }
 
+/// ICMPv6 message types the balancer handles (RFC 4443, RFC 4861). The ICMPv6 header has
+/// the layout of [`IcmpHdr`]; its checksum also covers the IPv6 pseudo-header.
+pub mod icmp6_type {
+    /// Destination unreachable.
+    pub const DEST_UNREACH: u8 = 1;
+    /// Packet too big (the type-specific word is the MTU, 32 bits).
+    pub const PACKET_TOO_BIG: u8 = 2;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 3;
+    /// Parameter problem.
+    pub const PARAMETER_PROBLEM: u8 = 4;
+    /// Echo request.
+    pub const ECHO_REQUEST: u8 = 128;
+    /// Echo reply.
+    pub const ECHO_REPLY: u8 = 129;
+    /// First neighbour discovery type (router solicitation).
+    pub const ND_FIRST: u8 = 133;
+    /// Last neighbour discovery type (redirect).
+    pub const ND_LAST: u8 = 137;
+}
+
+/// The smallest MTU every IPv6 link has (RFC 8200 5): no packet too big may report less, and
+/// an ICMPv6 error the balancer sends stays within it.
+pub const IPV6_MIN_MTU: usize = 1280;
+
 /// Ethertype of IPv4, network byte order.
 pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 /// Ethertype of an 802.1Q tag, network byte order.

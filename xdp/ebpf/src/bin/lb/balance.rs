@@ -46,6 +46,21 @@ impl Flow for FlowKey6 {
     }
 }
 
+/// A flow's hash, computed once per packet: `hash` holds it after the first call. Not
+/// `Option::get_or_insert_with`: where the compiler puts that out of line, it returns a
+/// pointer into its caller's stack, which the verifier refuses.
+#[inline(always)]
+pub fn cached_hash<F: Flow>(flow: &F, hash: &mut Option<u32>) -> u32 {
+    match *hash {
+        Some(flow_hash) => flow_hash,
+        None => {
+            let flow_hash = flow.hash();
+            *hash = Some(flow_hash);
+            flow_hash
+        }
+    }
+}
+
 /// The VIP a flow is addressed to: an exact (address, port, protocol) match first, then the
 /// VIP that serves every port of that protocol on the address.
 #[inline(always)]
@@ -205,7 +220,7 @@ fn from_table<F: Flow>(
     if vip.backend_count == 0 || vip.table_size == 0 {
         return Err(DropReason::NoBackend);
     }
-    let flow_hash = *hash.get_or_insert_with(|| flow.hash());
+    let flow_hash = cached_hash(flow, hash);
     let slot = vip.table_offset + flow_hash % vip.table_size;
     let pair = MAGLEV.get(slot / 2).ok_or(DropReason::TableMiss)?;
     let backend_id = pair[(slot & 1) as usize];

@@ -4,9 +4,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use xlb_common::{
-    Backend, DropReason, FlowKey, Globals, VipMeta, family, forward_mode,
-    hash::{flow_hash, ipip_source},
-    proto,
+    Backend, DropReason, FlowKey, Globals, VipMeta, family, forward_mode, hash::ipip_source, proto,
 };
 use xlb_ebpf::{
     csum,
@@ -56,7 +54,7 @@ pub fn to_backend(
         forward_mode::L2 => l2(ctx, backend, globals),
         // An IPv4 VIP with an IPv6 backend: IPv4-in-IPv6.
         forward_mode::IPIP if backend.family == family::V6 => {
-            let flow_hash = *hash.get_or_insert_with(|| flow_hash(flow));
+            let flow_hash = crate::balance::cached_hash(flow, hash);
             let outer = crate::forward6::Inner {
                 l3_off: inner.l3_off,
                 traffic_class: inner.tos,
@@ -66,7 +64,7 @@ pub fn to_backend(
             crate::forward6::encap(ctx, &outer, backend, globals, flow_hash)
         }
         forward_mode::IPIP => {
-            let flow_hash = *hash.get_or_insert_with(|| flow_hash(flow));
+            let flow_hash = crate::balance::cached_hash(flow, hash);
             ipip(ctx, inner, backend, globals, flow_hash)
         }
         _ => Err(DropReason::TableMiss),

@@ -4,8 +4,9 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use xlb_common::{
-    Backend, DropReason, Globals,
+    Backend, DropReason, FlowKey6, Globals, VipMeta, family, forward_mode,
     hash::{flow_label, ip6_source},
+    proto,
 };
 use xlb_ebpf::{
     headers::{ETH_HLEN, ETH_P_IPV6_BE, EthHdr, IPV6_HLEN, Ipv6Hdr, VlanHdr},
@@ -24,6 +25,50 @@ pub struct Inner {
     /// Protocol number of the inner packet: [`xlb_common::proto::IPV6`] or
     /// [`xlb_common::proto::IPIP`].
     pub next_header: u8,
+}
+
+impl Inner {
+    /// What IPv6-in-IPv6 needs of the IPv6 packet at `l3_off` (`hdr` its fixed header,
+    /// `payload_len` its validated payload length).
+    #[inline(always)]
+    pub fn of(l3_off: usize, hdr: &Ipv6Hdr, payload_len: usize) -> Inner {
+        Inner {
+            l3_off,
+            traffic_class: (u32::from_be(hdr.vtc_flow) >> 20) as u8,
+            len: IPV6_HLEN + payload_len,
+            next_header: proto::IPV6,
+        }
+    }
+}
+
+/// Whether the IPv6 packet `inner` to `vip` would exceed `encap.mtu` once encapsulated: only
+/// the ipip mode adds a header (40 bytes).
+#[inline(always)]
+pub fn too_big(vip: &VipMeta, inner: &Inner, globals: &Globals) -> bool {
+    vip.mode == forward_mode::IPIP && crate::mtu::exceeds(globals, inner.len, IPV6_HLEN)
+}
+
+/// Sends the IPv6 packet `inner` to `backend` in the IPv6 VIP's mode: L2 (MAC rewrite) or
+/// IPv6-in-IPv6. `flow` is the client->VIP flow the packet belongs to (or is about): its hash
+/// picks the outer source and flow label, as for every packet of it.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    vip: &VipMeta,
+    inner: &Inner,
+    backend: &Backend,
+    globals: &Globals,
+    flow: &FlowKey6,
+    hash: &mut Option<u32>,
+) -> Result<u32, DropReason> {
+    match vip.mode {
+        forward_mode::L2 => crate::forward::l2(ctx, backend, globals),
+        forward_mode::IPIP if backend.family == family::V6 => {
+            let flow_hash = crate::balance::cached_hash(flow, hash);
+            encap(ctx, inner, backend, globals, flow_hash)
+        }
+        _ => Err(DropReason::TableMiss),
+    }
 }
 
 /// Prepends the outer IPv6 header, keeping the Ethernet header (and its 802.1Q tag) in front

@@ -12,9 +12,8 @@
 //! - anything else: passed to the kernel (`policy.icmp_other = "pass"`, the default) or
 //!   dropped (`icmp_unhandled`).
 //!
-//! Shape for IPv6 (ICMPv6 echo, "packet too big"): the same three entry points (`to_vip`,
-//! `frag_needed`, `other`) with a v6 parser of the quote; the routing tail (`route_error`)
-//! takes a flow key and is shared.
+//! ICMPv6 (icmp6.rs) follows the same rules with its own parser of the quote; `other` is
+//! shared.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -104,12 +103,8 @@ fn echo(
     icmp: *mut IcmpHdr,
     policy: &PolicyConfig,
 ) -> Result<u32, DropReason> {
-    if policy.flags & policy_flags::ICMP_ECHO_DROP != 0 {
-        return Err(DropReason::IcmpEcho);
-    }
-    if policy.flags & policy_flags::ICMP_ECHO_PASS != 0 {
-        stats::lb(LbCounter::IcmpPassed);
-        return Ok(xdp_action::XDP_PASS);
+    if let Some(action) = echo_policy(policy, false)? {
+        return Ok(action);
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
     let hdr = ip.hdr;
@@ -124,16 +119,44 @@ fn echo(
         let new = u16::from_ne_bytes([TTL, (*hdr).protocol]);
         (*hdr).check = csum::replace16((*hdr).check, old, new);
 
-        let code = (*icmp).code;
-        (*icmp).kind = icmp_type::ECHO_REPLY;
-        (*icmp).check = csum::replace16(
-            (*icmp).check,
-            u16::from_ne_bytes([icmp_type::ECHO_REQUEST, code]),
-            u16::from_ne_bytes([icmp_type::ECHO_REPLY, code]),
-        );
+        reply_type(icmp, icmp_type::ECHO_REQUEST, icmp_type::ECHO_REPLY);
     }
     stats::lb(LbCounter::IcmpEchoReplied);
     Ok(xdp_action::XDP_TX)
+}
+
+/// What `policy.icmp_echo` makes of an echo request (ICMP or ICMPv6) before any reply: an
+/// error to drop it, `Some(XDP_PASS)` (counted) to give it to the kernel, which it also is when
+/// the caller cannot answer it here (`to_kernel`), or `None` to answer it.
+#[inline(always)]
+pub fn echo_policy(policy: &PolicyConfig, to_kernel: bool) -> Result<Option<u32>, DropReason> {
+    if policy.flags & policy_flags::ICMP_ECHO_DROP != 0 {
+        return Err(DropReason::IcmpEcho);
+    }
+    if policy.flags & policy_flags::ICMP_ECHO_PASS != 0 || to_kernel {
+        stats::lb(LbCounter::IcmpPassed);
+        return Ok(Some(xdp_action::XDP_PASS));
+    }
+    Ok(None)
+}
+
+/// Turns the echo request header at `icmp` into the reply: type `request` -> `reply`, the
+/// checksum updated for that one word (RFC 1624).
+///
+/// # Safety
+/// `icmp` must point at an ICMP (or ICMPv6) header inside the frame, bounds-checked.
+#[inline(always)]
+pub unsafe fn reply_type(icmp: *mut IcmpHdr, request: u8, reply: u8) {
+    // SAFETY: the caller guarantees the header lies inside the frame.
+    unsafe {
+        let code = (*icmp).code;
+        (*icmp).kind = reply;
+        (*icmp).check = csum::replace16(
+            (*icmp).check,
+            u16::from_ne_bytes([request, code]),
+            u16::from_ne_bytes([reply, code]),
+        );
+    }
 }
 
 /// The client->VIP flow an ICMP error is about, read from the header it quotes: the packet a
@@ -214,18 +237,21 @@ fn route_error(
     Ok(action)
 }
 
-/// Turns the IPv4 packet at `l3_off` into an ICMP "fragmentation needed" (type 3 code 4) from
-/// the address it was sent to, back to its sender through the MAC it came from: a new IPv4
-/// and ICMP header in front of the packet's first [`QUOTE_LEN`] bytes (the frame is cut to
-/// them). The caller guarantees the packet is at least that long (`encap.mtu` >= 576).
+/// Prepares the frame for an error about the packet at `l3_off`, sent back where it came from:
+/// cuts it to the packet's first `quote_len` bytes and grows it at the front by `headers`
+/// bytes (the error's IP and ICMP headers, written by the caller at `l3_off`), the Ethernet
+/// header (and any tag) in front, its MACs swapped. The packet must hold the whole quote.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, l3_off: usize, next_hop_mtu: u16) -> Result<u32, DropReason> {
+pub fn room_for_error(
+    ctx: &XdpContext,
+    l3_off: usize,
+    quote_len: usize,
+    headers: usize,
+) -> Result<(), DropReason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
-    let packet: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(DropReason::Ipv4Truncated)?;
-    // SAFETY: both headers were bounds-checked by ptr_at.
-    let (sender_mac, own_mac, sender, addressed) =
-        unsafe { ((*eth).src, (*eth).dst, (*packet).saddr, (*packet).daddr) };
-    let keep = l3_off + QUOTE_LEN;
+    // SAFETY: the header was bounds-checked by ptr_at.
+    let (sender_mac, own_mac) = unsafe { ((*eth).src, (*eth).dst) };
+    let keep = l3_off + quote_len;
     let len = frame_len(ctx);
     if len < keep {
         return Err(DropReason::EncapTooBig);
@@ -236,7 +262,19 @@ pub fn frag_needed(ctx: &XdpContext, l3_off: usize, next_hop_mtu: u16) -> Result
             return Err(DropReason::EncapFailed);
         }
     }
-    forward::grow_front(ctx, IPV4_HLEN + ICMP_HLEN, l3_off, sender_mac, own_mac)?;
+    forward::grow_front(ctx, headers, l3_off, sender_mac, own_mac)
+}
+
+/// Turns the IPv4 packet at `l3_off` into an ICMP "fragmentation needed" (type 3 code 4) from
+/// the address it was sent to, back to its sender through the MAC it came from: a new IPv4
+/// and ICMP header in front of the packet's first [`QUOTE_LEN`] bytes (the frame is cut to
+/// them). The caller guarantees the packet is at least that long (`encap.mtu` >= 576).
+#[inline(always)]
+pub fn frag_needed(ctx: &XdpContext, l3_off: usize, next_hop_mtu: u16) -> Result<u32, DropReason> {
+    let packet: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(DropReason::Ipv4Truncated)?;
+    // SAFETY: the header was bounds-checked by ptr_at.
+    let (sender, addressed) = unsafe { ((*packet).saddr, (*packet).daddr) };
+    room_for_error(ctx, l3_off, QUOTE_LEN, IPV4_HLEN + ICMP_HLEN)?;
 
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,

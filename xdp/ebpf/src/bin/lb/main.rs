@@ -13,6 +13,7 @@ mod events;
 mod forward;
 mod forward6;
 mod icmp;
+mod icmp6;
 mod maps;
 mod mtu;
 mod policy;
@@ -90,14 +91,22 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<u32, DropReason> {
         return Ok(action);
     }
     if l2.ether_type == ETH_P_IPV6_BE {
-        return v6::process(ctx, l2.l3_off, bytes);
+        return match v6::process(ctx, l2.l3_off, bytes)? {
+            ICMP_TO_VIP => icmp6::to_vip(ctx, l2.l3_off, policy::settings()?, bytes),
+            TOO_BIG => mtu::too_big6(ctx, l2.l3_off),
+            action => Ok(action),
+        };
     }
     Ok(xdp_action::XDP_PASS)
 }
 
-/// What [`ipv4`] returns for ICMP to a VIP address (which has passed the global lists): the
-/// caller hands it to `icmp::to_vip`. Not an XDP action (those are 0..=4).
+/// What [`ipv4`] and `v6::process` return for ICMP to a VIP address (which has passed the
+/// global lists): the caller hands it to `icmp::to_vip` or `icmp6::to_vip`. Not an XDP action
+/// (those are 0..=4).
 const ICMP_TO_VIP: u32 = u32::MAX;
+/// What `v6::process` returns for a packet too big to encapsulate: the caller hands it to
+/// `mtu::too_big6`. Not an XDP action.
+const TOO_BIG: u32 = u32::MAX - 1;
 
 /// The IPv4 path, from the IPv4 header at `l3_off` on.
 #[inline(never)]

@@ -6,12 +6,16 @@
 //! and counted (`encap_too_big`).
 //!
 //! An IPv4 packet to an IPv6 backend (IPv4-in-IPv6) grows by 40 bytes, and the next-hop MTU
-//! sent back is `encap.mtu` - 40. IPv6 VIPs are not checked yet (ICMPv6 "packet too big").
+//! sent back is `encap.mtu` - 40. An IPv6 packet to an ipip VIP (IPv6-in-IPv6) grows by 40
+//! bytes too; IPv6 has no DF bit (routers never fragment), so it is always answered with
+//! ICMPv6 "packet too big" (MTU `encap.mtu` - 40) unless `encap.on_too_big = "drop"`, or
+//! unless that MTU would be below IPv6's minimum of 1280 (no such error may be sent): then it
+//! is dropped and counted (`encap_too_big`).
 
 use xlb_common::{Backend, DropReason, Globals, LbCounter, encap_flags, family};
-use xlb_ebpf::headers::{IPV4_HLEN, IPV6_HLEN};
+use xlb_ebpf::headers::{IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU};
 
-use crate::{forward::Inner, icmp, stats};
+use crate::{forward::Inner, icmp, icmp6, maps::GLOBALS, stats};
 
 /// The outer header encapsulation towards `backend` adds: IPv4 (20 bytes), or IPv6 (40) for
 /// an IPv6 backend.
@@ -24,7 +28,7 @@ pub fn outer_len(backend: &Backend) -> usize {
     }
 }
 
-/// Whether an IPv4 packet of `total_len` bytes would exceed `encap.mtu` once an outer header
+/// Whether an IP packet of `total_len` bytes would exceed `encap.mtu` once an outer header
 /// of `outer_len` bytes is put in front.
 #[inline(always)]
 pub fn exceeds(globals: &Globals, total_len: usize, outer_len: usize) -> bool {
@@ -46,6 +50,21 @@ pub fn too_big(
     }
     let next_hop_mtu = globals.encap_mtu.saturating_sub(outer_len as u16);
     let action = icmp::frag_needed(ctx, inner.l3_off, next_hop_mtu)?;
+    stats::lb(LbCounter::IcmpTooBigSent);
+    Ok(action)
+}
+
+/// An IPv6 packet at `l3_off` that is too big for IPv6-in-IPv6 (`forward6::too_big`):
+/// answered with "packet too big" unless the config says drop or the MTU to report would be
+/// below 1280. A BPF-to-BPF call of its own from `process`, beside the IPv6 path.
+#[inline(never)]
+pub fn too_big6(ctx: &aya_ebpf::programs::XdpContext, l3_off: usize) -> Result<u32, DropReason> {
+    let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
+    let mtu = usize::from(globals.encap_mtu).saturating_sub(IPV6_HLEN);
+    if globals.encap_flags & encap_flags::TOO_BIG_DROP != 0 || mtu < IPV6_MIN_MTU {
+        return Err(DropReason::EncapTooBig);
+    }
+    let action = icmp6::packet_too_big(ctx, l3_off, mtu as u32)?;
     stats::lb(LbCounter::IcmpTooBigSent);
     Ok(action)
 }

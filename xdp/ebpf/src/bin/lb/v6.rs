@@ -7,20 +7,22 @@
 //! extension headers: only packets to a VIP address are dropped for them.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use xlb_common::{DropReason, FlowKey6, PolicyConfig, family, forward_mode, policy_flags, proto};
+use xlb_common::{DropReason, FlowKey6, PolicyConfig, family, policy_flags, proto};
 use xlb_ebpf::{
     headers::{IPV6_HLEN, Ipv6ExtHdr, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, ipv6_ext},
     packet::ptr_at,
     parse,
 };
 
-use crate::{balance, events, forward, forward6, maps::GLOBALS, may_be_vip_address, policy, stats};
+use crate::{balance, events, forward6, maps::GLOBALS, may_be_vip_address, policy, stats};
 
 /// Extension headers skipped before the upper-layer header; a packet to a VIP with more is
 /// dropped (`ipv6_ext_header`). Real traffic to a service carries none, or one or two.
 pub const MAX_EXT_HEADERS: usize = 4;
 
-/// Balances an IPv6 packet whose fixed header starts at `l3_off`.
+/// Balances an IPv6 packet whose fixed header starts at `l3_off`. Returns an XDP action, or
+/// one of the caller's markers: `ICMP_TO_VIP` (ICMPv6 to a VIP address, past the global
+/// lists) or `TOO_BIG` (too big to encapsulate, flow chosen): each the caller's next call.
 #[inline(never)]
 pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, DropReason> {
     let ip = parse::ipv6(ctx, l3_off)?;
@@ -55,6 +57,9 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
             ptr_at::<PortsHdr>(ctx, l4_off).map(|ports| (unsafe { *ports }, None))
         }
         proto::TCP | proto::UDP => None,
+        // ICMPv6 to a VIP address has rules of its own (icmp6.rs), a call of its own made by
+        // the caller; to another address it passes (`unserved`).
+        proto::ICMPV6 if is_vip_address6(dst) => return Ok(crate::ICMP_TO_VIP),
         other => return unserved(policy, dst, other),
     };
     let Some((ports, tcp)) = l4 else {
@@ -89,20 +94,19 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
     // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
     let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
 
-    let action = match vip.mode {
-        forward_mode::L2 => forward::l2(ctx, &choice.backend, globals)?,
-        forward_mode::IPIP if choice.backend.family == family::V6 => {
-            let inner = forward6::Inner {
-                l3_off,
-                traffic_class: (u32::from_be(hdr.vtc_flow) >> 20) as u8,
-                len: IPV6_HLEN + ip.payload_len,
-                next_header: proto::IPV6,
-            };
-            let flow_hash = *hash.get_or_insert_with(|| balance::Flow::hash(&flow));
-            forward6::encap(ctx, &inner, &choice.backend, globals, flow_hash)?
-        }
-        _ => return Err(DropReason::TableMiss),
-    };
+    let inner = forward6::Inner::of(l3_off, &hdr, ip.payload_len);
+    if forward6::too_big(&vip, &inner, globals) {
+        return Ok(crate::TOO_BIG);
+    }
+    let action = forward6::to_backend(
+        ctx,
+        &vip,
+        &inner,
+        &choice.backend,
+        globals,
+        &flow,
+        &mut hash,
+    )?;
     stats::forwarded(vip.vip_id, choice.backend_id, bytes);
     events::forwarded6(policy, &flow, vip.vip_id, choice.backend_id);
     Ok(action)
@@ -115,7 +119,7 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
 /// packet cannot be balanced: a fragment, a header the balancer does not skip (or more than
 /// [`MAX_EXT_HEADERS`]), or a header running past the payload (`end`).
 #[inline(always)]
-fn skip_extensions(
+pub(crate) fn skip_extensions(
     ctx: &XdpContext,
     mut off: usize,
     mut next: u8,
@@ -173,8 +177,9 @@ fn is_vip_address6(addr: [u32; 4]) -> bool {
     crate::is_vip_address_of(addr, family::V6)
 }
 
-/// An IPv6 packet no VIP serves: as the IPv4 path's `unserved`, with ICMPv6 (neighbour
-/// discovery, packet too big, unreachable) always passed.
+/// An IPv6 packet no VIP serves: as the IPv4 path's `unserved`, with ICMPv6 (to an address
+/// that is not a VIP's, such as the balancer's own: neighbour discovery above all) always
+/// passed.
 #[inline(always)]
 fn unserved(policy: &PolicyConfig, addr: [u32; 4], protocol: u8) -> Result<u32, DropReason> {
     if protocol == proto::ICMPV6 {
