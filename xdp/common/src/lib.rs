@@ -19,7 +19,8 @@ pub use drop::DropReason;
 pub use event::{EVENT_NO_ID, Event, event_verdict};
 pub use maps::*;
 pub use policy::{
-    PolicyConfig, PolicyCounter, RateWindow, TokenBucket, VipSourceKey, policy_flags, verdict,
+    PolicyConfig, PolicyCounter, RateWindow, TokenBucket, VipSourceKey, VipSourceKey6,
+    policy_flags, verdict,
 };
 
 /// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
@@ -31,7 +32,9 @@ pub use policy::{
 /// source; ICMP and MTU: `XLB_ST_LB` gained four ICMP counters (9 entries), `Globals` the
 /// encapsulation MTU and flags (56 bytes in all), and the drop counters the IPv6 and ICMP
 /// reasons (25 entries).
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: per-VIP source ranges and the SYN rate limit for IPv6 sources: `XLB_POL_VIP6` and
+/// `XLB_RATE6` were added.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
@@ -117,6 +120,12 @@ pub mod map_names {
     pub const POLICY_VIP: &str = "XLB_POL_VIP";
     /// Per-source token buckets (LRU, fixed size): IPv4 source -> [`crate::TokenBucket`].
     pub const RATE: &str = "XLB_RATE";
+    /// Per-VIP source ranges of IPv6 VIPs: ([`crate::VipSourceKey6`]) prefix ->
+    /// [`crate::verdict::ALLOW`].
+    pub const POLICY_VIP6: &str = "XLB_POL_VIP6";
+    /// Per-source token buckets of IPv6 sources (LRU, fixed size): the source's /64
+    /// ([`crate::policy::Source6`]) -> [`crate::TokenBucket`].
+    pub const RATE6: &str = "XLB_RATE6";
     /// Per-CPU [`crate::RateWindow`]s, indexed by [`crate::policy::window`].
     pub const WINDOWS: &str = "XLB_WINDOWS";
     /// Ring buffer of [`crate::Event`]s.
