@@ -469,7 +469,7 @@ impl Checker<'_> {
         }
         let ranges = self.cidr_list(Some(raw), field);
         if let Some(vip) = vip {
-            for (cidr, span, _) in &ranges {
+            for (cidr, span, index) in &ranges {
                 if cidr.addr.is_ipv6() != vip.is_ipv6() {
                     let (range, own) = match vip {
                         IpAddr::V4(_) => ("IPv6", "IPv4"),
@@ -477,7 +477,7 @@ impl Checker<'_> {
                     };
                     self.error_at(
                         span,
-                        field,
+                        &format!("{field}[{index}]"),
                         format!(
                             "{cidr} is {range} but the VIP {vip} is {own}: a VIP's source \
                              ranges are of its own family (only those sources can reach it)"

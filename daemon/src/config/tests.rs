@@ -524,7 +524,7 @@ fn ipv6_vips_and_backends() {
     assert_eq!(texts, ["2001:db8:1::/48", "2001:db8:2::7/128"]);
     assert_eq!(
         only_error(&ranges("\"2001:db8:1::/48\", \"192.0.2.0/24\"")),
-        "10:37: vip[0].source_ranges: 192.0.2.0/24 is IPv4 but the VIP 2001:db8::10 is IPv6: a \
+        "10:37: vip[0].source_ranges[1]: 192.0.2.0/24 is IPv4 but the VIP 2001:db8::10 is IPv6: a \
          VIP's source ranges are of its own family (only those sources can reach it)"
     );
 }
@@ -1159,7 +1159,7 @@ fn vip_source_ranges_are_of_the_vip_family_and_count_against_the_limit() {
         [
             "10:17: vip[0].source_ranges: 2 source ranges across all VIPs but \
              limits.policy_prefixes is 1",
-            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6 but the VIP 10.0.0.10 is IPv4: \
+            "10:34: vip[0].source_ranges[1]: 2001:db8::/32 is IPv6 but the VIP 10.0.0.10 is IPv4: \
              a VIP's source ranges are of its own family (only those sources can reach it)",
             "10:51: vip[0].source_ranges[2]: duplicate prefix 192.0.2.0/24 \
              (vip[0].source_ranges[0])",
