@@ -5,7 +5,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_ns,
-    maps::{LruHashMap, lpm_trie::Key},
+    maps::{LpmTrie, LruHashMap, lpm_trie::Key},
 };
 use xlb_common::{
     DropReason, FlowKey, FlowKey6, FlowValue, PolicyConfig, PolicyCounter, TokenBucket, VipMeta,
@@ -173,16 +173,11 @@ pub fn vip(
 ) -> Result<(), DropReason> {
     let syn = tcp_sane(tcp)?;
     if policy.flags & policy_flags::VIP_RANGES != 0 {
-        let key = Key::new(
-            64,
-            VipSourceKey {
-                vip_id: vip.vip_id,
-                addr: flow.src,
-            },
-        );
-        if POLICY_VIP.get(key).is_none() {
-            return Err(DropReason::VipSourceDenied);
-        }
+        let key = VipSourceKey {
+            vip_id: vip.vip_id,
+            addr: flow.src,
+        };
+        in_vip_ranges(&POLICY_VIP, 64, key)?;
     }
     if syn && policy.source_rate != 0 && !take_token(&RATE, policy, &flow.src) {
         return Err(DropReason::RateLimited);
@@ -201,16 +196,11 @@ pub fn vip6(
     opens_connection: bool,
 ) -> Result<(), DropReason> {
     if policy.flags & policy_flags::VIP_RANGES != 0 {
-        let key = Key::new(
-            160,
-            VipSourceKey6 {
-                vip_id: vip.vip_id,
-                addr: flow.src,
-            },
-        );
-        if POLICY_VIP6.get(key).is_none() {
-            return Err(DropReason::VipSourceDenied);
-        }
+        let key = VipSourceKey6 {
+            vip_id: vip.vip_id,
+            addr: flow.src,
+        };
+        in_vip_ranges(&POLICY_VIP6, 160, key)?;
     }
     if opens_connection
         && policy.source_rate != 0
@@ -219,6 +209,16 @@ pub fn vip6(
         return Err(DropReason::RateLimited);
     }
     Ok(())
+}
+
+/// A VIP's source ranges asked for a (VIP, source) key of `bits` bits (the VIP id and the whole
+/// source) in the trie of the VIP's family: no matching range is `vip_source_denied`.
+#[inline(always)]
+fn in_vip_ranges<K>(ranges: &LpmTrie<K, u32>, bits: u32, key: K) -> Result<(), DropReason> {
+    match ranges.get(Key::new(bits, key)) {
+        Some(_) => Ok(()),
+        None => Err(DropReason::VipSourceDenied),
+    }
 }
 
 /// TCP sanity (data offset, flag combination) of a packet to a VIP of either family; true
