@@ -231,6 +231,45 @@ mod tests {
     }
 
     #[test]
+    fn api_vips_take_source_ranges_of_their_own_family() {
+        let text = |address: &str, backend: &str, ranges: &[&str]| {
+            let mut spec = spec();
+            spec.address = address.into();
+            spec.backends[0].address = backend.into();
+            spec.source_ranges = Some(ranges.iter().map(|r| (*r).to_string()).collect());
+            let mut overlay = Overlay::default();
+            overlay.vips.insert("api-web".into(), spec);
+            format!("[interface]\nname = \"eth0\"\n{}", overlay.vips_toml())
+        };
+        let v6 = text("2001:db8::50", "2001:db8:1::1", &["2001:db8:c::/48"]);
+        let config = crate::config::Config::parse(&v6, "t").unwrap_or_else(|e| panic!("{e}\n{v6}"));
+        let ranges = config.vips[0].source_ranges.as_ref().unwrap();
+        assert_eq!(ranges[0].to_string(), "2001:db8:c::/48");
+        for (address, backend, ranges) in [
+            (
+                "2001:db8::50",
+                "2001:db8:1::1",
+                ["2001:db8:c::/48", "192.0.2.0/24"],
+            ),
+            ("10.0.0.50", "10.0.1.1", ["192.0.2.0/24", "2001:db8:c::/48"]),
+        ] {
+            let bad = text(address, backend, &ranges);
+            match crate::config::Config::parse(&bad, "t") {
+                Err(crate::config::ConfigError::Invalid { diagnostics }) => {
+                    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+                    assert_eq!(diagnostics[0].field, "vip[0].source_ranges[1]");
+                    assert!(
+                        diagnostics[0].message.contains("of its own family"),
+                        "{}",
+                        diagnostics[0].message
+                    );
+                }
+                other => panic!("accepted or other error: {other:?}\n{bad}"),
+            }
+        }
+    }
+
+    #[test]
     fn health_settings_of_api_vips_reach_the_config() {
         let mut spec = spec();
         spec.mode = "ipip".into();

@@ -1033,3 +1033,106 @@ fn ipv6_vips_apply_by_difference_and_are_adopted_with_their_flows() {
     assert_eq!(live.count_flows6().unwrap(), 1, "the IPv6 flow survived");
     assert_eq!(run(&mut live, 0x10), first, "the flow stays on its backend");
 }
+
+/// Source ranges of IPv6 VIPs (`XLB_POL_VIP6`) are adopted with the rest: after a restart a
+/// changed range replaces the old one by difference (the old one does not linger), a VIP
+/// without ranges holds ::/0, and a removed VIP's entries are cleared.
+#[test]
+fn adopted_ipv6_source_ranges_change_by_difference() {
+    if !have_root() {
+        return;
+    }
+    let head = "[interface]\nname = \"ranges6\"\n\n[limits]\nflow_table_size = 1024\n\
+                max_vips = 512\nmax_backends = 4096\nmaglev_slots = 2097152\n";
+    let vip = |name: &str, port: u16, ranges: Option<&str>| {
+        let ranges = ranges.map_or(String::new(), |r| format!("source_ranges = [\"{r}\"]\n"));
+        format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"2001:db8::10\"\nport = {port}\n\
+             protocol = \"tcp\"\nmode = \"l2\"\ntable_size = 251\n{ranges}  [vip.health]\n  \
+             via = \"direct\"\n  [[vip.backend]]\n  address = \"2001:db8:1::{port}\"\n  \
+             mac = \"02:00:00:00:06:01\"\n"
+        )
+    };
+    let state = |text: &str| {
+        let config = Config::parse(text, "ranges6.toml").unwrap_or_else(|e| panic!("{e}"));
+        DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let web = vip("web6", 80, None);
+    let first = state(&format!(
+        "{head}{web}{}",
+        vip("admin6", 22, Some("2001:db8:c::/48"))
+    ));
+    let moved = state(&format!(
+        "{head}{web}{}",
+        vip("admin6", 22, Some("2001:db8:d::/48"))
+    ));
+    let web_only = state(&format!("{head}{web}"));
+    let to_lb = L2 {
+        dst: IF_MAC,
+        src: [0x02, 0, 0, 0, 0, 0xcc],
+        vlan: None,
+    };
+    let action = |dataplane: &mut Dataplane, src: &str, dport: u16| {
+        let flow = packet::Flow6 {
+            src: src.parse().unwrap(),
+            dst: "2001:db8::10".parse().unwrap(),
+            sport: 40000,
+            dport,
+        };
+        let input = packet::tcp6(&to_lb, &flow, TCP_SYN, b"");
+        let mut out = vec![0u8; input.len() + 64];
+        dataplane
+            .test_run(&input, &mut out)
+            .unwrap_or_else(|e| panic!("test run: {e}"))
+            .0
+    };
+    const XDP_DROP: u32 = 1;
+    const XDP_TX: u32 = 3;
+    let pins = TestPins::new("ranges6");
+    let dir = PinDir::new(pins.root(), "ranges6");
+    let trie_entries = || {
+        let data = aya::maps::MapData::from_pin(dir.map(xlb_common::map_names::POLICY_VIP6))
+            .unwrap_or_else(|e| panic!("opening the pinned trie: {e}"));
+        let trie: aya::maps::lpm_trie::LpmTrie<_, xlb_common::VipSourceKey6, u32> =
+            aya::maps::Map::LpmTrie(data).try_into().unwrap();
+        trie.keys().count()
+    };
+
+    let mut live = load_pinned(LIMITS, &dir).unwrap_or_else(|e| panic!("loading: {e}"));
+    live.apply(&first).expect("first apply");
+    assert_eq!(action(&mut live, "2001:db8:c::1", 22), XDP_TX, "in range");
+    assert_eq!(
+        action(&mut live, "2001:db8:d::1", 22),
+        XDP_DROP,
+        "out of range"
+    );
+    assert_eq!(action(&mut live, "2001:db8:d::1", 80), XDP_TX, "no ranges");
+    assert_eq!(trie_entries(), 2, "web6's ::/0 and admin6's range");
+    drop(live);
+
+    let mut live = load_pinned(LIMITS, &dir).unwrap_or_else(|e| panic!("adopting: {e}"));
+    assert!(live.adopting(), "the pinned maps were not adopted");
+    live.apply(&moved).expect("apply after adoption");
+    assert_eq!(
+        action(&mut live, "2001:db8:c::2", 22),
+        XDP_DROP,
+        "the old range lingered after the restart"
+    );
+    assert_eq!(action(&mut live, "2001:db8:d::2", 22), XDP_TX, "new range");
+    assert_eq!(
+        trie_entries(),
+        2,
+        "the old range was replaced, not added to"
+    );
+    drop(live);
+
+    let mut live = load_pinned(LIMITS, &dir).unwrap_or_else(|e| panic!("adopting: {e}"));
+    assert!(live.adopting(), "the pinned maps were not adopted");
+    live.apply(&web_only).expect("removing admin6");
+    assert_eq!(
+        action(&mut live, "2001:db8:e::1", 80),
+        XDP_TX,
+        "web6 serves"
+    );
+    assert_eq!(trie_entries(), 1, "admin6's range left behind");
+}

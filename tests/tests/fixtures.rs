@@ -2025,6 +2025,240 @@ fn ipv6_table() {
     }
 }
 
+// ----- IPv6 policy: per-VIP source ranges and the SYN rate limit per source /64.
+
+const V6_POLICY_CONFIG: &str = r#"
+[interface]
+name = "fixture6p"
+
+[limits]
+flow_table_size = 4096
+max_vips = 64
+max_backends = 256
+maglev_slots = 262144
+
+[policy.rate_limit]
+new_connections_per_second = 1
+burst = 2
+
+[[vip]]
+name = "web6"
+address = "2001:db8::10"
+port = 80
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+  [[vip.backend]]
+  address = "2001:db8:1::21"
+  mac = "02:00:00:00:01:21"
+
+[[vip]]
+name = "admin6"
+address = "2001:db8::10"
+port = 22
+protocol = "tcp"
+mode = "l2"
+table_size = 251
+source_ranges = ["2001:db8:c::/48", "2001:db8:f::7/128"]
+  [[vip.backend]]
+  address = "2001:db8:1::22"
+  mac = "02:00:00:00:01:22"
+"#;
+
+/// A TCP segment from `src` to 2001:db8::10 (web6 on port 80, admin6 on 22), as a frame.
+fn tcp6_to_vip(src: &str, dport: u16, flags: u8) -> Vec<u8> {
+    let f = flow6(src, "2001:db8::10", 42000, dport);
+    packet::ipv6_frame(&to_lb(None), &f, 6, &packet::tcp6_segment(&f, flags, b""))
+}
+
+/// A segment `tcp6_to_vip` builds, forwarded in L2 to the VIP's one backend.
+fn forwarded6(lab: &Lab, description: &'static str, src: &str, dport: u16, flags: u8) -> Case {
+    let input = tcp6_to_vip(src, dport, flags);
+    let vip = if dport == 80 { "web6" } else { "admin6" };
+    Case {
+        description,
+        output: Expected::Bytes(l2_rewritten(&input, lab.backend_mac(vip, 0))),
+        input,
+        action: XDP_TX,
+        drop: None,
+    }
+}
+
+fn dropped6(description: &'static str, src: &str, dport: u16, reason: DropReason) -> Case {
+    Case {
+        description,
+        input: tcp6_to_vip(src, dport, TCP_SYN),
+        action: XDP_DROP,
+        output: Expected::Unchanged,
+        drop: Some(reason),
+    }
+}
+
+#[test]
+fn ipv6_policy_table() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(V6_POLICY_CONFIG);
+    let cases = vec![
+        // Per-VIP source ranges of an IPv6 VIP.
+        dropped6(
+            "IPv6 source outside the IPv6 VIP's source_ranges",
+            "2001:db8:d::1",
+            22,
+            DropReason::VipSourceDenied,
+        ),
+        dropped6(
+            "IPv6 source next to a /128 range (2001:db8:f::8): outside",
+            "2001:db8:f::8",
+            22,
+            DropReason::VipSourceDenied,
+        ),
+        forwarded6(
+            &lab,
+            "IPv6 source inside the VIP's /48 range",
+            "2001:db8:c:5::9",
+            22,
+            TCP_SYN,
+        ),
+        forwarded6(
+            &lab,
+            "IPv6 source equal to the VIP's /128 range",
+            "2001:db8:f::7",
+            22,
+            TCP_SYN,
+        ),
+        forwarded6(
+            &lab,
+            "IPv6 VIP without ranges serves a source another VIP refuses",
+            "2001:db8:d::1",
+            80,
+            TCP_SYN,
+        ),
+        // Per-source SYN rate: a bucket per /64, a burst of 2, then 1 per second.
+        forwarded6(&lab, "first SYN of a /64", "2001:db8:e:1::1", 80, TCP_SYN),
+        forwarded6(
+            &lab,
+            "second SYN of the /64, from another address of it (burst of 2)",
+            "2001:db8:e:1::2",
+            80,
+            TCP_SYN,
+        ),
+        dropped6(
+            "third SYN of the /64, from a third address: rate limited (one bucket per /64)",
+            "2001:db8:e:1:ffff::3",
+            80,
+            DropReason::RateLimited,
+        ),
+        forwarded6(
+            &lab,
+            "SYN of the next /64: a bucket of its own",
+            "2001:db8:e:2::1",
+            80,
+            TCP_SYN,
+        ),
+        forwarded6(
+            &lab,
+            "an ACK of the limited /64 is not a new connection",
+            "2001:db8:e:1::3",
+            80,
+            TCP_ACK,
+        ),
+    ];
+    run_table(&mut lab, &cases);
+}
+
+#[test]
+fn ipv6_source_ranges_change_by_difference() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(V6_POLICY_CONFIG);
+    // admin6's ranges move to another /48, and web6 gets ranges of its own.
+    let changed_text = V6_POLICY_CONFIG
+        .replace(
+            r#"source_ranges = ["2001:db8:c::/48", "2001:db8:f::7/128"]"#,
+            r#"source_ranges = ["2001:db8:d::/48", "2001:db8:f::7/128"]"#,
+        )
+        .replace(
+            "table_size = 251\n  [[vip.backend]]\n  address = \"2001:db8:1::21\"",
+            "table_size = 251\nsource_ranges = [\"2001:db8:a::/48\"]\n  [[vip.backend]]\n  \
+             address = \"2001:db8:1::21\"",
+        );
+    assert_ne!(changed_text, V6_POLICY_CONFIG);
+    let changed = Config::parse(&changed_text, "changed.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(changed.vips.iter().all(|v| v.source_ranges.is_some()));
+    let state = DesiredState::from_config(&changed).unwrap_or_else(|e| panic!("{e}"));
+    lab.dataplane
+        .apply(&state)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = vec![
+        dropped6(
+            "the removed range refuses its sources",
+            "2001:db8:c::1",
+            22,
+            DropReason::VipSourceDenied,
+        ),
+        forwarded6(
+            &lab,
+            "the added range lets its sources in",
+            "2001:db8:d::1",
+            22,
+            TCP_SYN,
+        ),
+        forwarded6(
+            &lab,
+            "the kept /128 range still lets in",
+            "2001:db8:f::7",
+            22,
+            TCP_SYN,
+        ),
+        dropped6(
+            "web6's ::/0 was replaced by its new range",
+            "2001:db8:d::2",
+            80,
+            DropReason::VipSourceDenied,
+        ),
+        forwarded6(
+            &lab,
+            "web6's new range lets in",
+            "2001:db8:a::1",
+            80,
+            TCP_SYN,
+        ),
+    ];
+    run_table(&mut lab, &cases);
+    // Back to the first config: web6 serves every source again.
+    let first = Config::parse(V6_POLICY_CONFIG, "first.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&first).unwrap_or_else(|e| panic!("{e}"));
+    lab.dataplane
+        .apply(&state)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cases = vec![
+        forwarded6(
+            &lab,
+            "web6 without ranges again: ::/0",
+            "2001:db8:d::3",
+            80,
+            TCP_SYN,
+        ),
+        forwarded6(
+            &lab,
+            "admin6's first range again",
+            "2001:db8:c::3",
+            22,
+            TCP_SYN,
+        ),
+        dropped6(
+            "admin6's second config range removed",
+            "2001:db8:d::4",
+            22,
+            DropReason::VipSourceDenied,
+        ),
+    ];
+    run_table(&mut lab, &cases);
+}
+
 #[test]
 fn established_ipv6_flows_stay_on_their_backend_in_the_ipv6_flow_table() {
     if !have_root() {

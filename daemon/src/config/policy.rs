@@ -450,11 +450,13 @@ impl Checker<'_> {
         }
     }
 
-    /// A VIP's `source_ranges`: IPv4 (like the VIPs), not empty, no duplicates.
+    /// A VIP's `source_ranges`: of the VIP's own family (`vip`, its address when valid), not
+    /// empty, no duplicates.
     pub(super) fn source_ranges(
         &mut self,
         raw: Option<&Spanned<Vec<Spanned<String>>>>,
         field: &str,
+        vip: Option<IpAddr>,
     ) -> Option<Vec<Cidr>> {
         let raw = raw?;
         if raw.get_ref().is_empty() {
@@ -466,13 +468,22 @@ impl Checker<'_> {
             return Some(Vec::new());
         }
         let ranges = self.cidr_list(Some(raw), field);
-        for (cidr, span, _) in &ranges {
-            if cidr.addr.is_ipv6() {
-                self.error_at(
-                    span,
-                    field,
-                    format!("{cidr} is IPv6; source ranges are IPv4-only (so are the VIPs that have them)"),
-                );
+        if let Some(vip) = vip {
+            for (cidr, span, index) in &ranges {
+                if cidr.addr.is_ipv6() != vip.is_ipv6() {
+                    let (range, own) = match vip {
+                        IpAddr::V4(_) => ("IPv6", "IPv4"),
+                        IpAddr::V6(_) => ("IPv4", "IPv6"),
+                    };
+                    self.error_at(
+                        span,
+                        &format!("{field}[{index}]"),
+                        format!(
+                            "{cidr} is {range} but the VIP {vip} is {own}: a VIP's source \
+                             ranges are of its own family (only those sources can reach it)"
+                        ),
+                    );
+                }
             }
         }
         Some(ranges.into_iter().map(|(c, _, _)| c).collect())

@@ -501,15 +501,31 @@ fn ipv6_vips_and_backends() {
          family: IPv4 VIP 10.0.0.10, IPv6 backend 2001:db8::21 (mode \"ipip\" sends \
          IPv4-in-IPv6)"
     );
-    // Source ranges are IPv4-only.
-    assert_eq!(
-        only_error(&v6.replacen(
+    // An IPv6 VIP takes IPv6 source ranges, and refuses IPv4 ones.
+    let ranges = |list: &str| {
+        v6.replacen(
             "mode = \"l2\"",
-            "mode = \"l2\"\nsource_ranges = [\"192.0.2.0/24\"]",
-            1
-        )),
-        "10:17: vip[0].source_ranges: source_ranges are IPv4-only and cannot be set on an IPv6 \
-         VIP (not supported yet; the global [policy] lists do filter IPv6 sources)"
+            &format!("mode = \"l2\"\nsource_ranges = [{list}]"),
+            1,
+        )
+    };
+    let config = Config::parse(
+        &ranges("\"2001:db8:1::/48\", \"2001:db8:2::7/128\""),
+        "test.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let texts: Vec<String> = config.vips[0]
+        .source_ranges
+        .as_ref()
+        .expect("ranges kept")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(texts, ["2001:db8:1::/48", "2001:db8:2::7/128"]);
+    assert_eq!(
+        only_error(&ranges("\"2001:db8:1::/48\", \"192.0.2.0/24\"")),
+        "10:37: vip[0].source_ranges[1]: 192.0.2.0/24 is IPv4 but the VIP 2001:db8::10 is IPv6: a \
+         VIP's source ranges are of its own family (only those sources can reach it)"
     );
 }
 
@@ -1132,7 +1148,7 @@ fn policy_errors_are_all_reported_with_their_place() {
 }
 
 #[test]
-fn vip_source_ranges_are_ipv4_and_count_against_the_limit() {
+fn vip_source_ranges_are_of_the_vip_family_and_count_against_the_limit() {
     let vip = BASE.replace(
         "mode = \"l2\"",
         "mode = \"l2\"\nsource_ranges = [\"192.0.2.0/24\", \"2001:db8::/32\", \"192.0.2.0/24\"]",
@@ -1143,8 +1159,8 @@ fn vip_source_ranges_are_ipv4_and_count_against_the_limit() {
         [
             "10:17: vip[0].source_ranges: 2 source ranges across all VIPs but \
              limits.policy_prefixes is 1",
-            "10:34: vip[0].source_ranges: 2001:db8::/32 is IPv6; source ranges are IPv4-only (so \
-             are the VIPs that have them)",
+            "10:34: vip[0].source_ranges[1]: 2001:db8::/32 is IPv6 but the VIP 10.0.0.10 is IPv4: \
+             a VIP's source ranges are of its own family (only those sources can reach it)",
             "10:51: vip[0].source_ranges[2]: duplicate prefix 192.0.2.0/24 \
              (vip[0].source_ranges[0])",
         ]

@@ -403,8 +403,11 @@ impl Checker<'_> {
             .required(&vip.mode, span.clone(), path, "mode")
             .and_then(|m| self.keyword(m, &format!("{path}.mode"), "mode", MODES));
         let table_size = self.table_size(vip, span.clone(), path);
-        let source_ranges =
-            self.source_ranges(vip.source_ranges.as_ref(), &format!("{path}.source_ranges"));
+        let source_ranges = self.source_ranges(
+            vip.source_ranges.as_ref(),
+            &format!("{path}.source_ranges"),
+            address,
+        );
 
         if vip.backend.is_empty() {
             self.error(
@@ -423,16 +426,6 @@ impl Checker<'_> {
         let backends = self.backends(&vip.backend, path, next_hop, &health, &context);
         if let Some(address) = address {
             self.families(vip, path, address, mode, &backends, &health);
-            if address.is_ipv6()
-                && let Some(ranges) = &vip.source_ranges
-            {
-                self.error_at(
-                    ranges,
-                    &format!("{path}.source_ranges"),
-                    "source_ranges are IPv4-only and cannot be set on an IPv6 VIP (not \
-                     supported yet; the global [policy] lists do filter IPv6 sources)",
-                );
-            }
         }
 
         let service = match (address, port, protocol) {

@@ -82,6 +82,14 @@ impl Dataplane {
             };
             match (matched, desired.vips.get(&key)) {
                 (Some(backend_ids), Some(vip)) => {
+                    // The VIP is kept as it is, but its source ranges may have changed while
+                    // no daemon ran (they are not part of the match above): written by
+                    // difference against what the previous daemon left.
+                    self.policy.set_vip_ranges(
+                        meta.vip_id,
+                        vip.config.address.is_ipv6(),
+                        vip.config.source_ranges.as_deref(),
+                    )?;
                     // Entries of this VIP the desired state does not name (left by a change
                     // cut short) are retired below with the other leftovers.
                     self.applied.insert(

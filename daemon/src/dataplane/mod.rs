@@ -430,7 +430,12 @@ impl Dataplane {
                 map_names::POLICY_VIP,
                 limits.policy_prefixes.saturating_add(limits.max_vips),
             ),
+            (
+                map_names::POLICY_VIP6,
+                limits.policy_prefixes.saturating_add(limits.max_vips),
+            ),
             (map_names::RATE, limits.rate_limit_sources),
+            (map_names::RATE6, limits.rate_limit_sources),
         ];
         let mut loader = EbpfLoader::new();
         for (name, size) in sizes {
@@ -480,7 +485,10 @@ impl Dataplane {
                 typed(&mut ebpf, map_names::POLICY)?,
                 typed(&mut ebpf, map_names::POLICY_V4)?,
                 typed(&mut ebpf, map_names::POLICY_V6)?,
-                typed(&mut ebpf, map_names::POLICY_VIP)?,
+                policy::VipRangeTries {
+                    v4: typed(&mut ebpf, map_names::POLICY_VIP)?,
+                    v6: typed(&mut ebpf, map_names::POLICY_VIP6)?,
+                },
                 policy::Resolved::new(
                     typed(&mut ebpf, map_names::POLICY_V4_B16)?,
                     take_array(&mut ebpf, map_names::POLICY_V4_24)?,
@@ -1076,8 +1084,11 @@ impl Dataplane {
             backend_count: vip.backends.iter().filter(|b| b.weight > 0).count() as u32,
         };
         // The VIP's source ranges are in place before its entry points traffic at them.
-        self.policy
-            .set_vip_ranges(vip_id, vip.config.source_ranges.as_deref())?;
+        self.policy.set_vip_ranges(
+            vip_id,
+            vip.config.address.is_ipv6(),
+            vip.config.source_ranges.as_deref(),
+        )?;
         // A new VIP's address is known to the filter before the VIP can be found.
         if old.is_none() {
             self.add_vip_addr(&key)?;

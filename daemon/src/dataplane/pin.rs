@@ -22,7 +22,7 @@ use xlb_common::{Globals, LAYOUT_VERSION, map_names};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/xlb";
 
 /// Maps of the load balancer that are pinned (all of them: state, flows and counters).
-pub const PINNED_MAPS: [&str; 25] = [
+pub const PINNED_MAPS: [&str; 27] = [
     map_names::VIPS,
     map_names::VIPS6,
     map_names::VIP_ADDRS,
@@ -35,6 +35,8 @@ pub const PINNED_MAPS: [&str; 25] = [
     map_names::POLICY_V4_B16,
     map_names::POLICY_VIP,
     map_names::RATE,
+    map_names::POLICY_VIP6,
+    map_names::RATE6,
     map_names::WINDOWS,
     map_names::EVENTS,
     map_names::STATS_POLICY,

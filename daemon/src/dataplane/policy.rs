@@ -11,7 +11,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use xlb_common::{
-    PolicyConfig as DatapathPolicy, VipSourceKey, map_names,
+    PolicyConfig as DatapathPolicy, VipSourceKey, VipSourceKey6, map_names,
     policy::{MixedSlash24, POLICY_V4_24_WORDS, entry_slot, v4_code, v4_entry},
     policy_flags, verdict,
 };
@@ -28,11 +28,14 @@ pub struct PolicyMaps {
     pub(super) v4: LpmTrie<MapData, u32, u32>,
     pub(super) v6: LpmTrie<MapData, [u32; 4], u32>,
     pub(super) vip: LpmTrie<MapData, VipSourceKey, u32>,
+    /// Source ranges of IPv6 VIPs.
+    pub(super) vip6: LpmTrie<MapData, VipSourceKey6, u32>,
     /// The resolved IPv4 lists, and what they hold.
     resolved: Resolved,
     /// Global entries written: prefix -> verdict.
     global: BTreeMap<Cidr, u32>,
-    /// Source-range entries written per VIP id.
+    /// Source-range entries written per VIP id (in `vip` for an IPv4 VIP, `vip6` for an IPv6
+    /// one: each entry is of its VIP's family).
     vip_ranges: BTreeMap<u32, BTreeSet<Cidr>>,
     written: Option<DatapathPolicy>,
     /// Whether global entries or resolved lists were written since the last settings word.
@@ -42,6 +45,12 @@ pub struct PolicyMaps {
 /// Every source: what a VIP without `source_ranges` holds in the per-VIP trie.
 const ANY_V4: Cidr = Cidr {
     addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    prefix_len: 0,
+};
+
+/// Every IPv6 source: what an IPv6 VIP without `source_ranges` holds in `XLB_POL_VIP6`.
+const ANY_V6: Cidr = Cidr {
+    addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     prefix_len: 0,
 };
 
@@ -110,6 +119,14 @@ pub fn datapath_settings(
     }
 }
 
+/// The per-VIP source-range tries, one per family, as [`PolicyMaps::new`] takes them.
+pub(super) struct VipRangeTries {
+    /// `XLB_POL_VIP`: ranges of IPv4 VIPs.
+    pub(super) v4: LpmTrie<MapData, VipSourceKey, u32>,
+    /// `XLB_POL_VIP6`: ranges of IPv6 VIPs.
+    pub(super) v6: LpmTrie<MapData, VipSourceKey6, u32>,
+}
+
 /// The flags that say which global lists are in force.
 const LIST_FLAGS: u32 = policy_flags::LISTS_V4
     | policy_flags::ALLOW_V4
@@ -122,14 +139,15 @@ impl PolicyMaps {
         settings: Array<MapData, DatapathPolicy>,
         v4: LpmTrie<MapData, u32, u32>,
         v6: LpmTrie<MapData, [u32; 4], u32>,
-        vip: LpmTrie<MapData, VipSourceKey, u32>,
+        vip: VipRangeTries,
         resolved: Resolved,
     ) -> Self {
         PolicyMaps {
             settings,
             v4,
             v6,
-            vip,
+            vip: vip.v4,
+            vip6: vip.v6,
             resolved,
             global: BTreeMap::new(),
             vip_ranges: BTreeMap::new(),
@@ -259,31 +277,58 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Makes the per-VIP trie hold `ranges` for `vip_id` (every source when `None`): new
-    /// entries first, then the ones no longer wanted, so the VIP never refuses a source that
-    /// both the old and the new ranges allow.
+    /// Makes the per-VIP trie of the VIP's family (`v6`) hold `ranges` for `vip_id` (every
+    /// source when `None`): new entries first, then the ones no longer wanted, so the VIP never
+    /// refuses a source that both the old and the new ranges allow. The config gives a VIP
+    /// ranges of its own family only.
     pub(super) fn set_vip_ranges(
         &mut self,
         vip_id: u32,
+        v6: bool,
         ranges: Option<&[Cidr]>,
     ) -> Result<(), DataplaneError> {
         let wanted: BTreeSet<Cidr> = match ranges {
             Some(ranges) => ranges.iter().copied().collect(),
+            None if v6 => BTreeSet::from([ANY_V6]),
             None => BTreeSet::from([ANY_V4]),
         };
         let held = self.vip_ranges.remove(&vip_id).unwrap_or_default();
         for cidr in wanted.difference(&held) {
-            self.vip
-                .insert(&vip_key(vip_id, cidr), verdict::ALLOW, 0)
-                .map_err(map_err("update", map_names::POLICY_VIP))?;
+            self.insert_vip_range(vip_id, cidr)?;
         }
         for cidr in held.difference(&wanted) {
-            self.vip
-                .remove(&vip_key(vip_id, cidr))
-                .map_err(map_err("delete", map_names::POLICY_VIP))?;
+            self.remove_vip_range(vip_id, cidr)?;
         }
         self.vip_ranges.insert(vip_id, wanted);
         Ok(())
+    }
+
+    /// Writes one source range of a VIP, in the trie of the range's family.
+    fn insert_vip_range(&mut self, vip_id: u32, cidr: &Cidr) -> Result<(), DataplaneError> {
+        match vip_key(vip_id, cidr) {
+            VipRangeKey::V4(key) => self
+                .vip
+                .insert(&key, verdict::ALLOW, 0)
+                .map_err(map_err("update", map_names::POLICY_VIP)),
+            VipRangeKey::V6(key) => self
+                .vip6
+                .insert(&key, verdict::ALLOW, 0)
+                .map_err(map_err("update", map_names::POLICY_VIP6)),
+        }
+    }
+
+    /// Removes one source range of a VIP from the trie of the range's family.
+    fn remove_vip_range(&mut self, vip_id: u32, cidr: &Cidr) -> Result<(), DataplaneError> {
+        match vip_key(vip_id, cidr) {
+            VipRangeKey::V4(key) => self
+                .vip
+                .remove(&key)
+                .map_err(map_err("delete", map_names::POLICY_VIP)),
+            VipRangeKey::V6(key) => self
+                .vip6
+                .remove(&key)
+                .map_err(map_err("delete", map_names::POLICY_VIP6)),
+        }
     }
 
     /// Takes what pinned maps already hold as written, so that the next apply changes them by
@@ -301,13 +346,8 @@ impl PolicyMaps {
         }
         for item in self.v6.iter() {
             let (key, value) = item.map_err(map_err("iterate", map_names::POLICY_V6))?;
-            let words = key.data();
-            let mut octets = [0u8; 16];
-            for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
             self.global
-                .insert(cidr(IpAddr::from(octets), key.prefix_len()), value);
+                .insert(cidr(v6_addr(key.data()), key.prefix_len()), value);
         }
         for item in self.vip.keys() {
             let key = item.map_err(map_err("iterate", map_names::POLICY_VIP))?;
@@ -317,6 +357,14 @@ impl PolicyMaps {
                 .entry(data.vip_id)
                 .or_default()
                 .insert(cidr(addr, key.prefix_len().saturating_sub(32)));
+        }
+        for item in self.vip6.keys() {
+            let key = item.map_err(map_err("iterate", map_names::POLICY_VIP6))?;
+            let data = key.data();
+            self.vip_ranges.entry(data.vip_id).or_default().insert(cidr(
+                v6_addr(data.addr),
+                key.prefix_len().saturating_sub(32),
+            ));
         }
         self.resolved.adopt_live()?;
         self.written = Some(
@@ -335,9 +383,7 @@ impl PolicyMaps {
     /// Removes a VIP's entries after the VIP itself is gone.
     pub(super) fn clear_vip_ranges(&mut self, vip_id: u32) -> Result<(), DataplaneError> {
         for cidr in self.vip_ranges.remove(&vip_id).unwrap_or_default() {
-            self.vip
-                .remove(&vip_key(vip_id, &cidr))
-                .map_err(map_err("delete", map_names::POLICY_VIP))?;
+            self.remove_vip_range(vip_id, &cidr)?;
         }
         Ok(())
     }
@@ -623,15 +669,40 @@ fn write_words(
     Ok(())
 }
 
-fn vip_key(vip_id: u32, cidr: &Cidr) -> Key<VipSourceKey> {
+/// The key of a VIP's source range, in the trie of the range's family.
+enum VipRangeKey {
+    V4(Key<VipSourceKey>),
+    V6(Key<VipSourceKey6>),
+}
+
+fn vip_key(vip_id: u32, cidr: &Cidr) -> VipRangeKey {
     let (words, _) = addr_words(cidr.addr);
-    Key::new(
-        32 + u32::from(cidr.prefix_len),
-        VipSourceKey {
-            vip_id,
-            addr: words[0],
-        },
-    )
+    let len = 32 + u32::from(cidr.prefix_len);
+    match cidr.addr {
+        IpAddr::V4(_) => VipRangeKey::V4(Key::new(
+            len,
+            VipSourceKey {
+                vip_id,
+                addr: words[0],
+            },
+        )),
+        IpAddr::V6(_) => VipRangeKey::V6(Key::new(
+            len,
+            VipSourceKey6 {
+                vip_id,
+                addr: words,
+            },
+        )),
+    }
+}
+
+/// An IPv6 address from its words as a key holds them (network byte order in memory).
+fn v6_addr(words: [u32; 4]) -> IpAddr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    IpAddr::from(octets)
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ pub use drop::DropReason;
 pub use event::{EVENT_NO_ID, Event, event_verdict};
 pub use maps::*;
 pub use policy::{
-    PolicyConfig, PolicyCounter, RateWindow, TokenBucket, VipSourceKey, policy_flags, verdict,
+    PolicyConfig, PolicyCounter, RateWindow, TokenBucket, VipSourceKey, VipSourceKey6,
+    policy_flags, verdict,
 };
 
 /// Version of the map layout. Bump it whenever a key, a value or a map's meaning changes, so a
@@ -33,7 +34,8 @@ pub use policy::{
 /// reasons (25 entries).
 /// 5: `XLB_POL_V4_24` holds a 16-bit entry per /24 (verdict, or the index of the /24's table;
 /// 32 MiB, mmapable) and `XLB_POL_V4_MIX` became an mmapable array of tables (was a hash map
-/// keyed by the /24).
+/// keyed by the /24); per-VIP source ranges and the SYN rate limit for IPv6
+/// sources: `XLB_POL_VIP6` and `XLB_RATE6` were added.
 pub const LAYOUT_VERSION: u32 = 5;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -120,6 +122,12 @@ pub mod map_names {
     pub const POLICY_VIP: &str = "XLB_POL_VIP";
     /// Per-source token buckets (LRU, fixed size): IPv4 source -> [`crate::TokenBucket`].
     pub const RATE: &str = "XLB_RATE";
+    /// Per-VIP source ranges of IPv6 VIPs: ([`crate::VipSourceKey6`]) prefix ->
+    /// [`crate::verdict::ALLOW`].
+    pub const POLICY_VIP6: &str = "XLB_POL_VIP6";
+    /// Per-source token buckets of IPv6 sources (LRU, fixed size): the source's /64
+    /// ([`crate::policy::Source6`]) -> [`crate::TokenBucket`].
+    pub const RATE6: &str = "XLB_RATE6";
     /// Per-CPU [`crate::RateWindow`]s, indexed by [`crate::policy::window`].
     pub const WINDOWS: &str = "XLB_WINDOWS";
     /// Ring buffer of [`crate::Event`]s.

@@ -147,7 +147,32 @@ pub struct VipSourceKey {
 }
 const _: () = assert!(core::mem::size_of::<VipSourceKey>() == 8);
 
-/// A token bucket for one source, in the LRU map `XLB_RATE`.
+/// Data part of a per-VIP source range key of an IPv6 VIP (`XLB_POL_VIP6`): the VIP id, then
+/// the IPv6 source. As in [`VipSourceKey`], the trie matches `32 + prefix length` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipSourceKey6 {
+    /// VIP id, network byte order (any order works: all 32 bits always match).
+    pub vip_id: u32,
+    /// IPv6 source prefix, as the packet carries it.
+    pub addr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<VipSourceKey6>() == 20);
+
+/// The key of an IPv6 source's token bucket in `XLB_RATE6`: its /64, the first two words of
+/// the address as the packet carries it. A host is normally given a whole /64 (SLAAC, RFC
+/// 7421) and may pick any address in it, so a bucket per /128 would let one host open 2^64
+/// buckets, each with a full burst, and push every other source out of the LRU map.
+pub type Source6 = [u32; 2];
+
+/// The [`Source6`] of an IPv6 source address (as the packet carries it).
+#[inline(always)]
+pub const fn source6(addr: [u32; 4]) -> Source6 {
+    [addr[0], addr[1]]
+}
+
+/// A token bucket for one source, in the LRU map `XLB_RATE` (an IPv4 address) or `XLB_RATE6`
+/// (an IPv6 /64).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TokenBucket {
@@ -226,6 +251,8 @@ mod pod {
     unsafe impl aya::Pod for PolicyConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipSourceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipSourceKey6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TokenBucket {}
     // SAFETY: as above.

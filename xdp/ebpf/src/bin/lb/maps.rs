@@ -9,9 +9,9 @@ use aya_ebpf::{
 use xlb_common::{
     Backend, Counter, DropReason, FlowKey, FlowKey6, FlowValue, Globals, LbCounter, PolicyConfig,
     PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipKey6, VipMeta,
-    VipSourceKey, XDP_ACTION_COUNT,
+    VipSourceKey, VipSourceKey6, XDP_ACTION_COUNT,
     hash::VIP_FILTER_WORDS,
-    policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, window},
+    policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, Source6, window},
 };
 
 /// VIP (address, port, protocol) -> how to balance it. An update replaces the whole value in one
@@ -128,6 +128,17 @@ pub static POLICY_VIP: LpmTrie<VipSourceKey, u32> =
 /// recycles buckets instead of growing memory.
 #[map(name = "XLB_RATE")]
 pub static RATE: LruHashMap<u32, TokenBucket> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-VIP source ranges of IPv6 VIPs; every IPv6 VIP has at least one entry (its ranges, or
+/// ::/0).
+#[map(name = "XLB_POL_VIP6")]
+pub static POLICY_VIP6: LpmTrie<VipSourceKey6, u32> =
+    LpmTrie::with_max_entries(66_560, BPF_F_NO_PREALLOC);
+
+/// Token buckets of IPv6 sources, one per source /64 ([`Source6`]: a host owns a whole /64, so
+/// a bucket per address would let one host mint buckets). LRU of fixed size, as `XLB_RATE`.
+#[map(name = "XLB_RATE6")]
+pub static RATE6: LruHashMap<Source6, TokenBucket> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Per-CPU one-second windows ([`xlb_common::policy::window`]).
 #[map(name = "XLB_WINDOWS")]

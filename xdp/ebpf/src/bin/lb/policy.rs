@@ -2,18 +2,22 @@
 //! a flag or a rate in [`PolicyConfig`], so a policy left empty costs one array read.
 //! Precedence and reasons are documented in docs/policy.md.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_ktime_get_ns,
+    maps::{LpmTrie, LruHashMap, lpm_trie::Key},
+};
 use xlb_common::{
-    DropReason, FlowKey, FlowValue, PolicyConfig, PolicyCounter, TokenBucket, VipMeta,
-    VipSourceKey,
-    policy::{code_slot, entry_slot, v4_bit, v4_code, v4_entry, window},
+    DropReason, FlowKey, FlowKey6, FlowValue, PolicyConfig, PolicyCounter, TokenBucket, VipMeta,
+    VipSourceKey, VipSourceKey6,
+    policy::{code_slot, entry_slot, source6, v4_bit, v4_code, v4_entry, window},
     policy_flags, proto,
 };
 use xlb_ebpf::headers::{IPV4_HLEN, tcp_flags};
 
 use crate::maps::{
-    POLICY, POLICY_V4, POLICY_V4_24, POLICY_V4_B16, POLICY_V4_MIX, POLICY_V6, POLICY_VIP, RATE,
-    STATS_POLICY, WINDOWS,
+    POLICY, POLICY_V4, POLICY_V4_24, POLICY_V4_B16, POLICY_V4_MIX, POLICY_V6, POLICY_VIP,
+    POLICY_VIP6, RATE, RATE6, STATS_POLICY, WINDOWS,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -172,21 +176,52 @@ pub fn vip(
 ) -> Result<(), DropReason> {
     let syn = tcp_sane(tcp)?;
     if policy.flags & policy_flags::VIP_RANGES != 0 {
-        let key = Key::new(
-            64,
-            VipSourceKey {
-                vip_id: vip.vip_id,
-                addr: flow.src,
-            },
-        );
-        if POLICY_VIP.get(key).is_none() {
-            return Err(DropReason::VipSourceDenied);
-        }
+        let key = VipSourceKey {
+            vip_id: vip.vip_id,
+            addr: flow.src,
+        };
+        in_vip_ranges(&POLICY_VIP, 64, key)?;
     }
-    if syn && policy.source_rate != 0 && !take_token(policy, flow.src) {
+    if syn && policy.source_rate != 0 && !take_token(&RATE, policy, &flow.src) {
         return Err(DropReason::RateLimited);
     }
     Ok(())
+}
+
+/// The checks of [`vip`] after TCP sanity, for a packet to an IPv6 VIP: the VIP's source ranges
+/// (`XLB_POL_VIP6`), then for a SYN the token bucket of the source's /64. `opens_connection`
+/// is what [`tcp_sane`] returned.
+#[inline(always)]
+pub fn vip6(
+    policy: &PolicyConfig,
+    vip: &VipMeta,
+    flow: &FlowKey6,
+    opens_connection: bool,
+) -> Result<(), DropReason> {
+    if policy.flags & policy_flags::VIP_RANGES != 0 {
+        let key = VipSourceKey6 {
+            vip_id: vip.vip_id,
+            addr: flow.src,
+        };
+        in_vip_ranges(&POLICY_VIP6, 160, key)?;
+    }
+    if opens_connection
+        && policy.source_rate != 0
+        && !take_token(&RATE6, policy, &source6(flow.src))
+    {
+        return Err(DropReason::RateLimited);
+    }
+    Ok(())
+}
+
+/// A VIP's source ranges asked for a (VIP, source) key of `bits` bits (the VIP id and the whole
+/// source) in the trie of the VIP's family: no matching range is `vip_source_denied`.
+#[inline(always)]
+fn in_vip_ranges<K>(ranges: &LpmTrie<K, u32>, bits: u32, key: K) -> Result<(), DropReason> {
+    match ranges.get(Key::new(bits, key)) {
+        Some(_) => Ok(()),
+        None => Err(DropReason::VipSourceDenied),
+    }
 }
 
 /// TCP sanity (data offset, flag combination) of a packet to a VIP of either family; true
@@ -212,21 +247,22 @@ fn bad_tcp_flags(flags: u8) -> bool {
         || (flags & tcp_flags::FIN != 0 && flags & tcp_flags::ACK == 0)
 }
 
-/// Takes a token from the source's bucket; false when it is empty. Buckets live in an LRU map
-/// of fixed size. Two CPUs updating one bucket at once may each take the same token: the limit
-/// is approximate by at most one token per CPU, and never blocks.
+/// Takes a token from the source's bucket in `buckets` (`XLB_RATE` keyed by IPv4 address,
+/// `XLB_RATE6` by IPv6 /64); false when it is empty. Buckets live in an LRU map of fixed size.
+/// Two CPUs updating one bucket at once may each take the same token: the limit is
+/// approximate by at most one token per CPU, and never blocks.
 #[inline(always)]
-fn take_token(policy: &PolicyConfig, source: u32) -> bool {
+fn take_token<K>(buckets: &LruHashMap<K, TokenBucket>, policy: &PolicyConfig, source: &K) -> bool {
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(bucket) = RATE.get_ptr_mut(source) else {
+    let Some(bucket) = buckets.get_ptr_mut(source) else {
         let fresh = TokenBucket {
             last_ns: now,
             tokens: policy.source_burst.saturating_sub(1),
             _pad: 0,
         };
         // A failed insert only forgets this source's state: let the packet through.
-        let _ = RATE.insert(source, fresh, 0);
+        let _ = buckets.insert(source, fresh, 0);
         return true;
     };
     // SAFETY: the pointer comes from a successful lookup; the LRU may recycle the element

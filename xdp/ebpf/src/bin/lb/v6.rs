@@ -81,9 +81,8 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
     let Some(vip) = balance::find_vip6(&flow) else {
         return unserved(policy, dst, upper);
     };
-    // Per-VIP source ranges and the per-source SYN rate are IPv4-only: the config refuses
-    // source ranges on an IPv6 VIP, and IPv6 sources are not rate limited.
     let opens_connection = policy::tcp_sane(tcp)?;
+    policy::vip6(policy, &vip, &flow, opens_connection)?;
     // The IPv6 lists were asked above, for every packet: established flows do not skip them
     // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
     // SAFETY: the entry is copied at once; one the LRU recycles under us gives at worst a
