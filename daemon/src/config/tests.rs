@@ -1036,6 +1036,17 @@ fn demo_configs_hold_the_lab_values() {
     let expected_backends: Vec<(String, String, u32)> = (11..=13)
         .map(|i| (format!("10.99.0.{i}"), format!("02:99:00:00:00:{i}"), 100))
         .collect();
+    // The IPv6 VIP (web6) has the same backends at their IPv6 addresses.
+    let expected_backends6: Vec<(String, String, u32)> = (11..=13)
+        .map(|i| (format!("fd99::{i}"), format!("02:99:00:00:00:{i}"), 100))
+        .collect();
+    let expected_for = |vip: &VipConfig| {
+        if vip.address.is_ipv6() {
+            expected_backends6.clone()
+        } else {
+            expected_backends.clone()
+        }
+    };
 
     let l2 = Config::load(&dir.join("demo-l2.toml")).unwrap();
     assert_eq!(l2.interface.name, "xlbdemo-lb");
@@ -1050,18 +1061,26 @@ fn demo_configs_hold_the_lab_values() {
         [
             ("10.99.0.100".to_owned(), 80, Protocol::Tcp, ForwardMode::L2),
             ("10.99.0.100".to_owned(), 53, Protocol::Udp, ForwardMode::L2),
+            ("fd99:1::100".to_owned(), 80, Protocol::Tcp, ForwardMode::L2),
         ]
     );
     assert_eq!(l2.vips[0].name, "web");
     for vip in &l2.vips {
-        assert_eq!(backends(vip), expected_backends);
+        assert_eq!(backends(vip), expected_for(vip));
     }
 
     let ipip = Config::load(&dir.join("demo-ipip.toml")).unwrap();
     assert_eq!(ipip.interface.name, "xlbdemo-lb");
     assert_eq!(ipip.interface.attach_mode, AttachMode::Native);
     assert_eq!(ipip.encap.source_prefix.to_string(), "172.16.0.0/16");
-    assert_eq!(ipip.vips.len(), 2);
+    assert_eq!(
+        ipip.encap
+            .source_prefix_v6
+            .map(|p| p.to_string())
+            .as_deref(),
+        Some("fd99:ffff::/64")
+    );
+    assert_eq!(ipip.vips.len(), 3);
     let web = &ipip.vips[0];
     assert_eq!(
         (
@@ -1086,8 +1105,13 @@ fn demo_configs_hold_the_lab_values() {
         (dns.port, dns.protocol, dns.mode),
         (53, Protocol::Udp, ForwardMode::Ipip)
     );
+    let web6 = &ipip.vips[2];
+    assert_eq!(
+        (web6.name.as_str(), web6.address.to_string(), web6.mode),
+        ("web6", "fd99:1::100".to_owned(), ForwardMode::Ipip)
+    );
     for vip in &ipip.vips {
-        assert_eq!(backends(vip), expected_backends);
+        assert_eq!(backends(vip), expected_for(vip));
     }
 }
 
