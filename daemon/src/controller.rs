@@ -762,8 +762,8 @@ impl Controller {
                 if let Some(other) = self.same_service(&spec) {
                     return Err(ApiError::conflict(
                         format!(
-                            "{}:{}/{} is already served by VIP {other:?}",
-                            spec.address, spec.port, spec.protocol
+                            "{} is already served by VIP {other:?}",
+                            crate::config::service_label(&spec.address, spec.port, &spec.protocol)
                         ),
                         Some("address"),
                     ));

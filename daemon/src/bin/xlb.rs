@@ -22,6 +22,7 @@ use xlb::api::{
     routes::parse_json,
     types::{MAX_WEIGHT, PolicyLists, PolicyView, SetBackendsRequest, SetWeightRequest},
 };
+use xlb::config::service_label;
 use xlb::events::{EventView, EventsView, Verdict};
 
 /// One table row from anything displayable.
@@ -663,21 +664,6 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `10.0.0.100:80/tcp`; port 0 (every port) as `*`.
-fn service(address: &str, port: u16, protocol: &str) -> String {
-    let address = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.to_owned()
-    };
-    let port = if port == 0 {
-        "*".to_owned()
-    } else {
-        port.to_string()
-    };
-    format!("{address}:{port}/{protocol}")
-}
-
 fn share(slots: u32, table_size: u32) -> String {
     if table_size == 0 {
         "-".into()
@@ -839,7 +825,7 @@ fn render_vip_list(list: &VipListView) -> String {
             .count();
         rows.push(row![
             &vip.name,
-            &service(&vip.address, vip.port, &vip.protocol),
+            &service_label(&vip.address, vip.port, &vip.protocol),
             &vip.mode,
             &vip.source,
             &vip.backends.len(),
@@ -856,7 +842,10 @@ fn render_vip_list(list: &VipListView) -> String {
 fn render_vip(vip: &VipView) -> String {
     let mut out = table(&[
         row!["name", &vip.name],
-        row!["service", &service(&vip.address, vip.port, &vip.protocol)],
+        row![
+            "service",
+            &service_label(&vip.address, vip.port, &vip.protocol)
+        ],
         row!["mode", &vip.mode],
         row!["source", &vip.source],
         row!["table size", &vip.table_size],
@@ -918,7 +907,7 @@ fn render_lb(list: &VipListView) -> String {
         &"SHARE", &"PACKETS",
     ]];
     for vip in &list.vips {
-        let service = service(&vip.address, vip.port, &vip.protocol);
+        let service = service_label(&vip.address, vip.port, &vip.protocol);
         if vip.backends.is_empty() {
             rows.push(row![&service, &vip.mode, &vip.source, &"(none)"]);
         }

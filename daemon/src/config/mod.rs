@@ -23,7 +23,7 @@ use serde::Serialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use health::{AllDown, HealthConfig, ProbeVia, defaults as health_defaults};
-pub use net::{Ipv4Net, MacAddr, NetParseError};
+pub use net::{Ipv4Net, MacAddr, NetParseError, service_label};
 pub use policy::{
     Action, Cidr, CidrError, EventsConfig, IcmpEcho, PolicyConfig, RateLimit, check_lists,
 };

@@ -6,6 +6,22 @@ use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 
+/// How a service is written everywhere an operator reads one (CLI, stats file, API errors):
+/// `10.0.0.100:80/tcp`, `[2001:db8::10]:80/tcp`; port 0 (every port) as `*`.
+pub fn service_label(address: &str, port: u16, protocol: &str) -> String {
+    let address = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    let port = if port == 0 {
+        "*".to_owned()
+    } else {
+        port.to_string()
+    };
+    format!("{address}:{port}/{protocol}")
+}
+
 /// An Ethernet MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);

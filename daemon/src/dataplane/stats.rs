@@ -213,11 +213,10 @@ impl StatsMaps {
             }
             snapshot.vips.push(VipStats {
                 name: vip.name.clone(),
-                // `[addr]:port` for IPv6, as socket addresses are written.
-                service: format!(
-                    "{}/{}",
-                    std::net::SocketAddr::new(vip.config.address, vip.config.port),
-                    vip.config.protocol
+                service: crate::config::service_label(
+                    &vip.config.address.to_string(),
+                    vip.config.port,
+                    &vip.config.protocol.to_string(),
                 ),
                 mode: vip.config.mode.to_string(),
                 counter: sum_counter(&self.vips, labels.vip_id, map_names::STATS_VIPS)?,
