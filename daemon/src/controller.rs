@@ -232,6 +232,8 @@ pub struct Controller {
     /// Recent datapath events, filled by `_event_reader`.
     event_log: Arc<EventLog>,
     _event_reader: Option<events::Reader>,
+    /// Keeps the flow tables: clock, idle expiry, room under pressure (stops when dropped).
+    _flow_sweeper: crate::dataplane::flows::SweeperThread,
     /// Health checks of the backends, and what they take out of the desired state.
     health: Monitor,
 }
@@ -336,6 +338,14 @@ impl Controller {
             )?),
             None => None,
         };
+        // The flow tables' clock is running before the first packet arrives.
+        let flow_sweeper = dataplane
+            .flow_sweeper(limits.flow_idle_timeout)?
+            .spawn()
+            .map_err(|source| StartError::Setup {
+                what: "flow table sweeper thread",
+                source,
+            })?;
         dataplane.attach(&interface, layered.config.interface.attach_mode)?;
         health.update(&layered.config);
         let mut controller = Controller {
@@ -353,6 +363,7 @@ impl Controller {
             notifier: Notifier::from_env(),
             event_log,
             _event_reader: event_reader,
+            _flow_sweeper: flow_sweeper,
             health,
         };
         controller.record(Source::Startup, Ok(change_view(&report, started)));

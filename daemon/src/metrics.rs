@@ -70,8 +70,11 @@ pub mod names {
     pub const FLOW_TABLE_ENTRIES_V6: &str = "xlb_flow_table_entries_v6";
     /// The most entries the flow table holds.
     pub const FLOW_TABLE_CAPACITY: &str = "xlb_flow_table_capacity";
-    /// Flow-table entries the LRU evicted (new keys added less entries present).
+    /// Flow-table entries `xlbd` removed, least recently seen first, to make room in a table
+    /// more than 90% full.
     pub const FLOW_TABLE_EVICTIONS: &str = "xlb_flow_table_evictions_total";
+    /// Flow-table entries `xlbd` removed for being idle longer than `limits.flow_idle_timeout`.
+    pub const FLOW_TABLE_EXPIRED: &str = "xlb_flow_table_expired_total";
     /// Datapath events written to the ring buffer.
     pub const EVENTS_SENT: &str = "xlb_events_sent_total";
     /// Datapath events lost because the ring buffer was full.
@@ -88,7 +91,7 @@ pub mod names {
     pub const VIPS: &str = "xlb_vips";
 
     /// Every name the daemon exports.
-    pub const ALL: [&str; 33] = [
+    pub const ALL: [&str; 34] = [
         VIP_PACKETS,
         VIP_BYTES,
         BACKEND_PACKETS,
@@ -113,6 +116,7 @@ pub mod names {
         FLOW_TABLE_ENTRIES_V6,
         FLOW_TABLE_CAPACITY,
         FLOW_TABLE_EVICTIONS,
+        FLOW_TABLE_EXPIRED,
         EVENTS_SENT,
         EVENTS_LOST,
         EVENTS_SUPPRESSED,
@@ -239,7 +243,8 @@ pub fn render(
             gauge!(names::FLOW_TABLE_ENTRIES).set(f64::from(table.entries));
             gauge!(names::FLOW_TABLE_ENTRIES_V6).set(f64::from(table.entries_v6));
             gauge!(names::FLOW_TABLE_CAPACITY).set(f64::from(table.capacity));
-            counter!(names::FLOW_TABLE_EVICTIONS).absolute(table.evictions);
+            counter!(names::FLOW_TABLE_EVICTIONS).absolute(table.evicted);
+            counter!(names::FLOW_TABLE_EXPIRED).absolute(table.expired);
         }
         gauge!(names::VIPS).set(snapshot.vips.len() as f64);
         for vip in &snapshot.vips {
@@ -425,7 +430,8 @@ mod tests {
             entries: 1,
             entries_v6: 0,
             capacity: 4096,
-            evictions: 3,
+            expired: 5,
+            evicted: 3,
         };
         let text = render(Some(&snapshot), Some(table), &control, &|vip, backend| {
             let ours = vip == "web" && backend == "10.1.0.1";
@@ -466,6 +472,7 @@ mod tests {
             ("xlb_flow_table_entries".to_owned(), 1.0),
             ("xlb_flow_table_capacity".to_owned(), 4096.0),
             ("xlb_flow_table_evictions_total".to_owned(), 3.0),
+            ("xlb_flow_table_expired_total".to_owned(), 5.0),
             (
                 "xlb_config_reloads_total{result=\"failed\"}".to_owned(),
                 1.0,

@@ -890,7 +890,7 @@ fn a_syn_asks_the_table_and_leaves_a_drained_backend_while_its_flow_stays() {
 
 /// The flow table's accounting: a fresh SYN adds a key (`flow_new` only); a SYN on the ports
 /// of a flow still remembered overwrites its entry, counted once as `flow_replaced`, and the
-/// table does not grow. The daemon's eviction figure rests on this.
+/// table does not grow.
 #[test]
 fn a_syn_on_a_remembered_flow_replaces_its_entry_and_counts_once() {
     if !have_root() {
@@ -931,47 +931,124 @@ fn a_syn_on_a_remembered_flow_replaces_its_entry_and_counts_once() {
     let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &g, TCP_ACK, b"data"));
     assert_eq!(action, XDP_TX);
     assert_eq!(counts(&lab), (3, 1, 0, 2), "an unknown flow's first packet");
-    let added = xlb::dataplane::flows::keys_added(&lab.dataplane.stats().unwrap());
-    assert_eq!(added, 2, "new keys added match the entries");
     let view = lab.dataplane.flow_table().unwrap();
-    assert_eq!((view.entries, view.evictions), (2, 0));
+    assert_eq!((view.entries, view.expired, view.evicted), (2, 0, 0));
 }
 
-/// A full flow table evicts, and the eviction figure (new keys added less entries present) is
-/// exactly the keys that went: three times the table's size in distinct flows through a
-/// 1024-entry table, then the eviction count the daemon exports matches a fresh walk.
+/// A full flow table evicts nothing on the packet path: it refuses new keys, counted as
+/// `flow_insert_failed`, and still forwards those flows (by the Maglev table); the flows it
+/// holds stay. Batched and key-by-key counts agree.
 #[test]
-fn evictions_of_a_full_flow_table_are_new_keys_less_entries() {
+fn a_full_flow_table_refuses_new_keys_and_still_forwards() {
     if !have_root() {
         return;
     }
     let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
     let mut lab = lab(&config);
-    const SENT: u16 = 3 * 1024;
-    for i in 0..SENT {
+    const SENT: u16 = 1024 + 100;
+    let syn = |i: u16| {
         let f = flow("198.51.100.12", "10.0.0.10", 20000 + i, 80);
-        let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
-        assert_eq!(action, XDP_TX);
+        packet::tcp4(&to_lb(None), &f, TCP_SYN, b"")
+    };
+    for i in 0..SENT {
+        let (action, _) = lab.run(&syn(i));
+        assert_eq!(action, XDP_TX, "flow {i} is forwarded, full table or not");
     }
     let stats = lab.dataplane.stats().unwrap();
     assert_eq!(stats.lb_count(LbCounter::FlowNew), u64::from(SENT));
     assert_eq!(stats.lb_count(LbCounter::FlowReplaced), 0, "distinct flows");
-    let view = lab.dataplane.flow_table().unwrap();
     let entries = lab.dataplane.count_flows().unwrap();
-    assert_eq!(view.entries, entries, "nothing ran between the counts");
+    assert_eq!(entries, 1024, "the table is full");
     assert_eq!(
         lab.dataplane.count_flows_key_by_key().unwrap(),
         entries,
         "batched and key-by-key counts agree"
     );
-    assert_eq!(view.capacity, 1024);
-    assert!(entries <= 1024 && entries > 0, "{entries} entries");
     assert_eq!(
-        view.evictions,
-        u64::from(SENT) - u64::from(entries),
-        "evictions = keys added - entries"
+        stats.lb_count(LbCounter::FlowInsertFailed),
+        u64::from(SENT) - 1024,
+        "every flow past the capacity is refused, none evicts another"
     );
-    assert!(view.evictions >= u64::from(SENT) - 1024);
+    // The first flow is still remembered: its next packet is a flow-table hit.
+    let f = flow("198.51.100.12", "10.0.0.10", 20000, 80);
+    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowHit),
+        1
+    );
+    let view = lab.dataplane.flow_table().unwrap();
+    assert_eq!((view.entries, view.capacity, view.evicted), (1024, 1024, 0));
+}
+
+/// `xlbd`'s upkeep of the flow table, with a clock of the test's own: packets stamp their
+/// flow's entry with the datapath clock; a sweep removes the flows idle past the timeout (not
+/// one refreshed by a later packet), and in a table above 90% the least recently seen down to
+/// 80%, never a fresher flow.
+#[test]
+fn the_sweeper_expires_idle_flows_and_evicts_the_least_recently_seen() {
+    if !have_root() {
+        return;
+    }
+    let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
+    let mut lab = lab(&config);
+    let sweeper = lab.dataplane.flow_sweeper(300).unwrap();
+    let tcp = |port: u16, flags| {
+        let f = flow("198.51.100.13", "10.0.0.10", port, 80);
+        packet::tcp4(&to_lb(None), &f, flags, b"")
+    };
+    let send = |lab: &mut Lab, ports: std::ops::Range<u16>, flags| {
+        for port in ports {
+            assert_eq!(lab.run(&tcp(port, flags)).0, XDP_TX);
+        }
+    };
+    let new_flows = |lab: &Lab| lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowNew);
+
+    // A: 500 flows at 1000 s; B: 500 flows at 1200 s, when A's first flow sends again.
+    sweeper.set_clock(1000).unwrap();
+    send(&mut lab, 10_000..10_500, TCP_SYN);
+    sweeper.set_clock(1200).unwrap();
+    send(&mut lab, 20_000..20_500, TCP_SYN);
+    send(&mut lab, 10_000..10_001, TCP_ACK);
+    assert_eq!(new_flows(&lab), 1000, "the ACK found its flow");
+
+    // At 1350 s A's flows are 350 s idle (past 300), all but the one refreshed at 1200.
+    let report = sweeper.sweep(1350).unwrap();
+    assert_eq!(
+        (report.expired, report.evicted, report.entries),
+        (499, 0, 501)
+    );
+    send(&mut lab, 10_000..10_001, TCP_ACK);
+    assert_eq!(
+        new_flows(&lab),
+        1000,
+        "the refreshed flow is still remembered"
+    );
+    send(&mut lab, 10_001..10_002, TCP_ACK);
+    assert_eq!(new_flows(&lab), 1001, "an expired flow is new again");
+
+    // C: 500 flows at 1400 s bring the table to 1002 entries (B, A's refreshed flow, the one
+    // added again at 1200, and C), above the high-water mark (921 of 1024): 183 of the least
+    // recently seen (at 1200) go, down to 819; C's flows all stay.
+    sweeper.set_clock(1400).unwrap();
+    send(&mut lab, 30_000..30_500, TCP_SYN);
+    assert_eq!(lab.dataplane.count_flows().unwrap(), 1002);
+    let report = sweeper.sweep(1400).unwrap();
+    assert_eq!(
+        (report.expired, report.evicted, report.entries),
+        (0, 183, 819)
+    );
+    assert_eq!(lab.dataplane.count_flows().unwrap(), 819);
+    let before = new_flows(&lab);
+    send(&mut lab, 30_000..30_500, TCP_ACK);
+    assert_eq!(
+        new_flows(&lab),
+        before,
+        "the flows seen at 1400 s all stayed"
+    );
+
+    let view = lab.dataplane.flow_table().unwrap();
+    assert_eq!((view.expired, view.evicted), (499, 183));
 }
 
 fn remove_backend(config: &str, address: &str) -> String {

@@ -70,7 +70,7 @@ pub enum AttachMode {
 /// `[limits]`: capacities of the dataplane's maps, fixed when the program is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Limits {
-    /// Entries of the LRU flow table.
+    /// Entries of each flow table (IPv4 and IPv6).
     pub flow_table_size: u32,
     /// Most VIPs the VIP map holds.
     pub max_vips: u32,
@@ -82,6 +82,8 @@ pub struct Limits {
     pub policy_prefixes: u32,
     /// Sources the per-source rate limiter tracks at once (LRU: the oldest are forgotten).
     pub rate_limit_sources: u32,
+    /// Seconds a flow may stay silent before `xlbd` removes its flow table entry.
+    pub flow_idle_timeout: u32,
 }
 
 impl Default for Limits {
@@ -94,6 +96,7 @@ impl Default for Limits {
             maglev_slots: 4_194_304,
             policy_prefixes: 65_536,
             rate_limit_sources: 65_536,
+            flow_idle_timeout: 300,
         }
     }
 }

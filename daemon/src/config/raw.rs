@@ -37,6 +37,7 @@ pub(super) struct RawLimits {
     pub maglev_slots: Option<Spanned<i64>>,
     pub policy_prefixes: Option<Spanned<i64>>,
     pub rate_limit_sources: Option<Spanned<i64>>,
+    pub flow_idle_timeout: Option<Spanned<i64>>,
 }
 
 /// `[encap]`

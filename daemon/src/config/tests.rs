@@ -241,6 +241,7 @@ fn defaults_fill_optional_fields_and_sections() {
             maglev_slots: 4_194_304,
             policy_prefixes: 65_536,
             rate_limit_sources: 65_536,
+            flow_idle_timeout: 300,
         }
     );
     assert_eq!(config.encap.source_prefix.to_string(), "172.16.0.0/16");
@@ -811,7 +812,7 @@ fn the_same_backend_may_serve_several_vips() {
 fn limits_out_of_range() {
     let text = format!(
         "{BASE}[limits]\nflow_table_size = 1023\nmax_vips = 0\nmax_backends = 16777217\n\
-         maglev_slots = 1073741825\n"
+         maglev_slots = 1073741825\nflow_idle_timeout = 5\n"
     );
     assert_eq!(
         errors(&text),
@@ -820,6 +821,7 @@ fn limits_out_of_range() {
             "16:12: limits.max_vips: 0 is out of range 1..=1048576",
             "17:16: limits.max_backends: 16777217 is out of range 1..=16777216",
             "18:16: limits.maglev_slots: 1073741825 is out of range 1024..=1073741824",
+            "19:21: limits.flow_idle_timeout: 5 is out of range 10..=86400",
         ]
     );
 }

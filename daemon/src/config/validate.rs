@@ -30,6 +30,8 @@ const MAGLEV_SLOTS_RANGE: RangeInclusive<i64> = 1024..=1_073_741_824;
 const POLICY_PREFIXES_RANGE: RangeInclusive<i64> = 1..=16_777_216;
 /// Accepted `limits.rate_limit_sources`.
 const RATE_LIMIT_SOURCES_RANGE: RangeInclusive<i64> = 1024..=16_777_216;
+/// Accepted `limits.flow_idle_timeout` (seconds): from a few sweeps to a day.
+const FLOW_IDLE_TIMEOUT_RANGE: RangeInclusive<i64> = 10..=86_400;
 /// Accepted `vip.port`.
 const PORT_RANGE: RangeInclusive<i64> = 0..=65_535;
 /// Accepted `vip.table_size`: the smallest prime worth having to the largest prime below 2^24.
@@ -206,6 +208,12 @@ impl Checker<'_> {
             defaults.rate_limit_sources,
             RATE_LIMIT_SOURCES_RANGE,
         );
+        let flow_idle_timeout = limit(
+            &raw.flow_idle_timeout,
+            "flow_idle_timeout",
+            defaults.flow_idle_timeout,
+            FLOW_IDLE_TIMEOUT_RANGE,
+        );
         let limits = Limits {
             flow_table_size: flow_table_size.unwrap_or_default(),
             max_vips: max_vips.unwrap_or_default(),
@@ -213,6 +221,7 @@ impl Checker<'_> {
             maglev_slots: maglev_slots.unwrap_or_default(),
             policy_prefixes: policy_prefixes.unwrap_or_default(),
             rate_limit_sources: rate_limit_sources.unwrap_or_default(),
+            flow_idle_timeout: flow_idle_timeout.unwrap_or_default(),
         };
         let checked = CheckedLimits {
             max_vips,

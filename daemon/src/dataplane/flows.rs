@@ -1,25 +1,45 @@
 //! The flow tables (`XLB_FLOWS`, and `XLB_FLOWS6` for IPv6, each of `limits.flow_table_size`)
-//! as user space sees them: entries, capacity and evictions.
+//! as user space sees them: entries and capacity, and their upkeep by [`FlowSweeper`].
 //!
-//! **Entries.** The kernel keeps no count of an LRU hash map's entries, so they are counted by
-//! reading the table in batches (`BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries a call; the kernel
-//! reads a hash bucket whole, under its lock, and goes on bucket by bucket), or key by key
-//! (`BPF_MAP_GET_NEXT_KEY`) on a kernel without batch reads. The count is not a snapshot:
-//! flows inserted or evicted in buckets not yet read are seen, those in buckets already read
+//! **Why the daemon, not the kernel, removes entries.** The tables are preallocated hash maps,
+//! not LRU maps: in an LRU map every insert on the packet path rotates the LRU lists and, once
+//! the table is full, evicts a victim, touching several cold list nodes (`perf/`: a new flow
+//! cost 8.1 times the floor program with an LRU map against 4.4 with this one). Here an
+//! insert pops a per-CPU free list, and the upkeep runs in `xlbd`, in batches, off the packet
+//! path:
+//! - **Clock.** Every second the sweeper writes the seconds of `CLOCK_MONOTONIC` to
+//!   `XLB_CLOCK`; the datapath stamps a flow's entry with it at each packet
+//!   (`FlowValue::seen_s`, written only when it changed).
+//! - **Expiry.** Every [`SWEEP_INTERVAL`] the sweeper reads the tables in batches and deletes
+//!   the entries idle for longer than `limits.flow_idle_timeout`.
+//! - **Pressure.** When more than [`HIGH_WATER_PERCENT`] of a table is still in use, it also
+//!   deletes the least recently seen entries down to [`LOW_WATER_PERCENT`]: the LRU's order,
+//!   at a second's resolution, without its cost per packet. A table that fills up between two
+//!   sweeps refuses new keys: those flows are still balanced by the Maglev table, just not
+//!   remembered (`flow_insert_failed`), and established flows keep their entries.
+//!
+//! A flow removed while idle loses nothing unless its VIP's backends changed meanwhile: its
+//! next packet asks the Maglev table again, which names the same backend for an unchanged
+//! set. A packet racing with the deletion of its entry (read as idle just before) is balanced
+//! the same way. With no `xlbd` running nothing is removed, and the clock stands still.
+//!
+//! **Entries.** The kernel keeps no count of a hash map's entries either, so they are counted
+//! by reading the table in batches (`BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries a call; the
+//! kernel reads a hash bucket whole, under its lock, and goes on bucket by bucket), or key by
+//! key (`BPF_MAP_GET_NEXT_KEY`) on a kernel without batch reads. The count is not a snapshot:
+//! flows inserted or removed in buckets not yet read are seen, those in buckets already read
 //! are not. A key-by-key walk may also count keys twice (the kernel starts again from the
-//! first bucket when the key it stands on was evicted), so the count is capped at the
+//! first bucket when the key it stands on was removed), so the count is capped at the
 //! capacity. Counting a full 262,144-entry table costs tens of milliseconds in batches and
 //! about half a second key by key (docs/operations.md), so one count is reused for [`MAX_AGE`].
-//!
-//! **Evictions.** Nor does the kernel count LRU evictions. Nothing but the LRU removes a flow
-//! entry (the daemon never deletes one), so evictions are the new keys the datapath added less
-//! the entries present. A new flow adds a key unless it was not stored (`flow_not_remembered`),
-//! refused (`flow_insert_failed`) or overwrote a key already there (`flow_replaced`). The
-//! counters are read just before the walk; flows added during the walk make the figure lag by
-//! at most those flows until the next walk. It never decreases (it is a Prometheus counter).
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -27,15 +47,25 @@ use aya::{
     Pod,
     maps::{HashMap, Map, MapData},
 };
-use xlb_common::{FlowKey, FlowKey6, FlowValue, LbCounter, PolicyCounter, map_names};
+use tracing::{info, warn};
+use xlb_common::{FlowKey, FlowKey6, FlowValue, map_names};
 
-use super::{DataplaneError, map_err, stats::Snapshot};
+use super::{DataplaneError, map_err};
 
 /// How long a count's figures are reused before the table is counted again.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Entries read per `BPF_MAP_LOOKUP_BATCH` call; more than any one hash bucket holds.
 pub const BATCH: u32 = 8192;
+
+/// How often the sweeper reads the tables to remove idle entries (and the oldest, when full).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Share of a table in use (after expiry) above which the oldest entries are removed.
+pub const HIGH_WATER_PERCENT: u64 = 90;
+
+/// Share of a table in use that removing the oldest entries brings it down to.
+pub const LOW_WATER_PERCENT: u64 = 80;
 
 /// What is known of the flow table at one walk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,67 +76,72 @@ pub struct FlowTableView {
     pub entries_v6: u32,
     /// The most entries each table holds (`limits.flow_table_size`).
     pub capacity: u32,
-    /// Entries the LRU evicted from both tables since they were created (the datapath's flow
-    /// counters do not tell the families apart).
-    pub evictions: u64,
+    /// Entries of both tables removed for being idle longer than `limits.flow_idle_timeout`.
+    pub expired: u64,
+    /// Entries of both tables removed, oldest first, to make room in a table above
+    /// [`HIGH_WATER_PERCENT`].
+    pub evicted: u64,
+}
+
+/// Entries the sweeper removed since the tables were created by this process.
+#[derive(Debug, Default)]
+pub struct SweepTotals {
+    expired: AtomicU64,
+    evicted: AtomicU64,
 }
 
 /// The flow tables and their last walk.
 pub struct FlowTable {
-    /// `XLB_FLOWS` (an LRU hash map).
+    /// `XLB_FLOWS` (a hash map).
     map: Map,
-    /// `XLB_FLOWS6` (an LRU hash map).
+    /// `XLB_FLOWS6` (a hash map).
     map6: Map,
+    /// `XLB_CLOCK` (an array of one `u32`).
+    clock: Map,
     capacity: u32,
+    totals: Arc<SweepTotals>,
     last: Option<(Instant, FlowTableView)>,
 }
 
-/// Keys the datapath added to the flow table, by its counters.
-pub fn keys_added(counters: &Snapshot) -> u64 {
-    counters
-        .lb_count(LbCounter::FlowNew)
-        .saturating_sub(counters.lb_count(LbCounter::FlowReplaced))
-        .saturating_sub(counters.lb_count(LbCounter::FlowInsertFailed))
-        .saturating_sub(counters.policy_count(PolicyCounter::FlowNotRemembered))
-}
-
 impl FlowTable {
-    /// Wraps the loaded map (checked to be a hash map of flow keys); `capacity` is its
-    /// `max_entries` (`limits.flow_table_size`).
-    pub fn new(map: Map, map6: Map, capacity: u32) -> Result<FlowTable, DataplaneError> {
+    /// Wraps the loaded maps (checked to be hash maps of flow keys, and the clock an array);
+    /// `capacity` is each table's `max_entries` (`limits.flow_table_size`).
+    pub fn new(
+        map: Map,
+        map6: Map,
+        clock: Map,
+        capacity: u32,
+    ) -> Result<FlowTable, DataplaneError> {
         HashMap::<&MapData, FlowKey, FlowValue>::try_from(&map)
             .map_err(map_err("open", map_names::FLOWS))?;
         HashMap::<&MapData, FlowKey6, FlowValue>::try_from(&map6)
             .map_err(map_err("open", map_names::FLOWS6))?;
+        if !matches!(clock, Map::Array(_)) {
+            return Err(DataplaneError::Missing(map_names::CLOCK));
+        }
         Ok(FlowTable {
             map,
             map6,
+            clock,
             capacity,
+            totals: Arc::default(),
             last: None,
         })
     }
 
-    /// The table's figures, from a walk at most [`MAX_AGE`] old; `counters` reads the
-    /// datapath's counters (called only when the table is walked again).
-    pub fn view(
-        &mut self,
-        counters: impl FnOnce() -> Result<Snapshot, DataplaneError>,
-    ) -> Result<FlowTableView, DataplaneError> {
+    /// The table's figures, from a walk at most [`MAX_AGE`] old.
+    pub fn view(&mut self) -> Result<FlowTableView, DataplaneError> {
         if let Some((at, view)) = self.last
             && at.elapsed() < MAX_AGE
         {
             return Ok(view);
         }
-        let added = keys_added(&counters()?);
-        let entries = self.count()?;
-        let entries_v6 = self.count6()?;
-        let previous = self.last.map_or(0, |(_, v)| v.evictions);
-        let present = u64::from(entries) + u64::from(entries_v6);
         let view = FlowTableView {
-            entries,
-            entries_v6,
+            entries: self.count()?,
+            entries_v6: self.count6()?,
             capacity: self.capacity,
-            evictions: added.saturating_sub(present).max(previous),
+            expired: self.totals.expired.load(Ordering::Relaxed),
+            evicted: self.totals.evicted.load(Ordering::Relaxed),
         };
         self.last = Some((Instant::now(), view));
         Ok(view)
@@ -126,6 +161,231 @@ impl FlowTable {
     /// Counts the IPv4 table key by key (`BPF_MAP_GET_NEXT_KEY`), at most the capacity.
     pub fn count_keys(&self) -> Result<u32, DataplaneError> {
         count_keys::<FlowKey>(&self.map, map_names::FLOWS, self.capacity)
+    }
+
+    /// A sweeper of these tables (its own descriptors of the maps) that removes entries idle
+    /// for more than `idle_timeout_s` seconds; its removals add to this table's figures.
+    pub fn sweeper(&self, idle_timeout_s: u32) -> Result<FlowSweeper, DataplaneError> {
+        let dup = |map: &Map, name: &'static str| {
+            let data = match map {
+                Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) => data,
+                _ => return Err(DataplaneError::Missing(name)),
+            };
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| syscall_error("duplicate the descriptor of", name, source))
+        };
+        Ok(FlowSweeper {
+            v4: dup(&self.map, map_names::FLOWS)?,
+            v6: dup(&self.map6, map_names::FLOWS6)?,
+            clock: dup(&self.clock, map_names::CLOCK)?,
+            capacity: self.capacity,
+            idle_timeout_s,
+            totals: Arc::clone(&self.totals),
+        })
+    }
+}
+
+/// Keeps the flow tables: the datapath clock, idle expiry, and room under pressure (see the
+/// module's documentation). [`FlowSweeper::spawn`] runs it on a thread of its own; tests
+/// drive it with a clock of their own.
+pub struct FlowSweeper {
+    v4: OwnedFd,
+    v6: OwnedFd,
+    clock: OwnedFd,
+    capacity: u32,
+    idle_timeout_s: u32,
+    totals: Arc<SweepTotals>,
+}
+
+/// What one sweep did, over both tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Entries in the IPv4 table after the sweep.
+    pub entries: u32,
+    /// Entries in the IPv6 table after the sweep.
+    pub entries_v6: u32,
+    /// Entries removed for being idle.
+    pub expired: u32,
+    /// Entries removed, oldest first, to bring a table under the high-water mark.
+    pub evicted: u32,
+}
+
+impl FlowSweeper {
+    /// Writes the datapath clock (`XLB_CLOCK`): the time flow entries are stamped with.
+    pub fn set_clock(&self, now_s: u32) -> Result<(), DataplaneError> {
+        let key = 0u32;
+        update_elem(self.clock.as_raw_fd(), &key, &now_s)
+            .map_err(|source| syscall_error("update", map_names::CLOCK, source))
+    }
+
+    /// Removes, in both tables, the entries idle at `now_s` for longer than the idle timeout,
+    /// and then the oldest entries of a table still above the high-water mark.
+    pub fn sweep(&self, now_s: u32) -> Result<SweepReport, DataplaneError> {
+        let (entries, expired, evicted) =
+            self.sweep_table::<FlowKey>(&self.v4, map_names::FLOWS, now_s)?;
+        let (entries_v6, expired6, evicted6) =
+            self.sweep_table::<FlowKey6>(&self.v6, map_names::FLOWS6, now_s)?;
+        let report = SweepReport {
+            entries,
+            entries_v6,
+            expired: expired + expired6,
+            evicted: evicted + evicted6,
+        };
+        self.totals
+            .expired
+            .fetch_add(u64::from(report.expired), Ordering::Relaxed);
+        self.totals
+            .evicted
+            .fetch_add(u64::from(report.evicted), Ordering::Relaxed);
+        Ok(report)
+    }
+
+    /// One table: (entries left, expired, evicted).
+    fn sweep_table<K: Pod + Default>(
+        &self,
+        fd: &OwnedFd,
+        name: &'static str,
+        now_s: u32,
+    ) -> Result<(u32, u32, u32), DataplaneError> {
+        let (keys, values) = read_all::<K>(fd.as_raw_fd(), self.capacity)
+            .map_err(|source| syscall_error("read in batches", name, source))?;
+        let seen: Vec<u32> = values.iter().map(|v| v.seen_s).collect();
+        let plan = select_removals(&seen, now_s, self.idle_timeout_s, self.capacity);
+        let doomed = |indices: &[usize]| indices.iter().map(|&i| keys[i]).collect::<Vec<K>>();
+        let expired = delete_keys(fd.as_raw_fd(), &doomed(&plan.expired))
+            .map_err(|source| syscall_error("delete in batches from", name, source))?;
+        let evicted = delete_keys(fd.as_raw_fd(), &doomed(&plan.evicted))
+            .map_err(|source| syscall_error("delete in batches from", name, source))?;
+        let left = (keys.len() as u32).saturating_sub(expired + evicted);
+        Ok((left, expired, evicted))
+    }
+
+    /// Runs the sweeper on a thread of its own: the clock every second, a sweep every
+    /// [`SWEEP_INTERVAL`], until the returned handle is dropped.
+    pub fn spawn(self) -> std::io::Result<SweeperThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("xlb-flow-sweep".to_owned())
+            .spawn(move || self.run(&stopped))?;
+        Ok(SweeperThread {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    fn run(&self, stop: &AtomicBool) {
+        let mut next_sweep = Instant::now();
+        let mut failing = false;
+        while !stop.load(Ordering::Relaxed) {
+            let now_s = monotonic_seconds();
+            let result = self.set_clock(now_s).and_then(|()| {
+                if Instant::now() < next_sweep {
+                    return Ok(None);
+                }
+                next_sweep = Instant::now() + SWEEP_INTERVAL;
+                self.sweep(now_s).map(Some)
+            });
+            match result {
+                Ok(Some(report)) => {
+                    failing = false;
+                    if report.evicted > 0 {
+                        info!(
+                            evicted = report.evicted,
+                            expired = report.expired,
+                            entries = report.entries,
+                            entries_v6 = report.entries_v6,
+                            capacity = self.capacity,
+                            "flow table above {HIGH_WATER_PERCENT}%: removed the least recently \
+                             seen flows (raise limits.flow_table_size if this recurs)"
+                        );
+                    }
+                }
+                Ok(None) => failing = false,
+                // Said once per run of failures, not every second.
+                Err(error) if !failing => {
+                    failing = true;
+                    warn!(%error, "flow table upkeep failed; flows are still balanced");
+                }
+                Err(_) => {}
+            }
+            std::thread::park_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The sweeper's thread; dropping it stops the thread (at once) and waits for it.
+pub struct SweeperThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for SweeperThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Seconds of `CLOCK_MONOTONIC` (since boot, the same for every process, so a restarted
+/// `xlbd` goes on with the stamps of the entries it adopts); never 0, which means "no clock".
+pub fn monotonic_seconds() -> u32 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u32).max(1)
+}
+
+/// Which entries a sweep removes, as indices into the entries read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removals {
+    /// Idle for longer than the timeout.
+    pub expired: Vec<usize>,
+    /// The least recently seen of the rest, when more than the high-water mark remain.
+    pub evicted: Vec<usize>,
+}
+
+/// Chooses the entries to remove from a table of `capacity` whose entries were last seen at
+/// `seen` (clock seconds): those idle at `now_s` for longer than `idle_timeout_s`; then, if
+/// more than [`HIGH_WATER_PERCENT`] of the capacity remains, the least recently seen down to
+/// [`LOW_WATER_PERCENT`] (ties in the order read). An entry stamped later than `now_s` (the
+/// clock written by another process an instant before) counts as seen now.
+pub fn select_removals(seen: &[u32], now_s: u32, idle_timeout_s: u32, capacity: u32) -> Removals {
+    let (mut expired, mut kept) = (Vec::new(), Vec::new());
+    for (index, &seen_s) in seen.iter().enumerate() {
+        if now_s.saturating_sub(seen_s) > idle_timeout_s {
+            expired.push(index);
+        } else {
+            kept.push(index);
+        }
+    }
+    let high = u64::from(capacity) * HIGH_WATER_PERCENT / 100;
+    let low = (u64::from(capacity) * LOW_WATER_PERCENT / 100) as usize;
+    let mut evicted = Vec::new();
+    if kept.len() as u64 > high {
+        kept.sort_by_key(|&index| seen[index]);
+        evicted = kept[..kept.len() - low].to_vec();
+        evicted.sort_unstable();
+    }
+    Removals { expired, evicted }
+}
+
+fn syscall_error(op: &'static str, map: &'static str, source: std::io::Error) -> DataplaneError {
+    DataplaneError::Map {
+        op,
+        map,
+        source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf",
+            io_error: source,
+        })),
     }
 }
 
@@ -172,19 +432,47 @@ fn count_keys<K: Pod>(map: &Map, name: &'static str, capacity: u32) -> Result<u3
     Ok(count)
 }
 
-/// Counts with `BPF_MAP_LOOKUP_BATCH` (Linux 5.6): keys and values land in buffers that are
-/// only counted, [`BATCH`] at a time.
+/// Counts with `BPF_MAP_LOOKUP_BATCH` (Linux 5.6), stopping at `capacity`.
 fn count_batched<K: Pod + Default>(map: &Map, capacity: u32) -> std::io::Result<u32> {
     let fd = match map {
         Map::LruHashMap(data) | Map::HashMap(data) => data.fd().as_fd().as_raw_fd(),
         _ => return Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
     };
+    let mut total = 0u32;
+    read_batches::<K>(fd, |keys, _| {
+        total = total.saturating_add(keys.len() as u32);
+        total < capacity
+    })?;
+    Ok(total)
+}
+
+/// Every entry of a flow table (keys and values), read in batches; `capacity` sizes the
+/// buffers.
+fn read_all<K: Pod + Default>(
+    fd: libc::c_int,
+    capacity: u32,
+) -> std::io::Result<(Vec<K>, Vec<FlowValue>)> {
+    let mut all_keys = Vec::with_capacity(capacity as usize);
+    let mut all_values = Vec::with_capacity(capacity as usize);
+    read_batches::<K>(fd, |keys, values| {
+        all_keys.extend_from_slice(keys);
+        all_values.extend_from_slice(values);
+        true
+    })?;
+    Ok((all_keys, all_values))
+}
+
+/// Reads a flow table with `BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries a call, handing each
+/// batch to `each` until the table ends or `each` returns false.
+fn read_batches<K: Pod + Default>(
+    fd: libc::c_int,
+    mut each: impl FnMut(&[K], &[FlowValue]) -> bool,
+) -> std::io::Result<()> {
     let mut keys = vec![K::default(); BATCH as usize];
     let mut values = vec![FlowValue::default(); BATCH as usize];
     // The hash map's batch cursor is a bucket index (u32).
     let mut cursor: Option<u32> = None;
     let mut next = 0u32;
-    let mut total = 0u32;
     loop {
         let mut attr = BatchAttr {
             // No cursor: from the first bucket.
@@ -215,12 +503,136 @@ fn count_batched<K: Pod + Default>(map: &Map, capacity: u32) -> std::io::Result<
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Some(_) => return Err(error.expect("an error")),
         }
-        total = total.saturating_add(attr.count);
-        if error.is_some() || total >= capacity {
-            return Ok(total);
+        let read = (attr.count as usize).min(keys.len());
+        if !each(&keys[..read], &values[..read]) || error.is_some() {
+            return Ok(());
         }
         cursor = Some(next);
     }
+}
+
+/// Deletes `keys` from a flow table (`BPF_MAP_DELETE_BATCH`, or key by key on a kernel
+/// without it); returns how many were deleted. A key already gone (the datapath cannot delete,
+/// but a second `xlbd` sweeping the same pins can) is skipped.
+fn delete_keys<K: Pod>(fd: libc::c_int, keys: &[K]) -> std::io::Result<u32> {
+    let mut deleted = 0u32;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            in_batch: 0,
+            out_batch: 0,
+            keys: rest.as_ptr() as u64,
+            values: 0,
+            count: rest.len().min(u32::MAX as usize) as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout, passed with its size; the
+        // key buffer holds `count` keys of the map's key size and outlives the call, which
+        // only reads it.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        // On an error `count` is the keys deleted before the one that failed.
+        let done = (attr.count as usize).min(rest.len());
+        deleted += done as u32;
+        if result >= 0 {
+            rest = &rest[done..];
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::ENOENT) => rest = &rest[done + 1..],
+            // ENOTSUPP (524): the kernel's own code for an unsupported command.
+            Some(libc::EINVAL | libc::EOPNOTSUPP | 524) if done == 0 => {
+                return Ok(deleted + delete_one_by_one(fd, rest)?);
+            }
+            _ => return Err(error),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes keys one `BPF_MAP_DELETE_ELEM` at a time; keys already gone are skipped.
+fn delete_one_by_one<K: Pod>(fd: libc::c_int, keys: &[K]) -> std::io::Result<u32> {
+    let mut deleted = 0;
+    for key in keys {
+        let mut attr = ElemAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: std::ptr::from_ref(key) as u64,
+            value: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is the kernel's `bpf_attr` layout for element commands, passed with
+        // its size; the key is a live value of the map's key size.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_ELEM,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if result == 0 {
+            deleted += 1;
+        } else {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOENT) {
+                return Err(error);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Writes one element (`BPF_MAP_UPDATE_ELEM`, `BPF_ANY`).
+fn update_elem<K: Pod, V: Pod>(fd: libc::c_int, key: &K, value: &V) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the kernel's `bpf_attr` layout for element commands, passed with its
+    // size; key and value are live values of the map's key and value sizes, only read.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `BPF_MAP_UPDATE_ELEM` (include/uapi/linux/bpf.h).
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// `BPF_MAP_DELETE_ELEM`.
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+/// `BPF_MAP_DELETE_BATCH`.
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The element-command members of the kernel's `union bpf_attr` (`map_fd`, `key`, `value`,
+/// `flags`; `key` is 8-byte aligned, hence the padding word).
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 /// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h).
@@ -244,22 +656,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_added_leave_out_replaced_refused_and_unremembered_flows() {
-        let counters = Snapshot {
-            lb: vec![
-                ("flow_new".into(), 100),
-                ("flow_replaced".into(), 10),
-                ("flow_insert_failed".into(), 2),
-            ],
-            policy: vec![("flow_not_remembered".into(), 3)],
-            ..Snapshot::default()
-        };
-        assert_eq!(keys_added(&counters), 85);
-        // Counters read mid-update never make it wrap.
-        let odd = Snapshot {
-            lb: vec![("flow_new".into(), 1), ("flow_replaced".into(), 2)],
-            ..Snapshot::default()
-        };
-        assert_eq!(keys_added(&odd), 0);
+    fn idle_entries_expire_and_fresh_ones_stay() {
+        // Timeout 300 s at 1000 s: seen at 699 is 301 s idle, 700 is exactly 300 (kept).
+        let seen = [699, 700, 1000, 0, 1001];
+        let plan = select_removals(&seen, 1000, 300, 1000);
+        assert_eq!(
+            plan.expired,
+            vec![0, 3],
+            "idle past the timeout, and never stamped"
+        );
+        assert!(
+            plan.evicted.is_empty(),
+            "5 of 1000 is far below the high-water mark"
+        );
+    }
+
+    #[test]
+    fn a_table_above_high_water_loses_its_oldest_down_to_low_water() {
+        // Capacity 20: high water 18, low water 16. 19 fresh entries, seen at 100..=118 in
+        // shuffled order: the 3 seen earliest go.
+        let seen: Vec<u32> = (0..19).map(|i| 100 + (i * 7) % 19).collect();
+        let plan = select_removals(&seen, 120, 300, 20);
+        assert!(plan.expired.is_empty());
+        let mut gone: Vec<u32> = plan.evicted.iter().map(|&i| seen[i]).collect();
+        gone.sort_unstable();
+        assert_eq!(gone, vec![100, 101, 102]);
+        // Exactly at high water nothing is evicted.
+        let plan = select_removals(&seen[..18], 120, 300, 20);
+        assert!(plan.evicted.is_empty());
+    }
+
+    #[test]
+    fn expiry_counts_before_pressure() {
+        // 19 of 20 in use, 4 of them idle: 15 remain, under the high-water mark of 18.
+        let seen: Vec<u32> = (0..19).map(|i| if i < 4 { 1 } else { 500 }).collect();
+        let plan = select_removals(&seen, 500, 300, 20);
+        assert_eq!(plan.expired, vec![0, 1, 2, 3]);
+        assert!(plan.evicted.is_empty());
+    }
+
+    #[test]
+    fn a_stamp_ahead_of_the_clock_counts_as_now() {
+        let plan = select_removals(&[2000], 1000, 300, 1000);
+        assert_eq!(plan, Removals::default());
+    }
+
+    #[test]
+    fn the_clock_is_never_zero() {
+        assert!(monotonic_seconds() >= 1);
     }
 }

@@ -499,6 +499,7 @@ impl Dataplane {
             flows: flows::FlowTable::new(
                 take_map(&mut ebpf, map_names::FLOWS)?,
                 take_map(&mut ebpf, map_names::FLOWS6)?,
+                take_map(&mut ebpf, map_names::CLOCK)?,
                 limits.flow_table_size,
             )?,
             policy_prefixes: limits.policy_prefixes,
@@ -746,11 +747,16 @@ impl Dataplane {
         self.stats.snapshot(&[])
     }
 
-    /// Entries, capacity and evictions of the flow table (from a walk at most
+    /// Entries, capacity and removals of the flow tables (from a walk at most
     /// [`flows::MAX_AGE`] old).
     pub fn flow_table(&mut self) -> Result<flows::FlowTableView, DataplaneError> {
-        let stats = &self.stats;
-        self.flows.view(|| stats.snapshot(&[]))
+        self.flows.view()
+    }
+
+    /// A sweeper of the flow tables: the datapath clock, idle expiry after `idle_timeout_s`
+    /// seconds, room under pressure ([`flows::FlowSweeper`]).
+    pub fn flow_sweeper(&self, idle_timeout_s: u32) -> Result<flows::FlowSweeper, DataplaneError> {
+        self.flows.sweeper(idle_timeout_s)
     }
 
     /// Counts the flow table's entries now, as the metrics do (tests and benchmarks).

@@ -22,7 +22,7 @@ use xlb_common::{Globals, LAYOUT_VERSION, map_names};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/xlb";
 
 /// Maps of the load balancer that are pinned (all of them: state, flows and counters).
-pub const PINNED_MAPS: [&str; 27] = [
+pub const PINNED_MAPS: [&str; 28] = [
     map_names::VIPS,
     map_names::VIPS6,
     map_names::VIP_ADDRS,
@@ -44,6 +44,7 @@ pub const PINNED_MAPS: [&str; 27] = [
     map_names::MAGLEV,
     map_names::FLOWS,
     map_names::FLOWS6,
+    map_names::CLOCK,
     map_names::GLOBALS,
     map_names::STATS_ACTIONS,
     map_names::STATS_DROPS,

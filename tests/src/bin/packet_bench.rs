@@ -41,7 +41,11 @@ use xlb::{
         AllDown, AttachMode, BackendConfig, Cidr, Config, EncapConfig, ForwardMode, HealthConfig,
         InterfaceConfig, Limits, MacAddr, ProbeVia, Protocol, VipConfig,
     },
-    dataplane::{Dataplane, objects},
+    dataplane::{
+        Dataplane,
+        flows::{self, FlowSweeper},
+        objects,
+    },
     state::DesiredState,
 };
 use xlb_common::{FlowKey, LbCounter, VipAddrKey, VipKey, program_names};
@@ -94,16 +98,30 @@ struct Scale {
     backends: usize,
     /// Maglev table size of every VIP.
     table_size: u32,
-    /// Flow-table entries. At the default size the table is filled before the measurement, so
-    /// every new flow evicts one; a larger table is left with free entries for the whole run.
+    /// Flow-table entries. At the default size the table is filled to [`FILL_PERCENT`] before
+    /// the measurement and kept there by `xlbd`'s sweeper; a larger table is left nearly empty.
     flow_table: u32,
 }
 
 /// The default flow-table size (`limits.flow_table_size`).
 const DEFAULT_FLOWS: u32 = 262_144;
-/// A flow table that never fills during a run: each CPU's LRU list gets an equal share, and
-/// even the full run's new flows (31 rounds x 10,000 x 3 classes) stay below one share.
+/// A flow table left nearly empty: the full run's new flows (31 rounds x 10,000 x 6 classes)
+/// stay far below it, and nothing is removed.
 const FREE_FLOWS: u32 = 4_194_304;
+
+/// How full the default-size table is kept: midway between the sweeper's low and high water
+/// marks, where a table under pressure lives (`xlbd` removes the least recently seen entries
+/// above the high one, down to the low one).
+const FILL_PERCENT: u64 = (flows::LOW_WATER_PERCENT + flows::HIGH_WATER_PERCENT) / 2;
+
+/// The datapath clock while established flows and the fill are sent (seconds).
+const CLOCK_STEADY: u32 = 1000;
+/// The datapath clock while a new-flow batch is sent: its entries look idle since long before
+/// [`CLOCK_STEADY`], so that the sweep after the batch removes exactly them (as `xlbd` makes
+/// room on a live balancer) and the table stays at [`FILL_PERCENT`].
+const CLOCK_NEW: u32 = 1;
+/// The sweeper's idle timeout in the benchmark: between the two clocks.
+const BENCH_IDLE_TIMEOUT: u32 = 500;
 
 /// The smallest datapath, the reference of the scale comparison.
 const BASE: Scale = Scale {
@@ -635,6 +653,8 @@ struct Scene {
     frames: BTreeMap<&'static str, Vec<Vec<u8>>>,
     /// Time to build the state, load the program and apply.
     setup: Duration,
+    /// The flow tables' upkeep, for a default-size table (kept at [`FILL_PERCENT`]).
+    sweeper: Option<FlowSweeper>,
 }
 
 impl Scene {
@@ -656,12 +676,49 @@ impl Scene {
                 n => filler(n - 1),
             })
             .collect();
+        let sweeper = (scale.flow_table == DEFAULT_FLOWS).then(|| {
+            let sweeper = dataplane
+                .flow_sweeper(BENCH_IDLE_TIMEOUT)
+                .unwrap_or_else(|e| panic!("flow sweeper: {e}"));
+            sweeper
+                .set_clock(CLOCK_STEADY)
+                .unwrap_or_else(|e| panic!("setting the clock: {e}"));
+            sweeper
+        });
         Scene {
             scale,
             dataplane,
             spread,
             frames: BTreeMap::new(),
             setup: start.elapsed(),
+            sweeper,
+        }
+    }
+
+    /// Before a new-flow batch: its entries are stamped [`CLOCK_NEW`].
+    fn before_new_flows(&self) {
+        if let Some(sweeper) = &self.sweeper {
+            sweeper
+                .set_clock(CLOCK_NEW)
+                .unwrap_or_else(|e| panic!("setting the clock: {e}"));
+        }
+    }
+
+    /// After a new-flow batch of `count` flows: the sweep removes them, and only them, and the
+    /// clock goes back to [`CLOCK_STEADY`].
+    fn after_new_flows(&self, count: usize) {
+        if let Some(sweeper) = &self.sweeper {
+            sweeper
+                .set_clock(CLOCK_STEADY)
+                .unwrap_or_else(|e| panic!("setting the clock: {e}"));
+            let report = sweeper
+                .sweep(CLOCK_STEADY)
+                .unwrap_or_else(|e| panic!("sweeping the flow table: {e}"));
+            assert_eq!(
+                (report.expired as usize, report.evicted),
+                (count, 0),
+                "the sweep after a batch removes the batch's new flows and nothing else"
+            );
         }
     }
 
@@ -980,15 +1037,15 @@ fn run(plan: &Plan) -> Results {
     let semantics = check_semantics(&mut scenes[0]);
     let programs = Programs::inspect(&mut scenes[0].dataplane, &helpers);
 
-    // Fill the flow table with flows no class uses, so that every measured new flow evicts one:
-    // the steady state of a balancer that has run for a while.
+    // Fill the flow table with flows no class uses, to where `xlbd` keeps a table under
+    // pressure: the steady state of a balancer that has run for a while.
     let mut next_new = NEW_FLOWS_FROM;
     let mut out = [0u8; OUT_LEN];
     for scene in scenes
         .iter_mut()
         .filter(|s| s.scale.flow_table == DEFAULT_FLOWS)
     {
-        let fill = u64::from(scene.scale.flow_table);
+        let fill = u64::from(scene.scale.flow_table) * FILL_PERCENT / 100;
         for i in next_new..next_new + fill {
             let frame = scene.frame(Shape::TcpL2, i);
             scene
@@ -1036,6 +1093,10 @@ fn run(plan: &Plan) -> Results {
                     scene.fixed_frames(class).to_vec()
                 };
                 let floor_batch = || aux_batch(helpers.floor(), &frames, CYCLE, 1, XDP_TX);
+                let new_flows = class.flows == Flows::New;
+                if new_flows {
+                    scene.before_new_flows();
+                }
                 let (lb, floor) = if round % 2 == 0 {
                     let lb = lb_batch(&mut scene.dataplane, &frames, CYCLE, 1, class);
                     (lb, floor_batch())
@@ -1046,6 +1107,9 @@ fn run(plan: &Plan) -> Results {
                         floor,
                     )
                 };
+                if new_flows {
+                    scene.after_new_flows(CYCLE);
+                }
                 samples
                     .entry((si, ci))
                     .or_default()
@@ -1358,9 +1422,10 @@ fn markdown(plan: &Plan, results: &Results, date: &str, time: &str) -> String {
         "- Datapaths (each VIP has the same backends and table size; the three IPv4 VIPs the \
          classes address, TCP/80 L2, UDP/53 L2 and TCP/80 IPIP, plus TCP/80 L2 fillers, and two \
          IPv6 VIPs besides the count, TCP/80 L2 and TCP/80 IPv6-in-IPv6, with IPv6 backends); flow \
-         table {} entries (the default; LRU with per-CPU lists), filled with other flows before \
-         the measurement so that every measured new flow evicts one, as on a balancer that has \
-         run for a while, except where it says \"never full\":",
+         table {} entries (the default; a preallocated hash map), filled to {FILL_PERCENT}% with \
+         other flows before the measurement, where `xlbd`'s sweeper keeps a table under pressure \
+         (the flows of each new-flow batch are swept out after it, as `xlbd` would), except \
+         where it says \"never full\":",
         thousands(u64::from(DEFAULT_FLOWS))
     )
     .unwrap();
@@ -1663,9 +1728,9 @@ const LOOKUPS: &str = "\
 | --- | --- | --- | --- | --- |
 | not a VIP, passed | – (VIP address filter says no) | `XLB_VIP_FILTER` | actions | – |
 | malformed, dropped | – | – | drops, actions | – |
-| established, L2 | `XLB_VIPS` (8), `XLB_FLOWS` LRU (16) | `XLB_VIP_FILTER`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | MAC rewrite |
+| established, L2 | `XLB_VIPS` (8), `XLB_FLOWS` (16) | `XLB_VIP_FILTER`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | MAC rewrite |
 | established, IPIP | as L2 | as L2 | as L2 | flow hash, `bpf_xdp_adjust_head`, outer header + checksum |
-| new connection (SYN), L2 | `XLB_VIPS`, then `XLB_FLOWS` insert (`htab_lru_map_update_elem`: hash, bucket lock, per-CPU LRU pop with rotation and eviction) | `XLB_VIP_FILTER`, `XLB_MAGLEV`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | flow hash |
+| new connection (SYN), L2 | `XLB_VIPS`, then `XLB_FLOWS` insert (`htab_map_update_elem`: hash, bucket lock, pop from a per-CPU free list) | `XLB_VIP_FILTER`, `XLB_MAGLEV`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | flow hash |
 | ACK of a flow not in the table, L2 | as SYN, plus the `XLB_FLOWS` lookup that misses | as SYN | as SYN | as SYN |
 | new connection, IPIP | as new L2 | as new L2 | as new L2 | as established IPIP (hash computed once) |
 | VIP on port 0 (any port) | one more `XLB_VIPS` lookup (exact port first) | | | |
@@ -1779,7 +1844,7 @@ fn differences(plan: &Plan, results: &Results) -> String {
             diff("tcp-l2-new-ack", "tcp-l2-new"),
         ),
         (
-            "new flow in a full table − in a table with free entries (L2): LRU eviction",
+            "new flow in a table kept at the sweeper's fill − in a nearly empty table (L2)",
             eviction(),
         ),
         (
@@ -1890,11 +1955,13 @@ fn spin(id: &str, seconds: u64) -> ExitCode {
     let mut next_new = NEW_FLOWS_FROM;
     let mut out = [0u8; OUT_LEN];
     while Instant::now() < deadline {
-        let frames = if class.flows == Flows::New {
+        let new_flows = class.flows == Flows::New;
+        let frames = if new_flows {
             let frames: Vec<Vec<u8>> = (next_new..next_new + 1000)
                 .map(|i| scene.frame(class.shape, i))
                 .collect();
             next_new += 1000;
+            scene.before_new_flows();
             frames
         } else {
             scene.fixed_frames(class).to_vec()
@@ -1904,6 +1971,9 @@ fn spin(id: &str, seconds: u64) -> ExitCode {
                 .dataplane
                 .test_run_timed(frame, &mut out, 1)
                 .unwrap_or_else(|e| panic!("{e}"));
+        }
+        if new_flows {
+            scene.after_new_flows(frames.len());
         }
     }
     ExitCode::SUCCESS

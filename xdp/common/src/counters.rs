@@ -22,7 +22,8 @@ pub enum LbCounter {
     FlowNew = 1,
     /// A flow entry pointed at a backend that was removed: the flow was rehashed.
     FlowBackendGone = 2,
-    /// The flow table refused a new entry (the packet was still forwarded).
+    /// The flow table refused a new entry, in practice because it was full (the packet was
+    /// still forwarded, by the Maglev table; the flow is just not remembered).
     FlowInsertFailed = 3,
     /// A new flow's key was already in the flow table (a SYN reusing the addresses and ports
     /// of a flow still remembered, or a flow whose backend was removed): its entry was

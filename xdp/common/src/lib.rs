@@ -36,7 +36,9 @@ pub use policy::{
 /// 32 MiB, mmapable) and `XLB_POL_V4_MIX` became an mmapable array of tables (was a hash map
 /// keyed by the /24); per-VIP source ranges and the SYN rate limit for IPv6
 /// sources: `XLB_POL_VIP6` and `XLB_RATE6` were added.
-pub const LAYOUT_VERSION: u32 = 5;
+/// 6: the flow tables became preallocated hash maps expired by `xlbd` (were LRU maps):
+/// `FlowValue` gained `seen_s` (12 bytes), and `XLB_CLOCK` was added.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
@@ -86,11 +88,15 @@ pub mod map_names {
     pub const BACKENDS: &str = "XLB_BACKENDS";
     /// Flat array of Maglev slots (backend ids); each VIP owns a region of it.
     pub const MAGLEV: &str = "XLB_MAGLEV";
-    /// Flow table: [`crate::FlowKey`] -> [`crate::FlowValue`], LRU with per-CPU eviction lists.
+    /// Flow table: [`crate::FlowKey`] -> [`crate::FlowValue`], a preallocated hash map whose
+    /// idle and oldest entries `xlbd` removes (nothing is evicted on the packet path).
     pub const FLOWS: &str = "XLB_FLOWS";
+    /// One `u32`: the datapath clock in seconds (`CLOCK_MONOTONIC`), written by `xlbd` every
+    /// second; flow entries record it at each packet ([`crate::FlowValue::seen_s`]).
+    pub const CLOCK: &str = "XLB_CLOCK";
     /// IPv6 VIP (address, port, protocol) -> [`crate::VipMeta`].
     pub const VIPS6: &str = "XLB_VIPS6";
-    /// IPv6 flow table: [`crate::FlowKey6`] -> [`crate::FlowValue`], LRU like [`FLOWS`].
+    /// IPv6 flow table: [`crate::FlowKey6`] -> [`crate::FlowValue`], like [`FLOWS`].
     pub const FLOWS6: &str = "XLB_FLOWS6";
     /// One [`crate::Globals`] entry: interface MAC, encapsulation source, layout version.
     pub const GLOBALS: &str = "XLB_GLOBALS";

@@ -152,8 +152,8 @@ pub struct FlowKey6 {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 
-/// Flow table value: the backend the flow started on, and the generation of the global lists
-/// its source was last checked under.
+/// Flow table value: the backend the flow started on, the generation of the global lists its
+/// source was last checked under, and when the flow last sent a packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -162,8 +162,12 @@ pub struct FlowValue {
     /// [`crate::PolicyConfig::lists_gen`] when the flow's source last passed the global lists:
     /// while it is the current one, the flow's packets skip the lists.
     pub lists_gen: u32,
+    /// The datapath clock (`XLB_CLOCK`, seconds) at the flow's last packet: `xlbd` removes
+    /// entries idle for longer than `limits.flow_idle_timeout`, and the oldest first when the
+    /// table fills up. Written by the datapath only when it differs, so at most once a second.
+    pub seen_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 12);
 
 /// Settings of the whole datapath, one entry in `XLB_GLOBALS`.
 #[repr(C)]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    maps::LruHashMap,
+    maps::HashMap,
 };
 use xlb_common::{
     Backend, DropReason, FlowKey, FlowKey6, FlowValue, LbCounter, PolicyConfig, VipKey, VipKey6,
@@ -11,7 +11,7 @@ use xlb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, FLOWS6, MAGLEV, VIPS, VIPS6},
+    maps::{BACKENDS, CLOCK, FLOWS, FLOWS6, MAGLEV, VIPS, VIPS6},
     stats,
 };
 
@@ -21,7 +21,7 @@ pub trait Flow: Sized + 'static {
     /// The flow hash ([`flow_hash`] or [`flow_hash6`]).
     fn hash(&self) -> u32;
     /// The flow table of this family.
-    fn table() -> &'static LruHashMap<Self, FlowValue>;
+    fn table() -> &'static HashMap<Self, FlowValue>;
 }
 
 impl Flow for FlowKey {
@@ -30,7 +30,7 @@ impl Flow for FlowKey {
         flow_hash(self)
     }
     #[inline(always)]
-    fn table() -> &'static LruHashMap<Self, FlowValue> {
+    fn table() -> &'static HashMap<Self, FlowValue> {
         &FLOWS
     }
 }
@@ -41,7 +41,7 @@ impl Flow for FlowKey6 {
         flow_hash6(self)
     }
     #[inline(always)]
-    fn table() -> &'static LruHashMap<Self, FlowValue> {
+    fn table() -> &'static HashMap<Self, FlowValue> {
         &FLOWS6
     }
 }
@@ -119,13 +119,31 @@ pub struct Choice {
 /// SYN retransmitted across a table change that moved its slot goes to the new backend, and if
 /// the first one had already answered, the client's ACK reaches a backend that resets it. Only
 /// handshakes in flight during a change that moves their slot are exposed.
+///
+/// A flow found is marked seen now (`FlowValue::seen_s`, written only when the clock moved
+/// since its last packet), which keeps it from `xlbd`'s expiry.
 #[inline(always)]
 pub fn established<F: Flow>(flow: &F, opens_connection: bool) -> Option<*mut FlowValue> {
     if opens_connection {
-        None
-    } else {
-        F::table().get_ptr_mut(flow)
+        return None;
     }
+    let entry = F::table().get_ptr_mut(flow)?;
+    let now = now_s();
+    // SAFETY: the pointer comes from a successful lookup of a preallocated map: it stays valid
+    // memory of the map's value size; an entry deleted by `xlbd` under us is at worst marked
+    // seen after its deletion, which nothing reads.
+    unsafe {
+        if (*entry).seen_s != now {
+            (*entry).seen_s = now;
+        }
+    }
+    Some(entry)
+}
+
+/// The datapath clock in seconds (`XLB_CLOCK`, written by `xlbd`; 0 when no `xlbd` keeps it).
+#[inline(always)]
+fn now_s() -> u32 {
+    CLOCK.get(0).copied().unwrap_or(0)
 }
 
 /// Keeps an established flow (its flow table `entry`, see [`established`]) on its backend
@@ -154,6 +172,7 @@ pub fn choose<F: Flow>(
             FlowValue {
                 backend_id: choice.backend_id,
                 lists_gen: policy.lists_gen,
+                seen_s: now_s(),
             },
         );
     }
@@ -170,8 +189,8 @@ pub fn owner<F: Flow>(
     vip: &VipMeta,
     hash: &mut Option<u32>,
 ) -> Result<Choice, DropReason> {
-    // SAFETY: the value is copied at once; an LRU entry recycled under us would at worst
-    // give a backend id that is checked like any other.
+    // SAFETY: the value is copied at once; an entry deleted and reused under us would at
+    // worst give a backend id that is checked like any other.
     let entry = unsafe { F::table().get(flow) }.copied();
     match remembered(entry, vip) {
         Remembered::Valid(choice) => Ok(choice),
@@ -239,9 +258,10 @@ const EEXIST: i32 = -17;
 
 /// Stores a new flow's entry. It is inserted only if its key is absent, so that a key already
 /// present (a SYN reusing a remembered flow's ports skips the lookup; a flow whose backend is
-/// gone was found) is overwritten and counted as `FlowReplaced`: the daemon derives the flow
-/// table's evictions from new keys added less the entries present, which the kernel does not
-/// count for LRU maps. A fresh key costs one update, as before; only a replacement costs two.
+/// gone was found) is overwritten and counted as `FlowReplaced`, which tells new keys from
+/// reused ones in the counters. A fresh key costs one update; only a replacement costs two. A
+/// full table refuses a fresh key (`FlowInsertFailed`) but still takes a replacement (the
+/// kernel keeps spare elements for that).
 #[inline(always)]
 fn remember<F: Flow>(flow: &F, value: FlowValue) {
     let table = F::table();

@@ -210,7 +210,7 @@ fn to_vip_address(
     policy::options(policy, ip.header_len)?;
     policy::vip(policy, &vip, &flow, tcp)?;
     let mut hash = None;
-    // SAFETY: the entry is copied at once; one the LRU recycles under us gives at worst a
+    // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
     // backend id that `choose` checks like any other.
     let entry = entry.map(|entry| unsafe { *entry });
     let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;

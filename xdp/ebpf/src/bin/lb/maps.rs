@@ -2,7 +2,7 @@
 //! config before loading (`EbpfLoader::set_max_entries`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -46,19 +46,24 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(65536, 0);
 #[map(name = "XLB_MAGLEV")]
 pub static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MMAPABLE);
 
-/// Established flows -> backend. LRU with per-CPU eviction lists (no cross-CPU lock on insert).
+/// Established flows -> backend. A preallocated hash map, not an LRU: an insert pops a per-CPU
+/// free list, with no list rotation or eviction on the packet path. `xlbd` removes idle
+/// entries, and the least recently seen ones when the table fills up (`dataplane::flows`);
+/// while it is full a new flow is balanced but not remembered (`flow_insert_failed`).
 #[map(name = "XLB_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(262_144, BPF_F_NO_COMMON_LRU);
+pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262_144, 0);
+
+/// The datapath clock: seconds, written by `xlbd` every second; flow entries record it.
+#[map(name = "XLB_CLOCK")]
+pub static CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 
 /// IPv6 VIP (address, port, protocol) -> how to balance it; switched like [`VIPS`].
 #[map(name = "XLB_VIPS6")]
 pub static VIPS6: HashMap<VipKey6, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// Established IPv6 flows -> backend, LRU like [`FLOWS`] and sized like it.
+/// Established IPv6 flows -> backend, a hash map like [`FLOWS`] and sized like it.
 #[map(name = "XLB_FLOWS6")]
-pub static FLOWS6: LruHashMap<FlowKey6, FlowValue> =
-    LruHashMap::with_max_entries(262_144, BPF_F_NO_COMMON_LRU);
+pub static FLOWS6: HashMap<FlowKey6, FlowValue> = HashMap::with_max_entries(262_144, 0);
 
 /// Datapath-wide settings, one entry.
 #[map(name = "XLB_GLOBALS")]

@@ -106,7 +106,7 @@ pub fn lists_for_flow(
 ) -> Result<(), DropReason> {
     match entry {
         // SAFETY: the pointer comes from a successful lookup of the flow map, whose elements
-        // are preallocated and never freed; an entry the LRU recycles under us holds another
+        // are preallocated and never freed; an entry deleted and reused under us holds another
         // flow's generation, which at worst makes this packet skip or redo the lists as that
         // flow's would.
         Some(entry) if unsafe { (*entry).lists_gen } == policy.lists_gen => Ok(()),

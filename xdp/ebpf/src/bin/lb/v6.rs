@@ -85,7 +85,7 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
     policy::vip6(policy, &vip, &flow, opens_connection)?;
     // The IPv6 lists were asked above, for every packet: established flows do not skip them
     // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
-    // SAFETY: the entry is copied at once; one the LRU recycles under us gives at worst a
+    // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
     // backend id that `choose` checks like any other.
     let entry = balance::established(&flow, opens_connection).map(|entry| unsafe { *entry });
     let mut hash = None;
