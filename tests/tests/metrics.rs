@@ -2,7 +2,8 @@
 //! the flows sent (`xlb_flow_table_entries`) and nothing was evicted; health-checked backends
 //! are up (`xlb_backend_up` 1, `xlb_backend_checked` 1), and a backend whose server stops
 //! reads 0 within the health bound, with one transition to down counted. Namespaces are
-//! prefixed `xmt`; the lab removes everything on drop, also on failure.
+//! prefixed `xmt` (`xmx` for the expiry test); the lab removes everything on drop, also on
+//! failure. Idle flows expire on a live xlbd.
 
 use std::time::{Duration, Instant};
 
@@ -112,4 +113,54 @@ fn flow_table_entries_and_backend_health_are_exported() {
             Some(1.0)
         );
     }
+}
+
+/// `xlbd` keeps the flow table: with `limits.flow_idle_timeout` at its minimum (10 s), the
+/// entries of finished connections are removed within the timeout plus a sweep and a metrics
+/// walk, counted in `xlb_flow_table_expired_total`, and nothing is evicted.
+#[test]
+fn idle_flows_expire_on_a_live_xlbd() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::up("xmx-", "l2");
+    let path = lab.workdir.join("xlb.toml");
+    let demo = std::fs::read_to_string(repo_root().join("config/demo-l2.toml")).unwrap();
+    std::fs::write(&path, format!("{demo}\n[limits]\nflow_idle_timeout = 10\n")).unwrap();
+    lab.start_xlbd(&path);
+    assert_eq!(lab.metric("xlb_flow_table_expired_total"), Some(0.0));
+
+    const FLOWS: usize = 10;
+    let sent = Instant::now();
+    let answers = lab.curl_vip(FLOWS);
+    assert_eq!(answers.len(), FLOWS, "{:?}", per_backend(&answers));
+    wait_metric(&lab, "xlb_flow_table_entries", FLOWS as f64);
+    assert_eq!(lab.metric("xlb_flow_table_expired_total"), Some(0.0));
+
+    // Idle for more than 10 s, then found by a sweep (every 2 s) and a metrics walk (at most
+    // 5 s old): 17 s, plus slack for a loaded machine.
+    let bound = Duration::from_secs(30);
+    loop {
+        let (entries, expired) = (
+            lab.metric("xlb_flow_table_entries"),
+            lab.metric("xlb_flow_table_expired_total"),
+        );
+        if entries == Some(0.0) && expired == Some(FLOWS as f64) {
+            break;
+        }
+        assert!(
+            sent.elapsed() < bound,
+            "entries {entries:?}, expired {expired:?} after {:?}:\n{}",
+            sent.elapsed(),
+            lab.metrics_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = sent.elapsed();
+    eprintln!("{FLOWS} idle flows expired {took:?} after they were sent (timeout 10 s)");
+    assert!(
+        took >= Duration::from_secs(10),
+        "expired before the timeout: {took:?}"
+    );
+    assert_eq!(lab.metric("xlb_flow_table_evictions_total"), Some(0.0));
 }
