@@ -193,8 +193,9 @@ for sym in rows:
     lines.append(f"| `{sym}` | " + " | ".join(cells) + " |")
 lines += ["", "`lookup_nulls_elem_raw` walks a hash bucket (the hash and key compare of every map "
           "lookup: cache misses land here), `htab_map_hash` is jhash of the key, "
-          "`htab_lru_map_update_elem` / `bpf_lru_pop_free` the flow insert and its LRU "
-          "bookkeeping, `read_tsc` / `ktime_get` the harness's clock read."]
+          "`htab_map_update_elem` / `alloc_htab_elem` / `pcpu_freelist_pop` the flow insert "
+          "(a preallocated hash map: pop a per-CPU free list, link into the bucket), "
+          "`read_tsc` / `ktime_get` the harness's clock read."]
 profile.write_text("\n".join(lines) + "\n")
 PY
     rm -rf "$data"

@@ -1751,16 +1751,16 @@ the flow-table lookup (it is a new connection by definition).
 
 What is left, by effect:
 
-1. **New connections: the LRU insert.** A profile of `packet_bench --spin tcp-l2-new` shows \
-   `bpf_lru_pop_free` and `htab_lru_map_update_elem` (kernel) several times above the program's \
-   own instructions: in a full per-CPU LRU each insert rotates the active and inactive lists \
-   and evicts a victim, touching several cold list nodes and the victim's bucket (each a cache \
-   miss; `kernel/bpf/bpf_lru_list.c`). The common LRU (no `BPF_F_NO_COMMON_LRU`) measured no \
-   better here and adds a global lock. The levers: a per-VIP flag to bypass the flow table for \
+1. **New connections: the flow insert into a loaded table.** The LRU maps are gone (an \
+   insert rotated the per-CPU LRU lists and, in a full table, evicted a victim on the packet \
+   path: 8.1x the floor). The flow tables are preallocated hash maps kept by `xlbd`'s sweeper \
+   (`daemon/src/dataplane/flows.rs`): an insert pops a per-CPU free list. What is left is \
+   memory: the popped element and the bucket are cold, and in a table kept 85% full the bucket \
+   chain holds other flows whose keys are compared first (the \"kept at the sweeper's fill − \
+   nearly empty table\" row above). Levers: a per-VIP flag to bypass the flow table for \
    services that do not need affinity across backend changes (Katran's `F_LRU_BYPASS`: a new \
-   flow then costs what an established one does), or a preallocated plain hash map expired by \
-   `xlbd` (last-seen time in `FlowValue`, batch deletes) whose insert pops a per-CPU free list \
-   without rotation; the flood protection then limits inserts explicitly.
+   flow then costs what an established one does), or a larger `limits.flow_table_size` for \
+   the same flows (shorter chains, more memory).
 2. **Fewer per-CPU counter updates** (a few ns). A forwarded packet updates four per-CPU \
    counters (`stats::action`, `stats::lb`, and `stats::forwarded` for the VIP and the backend, \
    `xdp/ebpf/src/bin/lb/stats.rs`): the flow-hit/new event could live in the per-VIP counter \
@@ -1775,7 +1775,7 @@ What is left, by effect:
    `docs/architecture.md` redone, since a preallocated map reuses a replaced element at once.
 4. **10,000 flows:** the cost is memory latency in the kernel's hash table. Sizing \
    `limits.flow_table_size` no larger than the expected flow count keeps the bucket array \
-   smaller, at the risk of evicting live flows.
+   smaller, at the risk of refusing new flows between sweeps.
 ";
 
 /// Costs by difference on the smallest datapath: the median over rounds of the difference of
