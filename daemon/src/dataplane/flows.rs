@@ -10,8 +10,10 @@
 //! - **Clock.** Every second the sweeper writes the seconds of `CLOCK_MONOTONIC` to
 //!   `XLB_CLOCK`; the datapath stamps a flow's entry with it at each packet
 //!   (`FlowValue::seen_s`, written only when it changed).
-//! - **Expiry.** Every [`SWEEP_INTERVAL`] the sweeper reads the tables in batches and deletes
-//!   the entries idle for longer than `limits.flow_idle_timeout`.
+//! - **Expiry.** Every [`SWEEP_INTERVAL`] (or [`SWEEP_DUTY`] times the last sweep's duration,
+//!   whichever is longer, so a huge table costs at most a twentieth of a CPU) the sweeper reads
+//!   the tables in batches, one batch in memory at a time, and deletes the entries idle for
+//!   longer than `limits.flow_idle_timeout`.
 //! - **Pressure.** When more than [`HIGH_WATER_PERCENT`] of a table is still in use, it also
 //!   deletes the least recently seen entries down to [`LOW_WATER_PERCENT`]: the LRU's order,
 //!   at a second's resolution, without its cost per packet. A table that fills up between two
@@ -34,6 +36,7 @@
 //! about half a second key by key (docs/operations.md), so one count is reused for [`MAX_AGE`].
 
 use std::{
+    collections::BTreeMap,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc,
@@ -60,6 +63,9 @@ pub const BATCH: u32 = 8192;
 
 /// How often the sweeper reads the tables to remove idle entries (and the oldest, when full).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The sweeper waits at least this many times as long as its last sweep took before the next.
+pub const SWEEP_DUTY: u32 = 20;
 
 /// Share of a table in use (after expiry) above which the oldest entries are removed.
 pub const HIGH_WATER_PERCENT: u64 = 90;
@@ -242,28 +248,85 @@ impl FlowSweeper {
         Ok(report)
     }
 
-    /// One table: (entries left, expired, evicted).
+    /// One table: (entries left, expired, evicted). Streams the table batch by batch, so its
+    /// memory does not grow with the table: a first pass deletes the idle entries of each batch
+    /// as it is read and counts the rest by the second they were last seen; if more than the
+    /// high-water mark remain, a second pass deletes the least recently seen, as the counts
+    /// say, down to the low-water mark.
     fn sweep_table<K: Pod + Default>(
         &self,
         fd: &OwnedFd,
         name: &'static str,
         now_s: u32,
     ) -> Result<(u32, u32, u32), DataplaneError> {
-        let (keys, values) = read_all::<K>(fd.as_raw_fd(), self.capacity)
-            .map_err(|source| syscall_error("read in batches", name, source))?;
-        let seen: Vec<u32> = values.iter().map(|v| v.seen_s).collect();
-        let plan = select_removals(&seen, now_s, self.idle_timeout_s, self.capacity);
-        let doomed = |indices: &[usize]| indices.iter().map(|&i| keys[i]).collect::<Vec<K>>();
-        let expired = delete_keys(fd.as_raw_fd(), &doomed(&plan.expired))
-            .map_err(|source| syscall_error("delete in batches from", name, source))?;
-        let evicted = delete_keys(fd.as_raw_fd(), &doomed(&plan.evicted))
-            .map_err(|source| syscall_error("delete in batches from", name, source))?;
-        let left = (keys.len() as u32).saturating_sub(expired + evicted);
-        Ok((left, expired, evicted))
+        let raw = fd.as_raw_fd();
+        let read_error = |source| syscall_error("read in batches", name, source);
+        let delete_error = |source| syscall_error("delete in batches from", name, source);
+        let mut by_second: BTreeMap<u32, u64> = BTreeMap::new();
+        let (mut kept, mut expired) = (0u64, 0u32);
+        let mut doomed: Vec<K> = Vec::new();
+        let mut failure = None;
+        read_batches::<K>(raw, |keys, values| {
+            doomed.clear();
+            for (key, value) in keys.iter().zip(values) {
+                if is_idle(value.seen_s, now_s, self.idle_timeout_s) {
+                    doomed.push(*key);
+                } else {
+                    kept += 1;
+                    *by_second.entry(value.seen_s).or_default() += 1;
+                }
+            }
+            match delete_keys(raw, &doomed) {
+                Ok(deleted) => {
+                    expired += deleted;
+                    true
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    false
+                }
+            }
+        })
+        .map_err(read_error)?;
+        if let Some(error) = failure {
+            return Err(delete_error(error));
+        }
+        let Some(cutoff) = eviction_cutoff(&by_second, kept, self.capacity) else {
+            return Ok((kept as u32, expired, 0));
+        };
+        let mut evicted = 0u32;
+        let mut quota = cutoff.at_cutoff;
+        read_batches::<K>(raw, |keys, values| {
+            doomed.clear();
+            for (key, value) in keys.iter().zip(values) {
+                if value.seen_s < cutoff.seen_s {
+                    doomed.push(*key);
+                } else if value.seen_s == cutoff.seen_s && quota > 0 {
+                    quota -= 1;
+                    doomed.push(*key);
+                }
+            }
+            match delete_keys(raw, &doomed) {
+                Ok(deleted) => {
+                    evicted += deleted;
+                    true
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    false
+                }
+            }
+        })
+        .map_err(read_error)?;
+        if let Some(error) = failure {
+            return Err(delete_error(error));
+        }
+        Ok(((kept as u32).saturating_sub(evicted), expired, evicted))
     }
 
     /// Runs the sweeper on a thread of its own: the clock every second, a sweep every
-    /// [`SWEEP_INTERVAL`], until the returned handle is dropped.
+    /// [`SWEEP_INTERVAL`] (or [`SWEEP_DUTY`] times as long as the last sweep took, for a huge
+    /// table: at most one CPU in 20 goes to sweeping), until the returned handle is dropped.
     pub fn spawn(self) -> std::io::Result<SweeperThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -285,8 +348,10 @@ impl FlowSweeper {
                 if Instant::now() < next_sweep {
                     return Ok(None);
                 }
-                next_sweep = Instant::now() + SWEEP_INTERVAL;
-                self.sweep(now_s).map(Some)
+                let started = Instant::now();
+                let report = self.sweep(now_s);
+                next_sweep = Instant::now() + SWEEP_INTERVAL.max(started.elapsed() * SWEEP_DUTY);
+                report.map(Some)
             });
             match result {
                 Ok(Some(report)) => {
@@ -344,38 +409,55 @@ pub fn monotonic_seconds() -> u32 {
     (now.tv_sec as u32).max(1)
 }
 
-/// Which entries a sweep removes, as indices into the entries read.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Removals {
-    /// Idle for longer than the timeout.
-    pub expired: Vec<usize>,
-    /// The least recently seen of the rest, when more than the high-water mark remain.
-    pub evicted: Vec<usize>,
+/// Whether an entry last seen at `seen_s` is idle at `now_s` for longer than `idle_timeout_s`.
+/// An entry stamped later than `now_s` (the clock written by another process an instant
+/// before) counts as seen now; one never stamped (0: no clock was running) is as old as the
+/// clock.
+pub fn is_idle(seen_s: u32, now_s: u32, idle_timeout_s: u32) -> bool {
+    now_s.saturating_sub(seen_s) > idle_timeout_s
 }
 
-/// Chooses the entries to remove from a table of `capacity` whose entries were last seen at
-/// `seen` (clock seconds): those idle at `now_s` for longer than `idle_timeout_s`; then, if
-/// more than [`HIGH_WATER_PERCENT`] of the capacity remains, the least recently seen down to
-/// [`LOW_WATER_PERCENT`] (ties in the order read). An entry stamped later than `now_s` (the
-/// clock written by another process an instant before) counts as seen now.
-pub fn select_removals(seen: &[u32], now_s: u32, idle_timeout_s: u32, capacity: u32) -> Removals {
-    let (mut expired, mut kept) = (Vec::new(), Vec::new());
-    for (index, &seen_s) in seen.iter().enumerate() {
-        if now_s.saturating_sub(seen_s) > idle_timeout_s {
-            expired.push(index);
-        } else {
-            kept.push(index);
+/// Which entries the pressure pass removes: every entry last seen before `seen_s`, and
+/// `at_cutoff` of those last seen at `seen_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    /// The second before which every entry goes.
+    pub seen_s: u32,
+    /// How many of the entries last seen at `seen_s` go too (the first met).
+    pub at_cutoff: u64,
+}
+
+/// The pressure pass for a table of `capacity` holding `kept` entries (after expiry), counted
+/// by the second they were last seen in `by_second`: none while at most
+/// [`HIGH_WATER_PERCENT`] of the capacity is in use, else the least recently seen down to
+/// [`LOW_WATER_PERCENT`].
+pub fn eviction_cutoff(by_second: &BTreeMap<u32, u64>, kept: u64, capacity: u32) -> Option<Cutoff> {
+    let high = u64::from(capacity) * HIGH_WATER_PERCENT / 100;
+    let low = u64::from(capacity) * LOW_WATER_PERCENT / 100;
+    if kept <= high {
+        return None;
+    }
+    let mut to_remove = kept - low;
+    for (&seen_s, &count) in by_second {
+        if count > to_remove {
+            return Some(Cutoff {
+                seen_s,
+                at_cutoff: to_remove,
+            });
+        }
+        to_remove -= count;
+        if to_remove == 0 {
+            return Some(Cutoff {
+                seen_s: seen_s.saturating_add(1),
+                at_cutoff: 0,
+            });
         }
     }
-    let high = u64::from(capacity) * HIGH_WATER_PERCENT / 100;
-    let low = (u64::from(capacity) * LOW_WATER_PERCENT / 100) as usize;
-    let mut evicted = Vec::new();
-    if kept.len() as u64 > high {
-        kept.sort_by_key(|&index| seen[index]);
-        evicted = kept[..kept.len() - low].to_vec();
-        evicted.sort_unstable();
-    }
-    Removals { expired, evicted }
+    // The counts add up to less than `kept` (they cannot): remove everything counted.
+    Some(Cutoff {
+        seen_s: u32::MAX,
+        at_cutoff: 0,
+    })
 }
 
 fn syscall_error(op: &'static str, map: &'static str, source: std::io::Error) -> DataplaneError {
@@ -444,22 +526,6 @@ fn count_batched<K: Pod + Default>(map: &Map, capacity: u32) -> std::io::Result<
         total < capacity
     })?;
     Ok(total)
-}
-
-/// Every entry of a flow table (keys and values), read in batches; `capacity` sizes the
-/// buffers.
-fn read_all<K: Pod + Default>(
-    fd: libc::c_int,
-    capacity: u32,
-) -> std::io::Result<(Vec<K>, Vec<FlowValue>)> {
-    let mut all_keys = Vec::with_capacity(capacity as usize);
-    let mut all_values = Vec::with_capacity(capacity as usize);
-    read_batches::<K>(fd, |keys, values| {
-        all_keys.extend_from_slice(keys);
-        all_values.extend_from_slice(values);
-        true
-    })?;
-    Ok((all_keys, all_values))
 }
 
 /// Reads a flow table with `BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries a call, handing each
@@ -658,47 +724,62 @@ mod tests {
     #[test]
     fn idle_entries_expire_and_fresh_ones_stay() {
         // Timeout 300 s at 1000 s: seen at 699 is 301 s idle, 700 is exactly 300 (kept).
-        let seen = [699, 700, 1000, 0, 1001];
-        let plan = select_removals(&seen, 1000, 300, 1000);
-        assert_eq!(
-            plan.expired,
-            vec![0, 3],
-            "idle past the timeout, and never stamped"
-        );
+        assert!(is_idle(699, 1000, 300));
+        assert!(!is_idle(700, 1000, 300));
+        assert!(!is_idle(1000, 1000, 300));
+        assert!(is_idle(0, 1000, 300), "never stamped: as old as the clock");
         assert!(
-            plan.evicted.is_empty(),
-            "5 of 1000 is far below the high-water mark"
+            !is_idle(2000, 1000, 300),
+            "stamped ahead of the clock: seen now"
         );
+    }
+
+    fn counts(pairs: &[(u32, u64)]) -> BTreeMap<u32, u64> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_table_at_or_below_high_water_loses_nothing() {
+        // Capacity 20: high water 18.
+        assert_eq!(eviction_cutoff(&counts(&[(100, 18)]), 18, 20), None);
+        assert_eq!(eviction_cutoff(&BTreeMap::new(), 0, 20), None);
     }
 
     #[test]
     fn a_table_above_high_water_loses_its_oldest_down_to_low_water() {
-        // Capacity 20: high water 18, low water 16. 19 fresh entries, seen at 100..=118 in
-        // shuffled order: the 3 seen earliest go.
-        let seen: Vec<u32> = (0..19).map(|i| 100 + (i * 7) % 19).collect();
-        let plan = select_removals(&seen, 120, 300, 20);
-        assert!(plan.expired.is_empty());
-        let mut gone: Vec<u32> = plan.evicted.iter().map(|&i| seen[i]).collect();
-        gone.sort_unstable();
-        assert_eq!(gone, vec![100, 101, 102]);
-        // Exactly at high water nothing is evicted.
-        let plan = select_removals(&seen[..18], 120, 300, 20);
-        assert!(plan.evicted.is_empty());
+        // Capacity 20: high water 18, low water 16. 19 entries: 3 must go. One seen at 100, two
+        // at 101, the rest later: all before 102 go, none at 102.
+        let by_second = counts(&[(100, 1), (101, 2), (102, 4), (110, 12)]);
+        assert_eq!(
+            eviction_cutoff(&by_second, 19, 20),
+            Some(Cutoff {
+                seen_s: 102,
+                at_cutoff: 0
+            })
+        );
+        // Ties: 19 entries, 10 seen at 100: 3 of those go, and nothing seen later.
+        let by_second = counts(&[(100, 10), (101, 9)]);
+        assert_eq!(
+            eviction_cutoff(&by_second, 19, 20),
+            Some(Cutoff {
+                seen_s: 100,
+                at_cutoff: 3
+            })
+        );
     }
 
     #[test]
-    fn expiry_counts_before_pressure() {
-        // 19 of 20 in use, 4 of them idle: 15 remain, under the high-water mark of 18.
-        let seen: Vec<u32> = (0..19).map(|i| if i < 4 { 1 } else { 500 }).collect();
-        let plan = select_removals(&seen, 500, 300, 20);
-        assert_eq!(plan.expired, vec![0, 1, 2, 3]);
-        assert!(plan.evicted.is_empty());
-    }
-
-    #[test]
-    fn a_stamp_ahead_of_the_clock_counts_as_now() {
-        let plan = select_removals(&[2000], 1000, 300, 1000);
-        assert_eq!(plan, Removals::default());
+    fn the_fixture_case_evicts_183_of_the_oldest() {
+        // tests/tests/fixtures.rs: 1002 entries in a table of 1024 (high 921, low 819), 502
+        // seen at 1200 and 500 at 1400: 183 of those seen at 1200 go.
+        let by_second = counts(&[(1200, 502), (1400, 500)]);
+        assert_eq!(
+            eviction_cutoff(&by_second, 1002, 1024),
+            Some(Cutoff {
+                seen_s: 1200,
+                at_cutoff: 183
+            })
+        );
     }
 
     #[test]
