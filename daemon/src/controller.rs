@@ -970,7 +970,21 @@ impl Controller {
         }
     }
 
-    fn status_view(&self) -> StatusView {
+    fn status_view(&mut self) -> StatusView {
+        let flow_table = match self.dataplane.flow_table() {
+            Ok(view) => Some(crate::api::types::FlowTableStatusView {
+                entries: view.entries,
+                entries_v6: view.entries_v6,
+                capacity: view.capacity,
+                expired: view.expired,
+                evicted: view.evicted,
+                idle_timeout_seconds: self.running.1.flow_idle_timeout,
+            }),
+            Err(error) => {
+                warn!(%error, "flow table unreadable; status leaves it out");
+                None
+            }
+        };
         let snapshot = self.dataplane.global_stats().ok();
         let attachment = self.dataplane.attachment();
         StatusView {
@@ -995,6 +1009,7 @@ impl Controller {
             vips: self.config.vips.len(),
             backends: self.config.vips.iter().map(|v| v.backends.len()).sum(),
             health: self.health.summary(),
+            flow_table,
             actions: snapshot
                 .as_ref()
                 .map(|s| {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use xlb_tests::{
     have_root,
-    lab::{Lab, per_backend, repo_root},
+    lab::{Lab, per_backend, repo_root, xlbd_path},
 };
 
 /// Probe timing: fast, so the test is quick, with a timeout well inside it.
@@ -163,4 +163,23 @@ fn idle_flows_expire_on_a_live_xlbd() {
         "expired before the timeout: {took:?}"
     );
     assert_eq!(lab.metric("xlb_flow_table_evictions_total"), Some(0.0));
+
+    // `xlb status` says the same.
+    let out = std::process::Command::new(xlbd_path().with_file_name("xlb"))
+        .arg("--socket")
+        .arg(lab.api_socket())
+        .arg("status")
+        .output()
+        .expect("running xlb");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "xlb status: {text}");
+    let value = format!(
+        "0 of 262144 entries, IPv6 0 of 262144; {FLOWS} expired (idle > 10 s), 0 evicted since \
+         start"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("flow table ") && line.ends_with(&value)),
+        "xlb status:\n{text}"
+    );
 }

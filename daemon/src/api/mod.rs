@@ -21,5 +21,5 @@ pub use routes::route;
 pub use server::{Handler, ServerConfig, ServerError, ServerHandle, TcpListenConfig, start};
 pub use types::{
     ApiError, BackendHealthView, BackendSpec, BackendView, ChangeResult, ChangeView, Command,
-    HealthStatusView, ReloadView, StatusView, VipListView, VipSpec, VipView,
+    FlowTableStatusView, HealthStatusView, ReloadView, StatusView, VipListView, VipSpec, VipView,
 };

@@ -183,10 +183,31 @@ pub struct StatusView {
     /// Health checks: backends checked, up and down, transitions, probes.
     #[serde(default)]
     pub health: HealthStatusView,
+    /// The flow tables: entries (counted at most 5 s ago) and xlbd's removals; absent when the
+    /// tables could not be read.
+    #[serde(default)]
+    pub flow_table: Option<FlowTableStatusView>,
     /// Packets per final XDP action, by action name.
     pub actions: Vec<(String, u64)>,
     /// Packets per drop reason, by reason name.
     pub drops: Vec<(String, u64)>,
+}
+
+/// The flow tables in `GET /v1/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableStatusView {
+    /// Entries in the IPv4 table.
+    pub entries: u32,
+    /// Entries in the IPv6 table.
+    pub entries_v6: u32,
+    /// The most entries each table holds (`limits.flow_table_size`).
+    pub capacity: u32,
+    /// Entries removed for being idle longer than the timeout, since xlbd started.
+    pub expired: u64,
+    /// Entries removed, least recently seen first, from a table more than 90% full.
+    pub evicted: u64,
+    /// `limits.flow_idle_timeout`, seconds.
+    pub idle_timeout_seconds: u32,
 }
 
 /// One reload: where it came from and how it ended.

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use xlb::api::{
-    ApiError, BackendSpec, BackendView, ChangeResult, HealthStatusView, StatusView, VipListView,
-    VipSpec, VipView,
+    ApiError, BackendSpec, BackendView, ChangeResult, FlowTableStatusView, HealthStatusView,
+    StatusView, VipListView, VipSpec, VipView,
     client::{self, ClientError, DEFAULT_SOCKET, encode_segment},
     routes::parse_json,
     types::{MAX_WEIGHT, PolicyLists, PolicyView, SetBackendsRequest, SetWeightRequest},
@@ -752,6 +752,7 @@ fn render_status(status: &StatusView) -> String {
                 status.api_requests_ok, status.api_requests_failed
             ),
         ],
+        row!["flow table", &flow_table_text(status.flow_table.as_ref())],
         row!["health", &health_text(&status.health)],
         row![
             "probes",
@@ -787,6 +788,23 @@ fn render_status(status: &StatusView) -> String {
     out.push('\n');
     out.push_str(&counters("DROP REASON", &status.drops));
     out
+}
+
+/// The flow tables in one line: entries of the capacity, and xlbd's removals.
+fn flow_table_text(view: Option<&FlowTableStatusView>) -> String {
+    let Some(v) = view else {
+        return "unreadable".to_owned();
+    };
+    format!(
+        "{} of {} entries, IPv6 {} of {}; {} expired (idle > {} s), {} evicted since start",
+        v.entries,
+        v.capacity,
+        v.entries_v6,
+        v.capacity,
+        v.expired,
+        v.idle_timeout_seconds,
+        v.evicted
+    )
 }
 
 fn health_text(health: &HealthStatusView) -> String {
@@ -1144,6 +1162,14 @@ be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  -       0    
                 encap_error: None,
                 encap_packets: vec![("encapsulated".into(), 80), ("passed".into(), 3)],
             },
+            flow_table: Some(FlowTableStatusView {
+                entries: 12,
+                entries_v6: 3,
+                capacity: 262_144,
+                expired: 40,
+                evicted: 0,
+                idle_timeout_seconds: 300,
+            }),
             actions: vec![("pass".into(), 10), ("tx".into(), 300)],
             drops: vec![("fragment".into(), 0), ("no_backend".into(), 4)],
         };
@@ -1160,6 +1186,7 @@ backends       3
 last reload    ok (api) at 2023-11-14 22:13:20 UTC: 1 added, 0 changed, 0 removed, 1 unchanged in 153 µs
 reloads        12 ok, 1 failed
 api requests   30 ok, 2 failed
+flow table     12 of 262144 entries, IPv6 3 of 262144; 40 expired (idle > 300 s), 0 evicted since start
 health         2 checked: 1 up, 1 down; 2 went down, 1 came up since start
 probes         40 started, 35 ok, 5 failed, 0 local errors
 probe packets  80 encapsulated, 3 passed
