@@ -1051,6 +1051,118 @@ fn the_sweeper_expires_idle_flows_and_evicts_the_least_recently_seen() {
     assert_eq!((view.expired, view.evicted), (499, 183));
 }
 
+/// The config text with `vip`'s `[[vip]]` table (up to the next one) left out.
+fn without_vip(config: &str, name: &str) -> String {
+    let start = config
+        .find(&format!("[[vip]]\nname = \"{name}\"\n"))
+        .expect("VIP in config");
+    let end = config[start + 1..]
+        .find("[[vip]]\n")
+        .map_or(config.len(), |i| start + 1 + i);
+    format!("{}{}", &config[..start], &config[end..])
+}
+
+fn apply_text(lab: &mut Lab, text: &str) {
+    let config = Config::parse(text, "fixtures.toml").unwrap_or_else(|e| panic!("{e}"));
+    let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    lab.dataplane
+        .apply(&state)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.config = config;
+}
+
+/// An established flow finds its VIP by the id in its flow entry (`XLB_VIP_BY_ID`, an array
+/// read instead of a hash lookup), checked against the packet: when its VIP is removed and the
+/// id (and the backend ids) go to a VIP on another address, the flow's packets are not sent to
+/// that VIP's backends; they find no VIP and are dropped as unserved, as before the change.
+#[test]
+fn an_established_flow_never_follows_its_vip_id_to_another_vip() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let web = vip_key("10.0.0.10", 80, 6);
+    let web_id = lab.dataplane.vip_id(&web).expect("web-l2 applied");
+    let f = flow("198.51.100.21", "10.0.0.10", 45000, 80);
+    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+    assert_eq!(action, XDP_TX);
+    let hits = |lab: &Lab| lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowHit);
+    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!((action, hits(&lab)), (XDP_TX, 1), "established");
+
+    // Remove web-l2 (dns-l2 keeps 10.0.0.10 a VIP address), then add a VIP on another
+    // address: it gets web-l2's freed id.
+    let removed = without_vip(CONFIG, "web-l2");
+    apply_text(&mut lab, &removed);
+    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(
+        action, XDP_DROP,
+        "port 80 of 10.0.0.10 is unserved (dropped, the default)"
+    );
+    let moved = format!(
+        "{removed}\n[[vip]]\nname = \"moved\"\naddress = \"10.0.0.50\"\nport = 80\n\
+         protocol = \"tcp\"\nmode = \"l2\"\ntable_size = 251\n  [[vip.backend]]\n  \
+         address = \"10.0.5.1\"\n  mac = \"02:00:00:00:05:01\"\n"
+    );
+    apply_text(&mut lab, &moved);
+    assert_eq!(
+        lab.dataplane.vip_id(&vip_key("10.0.0.50", 80, 6)),
+        Some(web_id),
+        "the new VIP reuses the id (the premise of this test)"
+    );
+    let before = hits(&lab);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_ne!(
+        (action, sent_to(&out)),
+        (XDP_TX, [0x02, 0, 0, 0, 0x05, 0x01]),
+        "the old flow reached the new VIP's backend"
+    );
+    assert_eq!(action, XDP_DROP, "still unserved");
+    assert_eq!(hits(&lab), before);
+    // The new VIP serves its own flows.
+    let g = flow("198.51.100.21", "10.0.0.50", 45001, 80);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &g, TCP_SYN, b""));
+    assert_eq!(
+        (action, sent_to(&out)),
+        (XDP_TX, [0x02, 0, 0, 0, 0x05, 0x01])
+    );
+}
+
+/// A flow keeps the VIP it was balanced for: one established on a VIP that serves every port
+/// stays on it when a VIP for its own port is added; new flows to that port go to the new VIP.
+#[test]
+fn a_flow_on_an_any_port_vip_stays_when_an_exact_port_vip_is_added() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let any_port_backend = [0x02, 0, 0, 0, 0x03, 0x01];
+    let exact_backend = [0x02, 0, 0, 0, 0x06, 0x01];
+    let f = flow("198.51.100.22", "10.0.0.30", 46000, 8080);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+    assert_eq!((action, sent_to(&out)), (XDP_TX, any_port_backend));
+
+    let exact = format!(
+        "{CONFIG}\n[[vip]]\nname = \"exact\"\naddress = \"10.0.0.30\"\nport = 8080\n\
+         protocol = \"tcp\"\nmode = \"l2\"\ntable_size = 251\n  [[vip.backend]]\n  \
+         address = \"10.0.6.1\"\n  mac = \"02:00:00:00:06:01\"\n"
+    );
+    apply_text(&mut lab, &exact);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    assert_eq!(
+        (action, sent_to(&out)),
+        (XDP_TX, any_port_backend),
+        "the established flow stays with its VIP"
+    );
+    let g = flow("198.51.100.22", "10.0.0.30", 46001, 8080);
+    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &g, TCP_SYN, b""));
+    assert_eq!(
+        (action, sent_to(&out)),
+        (XDP_TX, exact_backend),
+        "a new flow goes to the exact-port VIP"
+    );
+}
+
 fn remove_backend(config: &str, address: &str) -> String {
     let needle = format!("  [[vip.backend]]\n  address = \"{address}\"\n");
     let start = config.find(&needle).expect("backend in config");

@@ -30,7 +30,7 @@ use aya::{
 };
 use tracing::{info, warn};
 use xlb_common::{
-    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipKey, VipKey6, VipMeta,
+    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipById, VipKey, VipKey6, VipMeta,
     backend_flags,
     hash::{VIP_FILTER_WORDS, vip_filter_slot},
     map_names,
@@ -264,6 +264,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipKey, VipMeta>,
     vips6: HashMap<MapData, VipKey6, VipMeta>,
+    /// IPv4 VIPs by id, beside `vips`: written and cleared with it ([`Self::write_vip_entry`],
+    /// [`Self::clear_vip_by_id`]).
+    vip_by_id: Array<MapData, VipById>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
     vip_filter: Array<MapData, u64>,
     /// VIP addresses per filter bit (the datapath sees only whether the count is zero).
@@ -416,6 +419,7 @@ impl Dataplane {
             (map_names::MAGLEV, limits.maglev_slots.div_ceil(2)),
             (map_names::FLOWS, limits.flow_table_size),
             (map_names::VIPS6, limits.max_vips),
+            (map_names::VIP_BY_ID, limits.max_vips),
             (map_names::FLOWS6, limits.flow_table_size),
             (map_names::STATS_VIPS, limits.max_vips),
             (map_names::STATS_BACKENDS, limits.max_backends),
@@ -467,6 +471,7 @@ impl Dataplane {
         let mut dataplane = Dataplane {
             vips: typed(&mut ebpf, map_names::VIPS)?,
             vips6: typed(&mut ebpf, map_names::VIPS6)?,
+            vip_by_id: typed(&mut ebpf, map_names::VIP_BY_ID)?,
             vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
             vip_filter: typed(&mut ebpf, map_names::VIP_FILTER)?,
             filter_counts: BTreeMap::new(),
@@ -772,6 +777,11 @@ impl Dataplane {
     /// Counts the flow table's entries now key by key, the slow way (tests and benchmarks).
     pub fn count_flows_key_by_key(&self) -> Result<u32, DataplaneError> {
         self.flows.count_keys()
+    }
+
+    /// The id the datapath uses for a VIP (tests check how ids are reused).
+    pub fn vip_id(&self, vip: &VipKeyOrd) -> Option<u32> {
+        self.applied.get(vip).map(|applied| applied.vip_id)
     }
 
     /// The backend id the datapath uses for a VIP's n-th backend (tests use it to predict
@@ -1138,6 +1148,7 @@ impl Dataplane {
         self.remove_vip_entry(key)?;
         // Forgotten only once its entry is gone: a failed delete leaves it known and serving.
         let old = self.applied.remove(&key).expect("checked above");
+        self.clear_vip_by_id(key, old.vip_id)?;
         self.release_vip_addr(&key)?;
         self.policy.clear_vip_ranges(old.vip_id)?;
         if let Some((offset, len)) = old.region {
@@ -1159,8 +1170,31 @@ impl Dataplane {
         } else {
             self.vips
                 .insert(key.to_key(), meta, 0)
-                .map_err(map_err("update", map_names::VIPS))
+                .map_err(map_err("update", map_names::VIPS))?;
+            let by_id = VipById {
+                meta,
+                key: key.to_key(),
+            };
+            self.vip_by_id
+                .set(meta.vip_id, by_id, 0)
+                .map_err(map_err("update", map_names::VIP_BY_ID))
         }
+    }
+
+    /// Clears an IPv4 VIP id's entry in `XLB_VIP_BY_ID` (once the VIP left `XLB_VIPS`, or moved
+    /// to another id): established flows that name the id find their VIP by the hash lookup
+    /// again, or no VIP.
+    pub(super) fn clear_vip_by_id(
+        &mut self,
+        key: VipKeyOrd,
+        vip_id: u32,
+    ) -> Result<(), DataplaneError> {
+        if key.is_v6() {
+            return Ok(());
+        }
+        self.vip_by_id
+            .set(vip_id, VipById::default(), 0)
+            .map_err(map_err("update", map_names::VIP_BY_ID))
     }
 
     /// Deletes a VIP's entry from the VIP map of its family.

@@ -37,7 +37,8 @@ pub use policy::{
 /// keyed by the /24); per-VIP source ranges and the SYN rate limit for IPv6
 /// sources: `XLB_POL_VIP6` and `XLB_RATE6` were added.
 /// 6: the flow tables became preallocated hash maps expired by `xlbd` (were LRU maps):
-/// `FlowValue` gained `seen_s` (12 bytes), and `XLB_CLOCK` was added.
+/// `FlowValue` gained `seen_s` and `vip_id` (16 bytes); `XLB_CLOCK` and `XLB_VIP_BY_ID` were
+/// added.
 pub const LAYOUT_VERSION: u32 = 6;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -91,6 +92,8 @@ pub mod map_names {
     /// Flow table: [`crate::FlowKey`] -> [`crate::FlowValue`], a preallocated hash map whose
     /// idle and oldest entries `xlbd` removes (nothing is evicted on the packet path).
     pub const FLOWS: &str = "XLB_FLOWS";
+    /// IPv4 VIP id -> [`crate::VipById`]: the VIP of an established flow without a hash lookup.
+    pub const VIP_BY_ID: &str = "XLB_VIP_BY_ID";
     /// One `u32`: the datapath clock in seconds (`CLOCK_MONOTONIC`), written by `xlbd` every
     /// second; flow entries record it at each packet ([`crate::FlowValue::seen_s`]).
     pub const CLOCK: &str = "XLB_CLOCK";

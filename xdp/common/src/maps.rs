@@ -57,6 +57,20 @@ pub struct VipMeta {
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 20);
 
+/// An IPv4 VIP by its id (`XLB_VIP_BY_ID`): its entry and its key, so that a packet of an
+/// established flow finds its VIP with an array read (the id is in the flow's entry) instead
+/// of a hash lookup, after checking that the key still matches the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipById {
+    /// The VIP's entry, as in `XLB_VIPS`.
+    pub meta: VipMeta,
+    /// The VIP's key, as in `XLB_VIPS`; all zero for an id no IPv4 VIP holds (protocol 0
+    /// matches no packet).
+    pub key: VipKey,
+}
+const _: () = assert!(core::mem::size_of::<VipById>() == 28);
+
 /// Key of the VIP address set: an address that carries at least one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -166,8 +180,10 @@ pub struct FlowValue {
     /// entries idle for longer than `limits.flow_idle_timeout`, and the oldest first when the
     /// table fills up. Written by the datapath only when it differs, so at most once a second.
     pub seen_s: u32,
+    /// The id of the VIP the flow was balanced for ([`VipById`]).
+    pub vip_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 
 /// Settings of the whole datapath, one entry in `XLB_GLOBALS`.
 #[repr(C)]
@@ -222,6 +238,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above: repr(C), integers only, no padding (size asserted).
+    unsafe impl aya::Pod for VipById {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipKey6 {}
     // SAFETY: as above.

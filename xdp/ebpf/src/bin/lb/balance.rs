@@ -11,7 +11,7 @@ use xlb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, CLOCK, FLOWS, FLOWS6, MAGLEV, VIPS, VIPS6},
+    maps::{BACKENDS, CLOCK, FLOWS, FLOWS6, MAGLEV, VIP_BY_ID, VIPS, VIPS6},
     stats,
 };
 
@@ -81,6 +81,26 @@ pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
     key.port = 0;
     // SAFETY: as above.
     unsafe { VIPS.get(key) }.copied()
+}
+
+/// The VIP of an established IPv4 flow, from the id in its entry (`XLB_VIP_BY_ID`, an array
+/// read) instead of the hash lookup of [`find_vip`]: while that id's VIP still has the key the
+/// packet addresses. `None` (the id was freed, or now names another VIP) sends the packet to
+/// [`find_vip`]. A flow keeps the VIP it was balanced for: one to a VIP serving every port
+/// stays with it when a VIP for its own port is added later (new flows go to the new VIP).
+#[inline(always)]
+pub fn vip_of_flow(entry: &FlowValue, flow: &FlowKey) -> Option<VipMeta> {
+    let by_id = VIP_BY_ID.get(entry.vip_id)?;
+    let key = by_id.key;
+    if key.addr == flow.dst && key.proto == flow.proto && (key.port == flow.dport || key.port == 0)
+    {
+        // Copied whole: the daemon rewrites an id's entry only when it switches the VIP's
+        // table or frees the id; a copy racing with that write is checked by `choose` like a
+        // stale `XLB_VIPS` entry (backend ids must belong to the VIP).
+        Some(by_id.meta)
+    } else {
+        None
+    }
 }
 
 /// The IPv6 VIP a flow is addressed to, looked up as [`find_vip`] does in `XLB_VIPS6`.
@@ -173,6 +193,7 @@ pub fn choose<F: Flow>(
                 backend_id: choice.backend_id,
                 lists_gen: policy.lists_gen,
                 seen_s: now_s(),
+                vip_id: vip.vip_id,
             },
         );
     }

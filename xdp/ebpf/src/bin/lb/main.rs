@@ -204,15 +204,22 @@ fn to_vip_address(
     let entry = balance::established(&flow, opens_connection);
     *lists_checked = true;
     policy::lists_for_flow(policy, flow.src, entry)?;
-    let Some(vip) = balance::find_vip(&flow) else {
-        return unserved(policy, dst, hdr.protocol);
+    // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
+    // backend id and a VIP id that are checked like any other.
+    let entry = entry.map(|entry| unsafe { *entry });
+    let vip = match entry
+        .as_ref()
+        .and_then(|entry| balance::vip_of_flow(entry, &flow))
+    {
+        Some(vip) => vip,
+        None => match balance::find_vip(&flow) {
+            Some(vip) => vip,
+            None => return unserved(policy, dst, hdr.protocol),
+        },
     };
     policy::options(policy, ip.header_len)?;
     policy::vip(policy, &vip, &flow, tcp)?;
     let mut hash = None;
-    // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
-    // backend id that `choose` checks like any other.
-    let entry = entry.map(|entry| unsafe { *entry });
     let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
     // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
     let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use xlb_common::{
     Backend, Counter, DropReason, FlowKey, FlowKey6, FlowValue, Globals, LbCounter, PolicyConfig,
-    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipKey, VipKey6, VipMeta,
-    VipSourceKey, VipSourceKey6, XDP_ACTION_COUNT,
+    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipById, VipKey, VipKey6,
+    VipMeta, VipSourceKey, VipSourceKey6, XDP_ACTION_COUNT,
     hash::VIP_FILTER_WORDS,
     policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, Source6, window},
 };
@@ -52,6 +52,11 @@ pub static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MM
 /// while it is full a new flow is balanced but not remembered (`flow_insert_failed`).
 #[map(name = "XLB_FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262_144, 0);
+
+/// IPv4 VIP id -> its entry and key: the VIP of an established flow by an array read (sized
+/// by `limits.max_vips`, like the per-VIP counters).
+#[map(name = "XLB_VIP_BY_ID")]
+pub static VIP_BY_ID: Array<VipById> = Array::with_max_entries(1024, 0);
 
 /// The datapath clock: seconds, written by `xlbd` every second; flow entries record it.
 #[map(name = "XLB_CLOCK")]
