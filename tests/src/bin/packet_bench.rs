@@ -1709,7 +1709,7 @@ const LOOKUPS: &str = "\
 | --- | --- | --- | --- | --- |
 | not a VIP, passed | – (VIP address filter says no) | `XLB_VIP_FILTER` | actions | – |
 | malformed, dropped | – | – | drops, actions | – |
-| established, L2 | `XLB_VIPS` (8), `XLB_FLOWS` (16) | `XLB_VIP_FILTER`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | MAC rewrite |
+| established, L2 | `XLB_FLOWS` (16); `XLB_VIPS` (8) only when the VIP of the flow's entry no longer matches | `XLB_VIP_FILTER`, `XLB_CLOCK`, `XLB_VIP_BY_ID`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | MAC rewrite |
 | established, IPIP | as L2 | as L2 | as L2 | flow hash, `bpf_xdp_adjust_head`, outer header + checksum |
 | new connection (SYN), L2 | `XLB_VIPS`, then `XLB_FLOWS` insert (`htab_map_update_elem`: hash, bucket lock, pop from a per-CPU free list) | `XLB_VIP_FILTER`, `XLB_MAGLEV`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | flow hash |
 | ACK of a flow not in the table, L2 | as SYN, plus the `XLB_FLOWS` lookup that misses | as SYN | as SYN | as SYN |
