@@ -992,7 +992,7 @@ fn the_sweeper_expires_idle_flows_and_evicts_the_least_recently_seen() {
     }
     let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
     let mut lab = lab(&config);
-    let sweeper = lab.dataplane.flow_sweeper(300).unwrap();
+    let mut sweeper = lab.dataplane.flow_sweeper(300).unwrap();
     let tcp = |port: u16, flags| {
         let f = flow("198.51.100.13", "10.0.0.10", port, 80);
         packet::tcp4(&to_lb(None), &f, flags, b"")

@@ -138,6 +138,7 @@ impl Dataplane {
                     // Written like a new VIP (fresh id, entries and region), switched by the
                     // one update of its VIP entry; the address was counted already.
                     self.apply_vip(key, vip)?;
+                    // The VIP moved to a new id: the old id's mirror must not serve it.
                     self.clear_vip_by_id(key, old.vip_id)?;
                     self.release_vip_addr(&key)?;
                     info!(
@@ -146,8 +147,7 @@ impl Dataplane {
                     );
                 }
                 None => {
-                    self.remove_vip_entry(key)?;
-                    self.clear_vip_by_id(key, old.vip_id)?;
+                    self.remove_vip_entry(key, old.vip_id)?;
                     self.release_vip_addr(&key)?;
                     info!(?key, "adopted VIP no longer configured: removed");
                 }

@@ -48,7 +48,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap, Map, MapData},
+    maps::{Array, HashMap, Map, MapData},
 };
 use tracing::{info, warn};
 use xlb_common::{FlowKey, FlowKey6, FlowValue, map_names};
@@ -89,11 +89,15 @@ pub struct FlowTableView {
     pub evicted: u64,
 }
 
-/// Entries the sweeper removed since the tables were created by this process.
+/// What the sweeper found, shared with [`FlowTable::view`]: the entries it removed since the
+/// tables were created by this process, and the entries its last sweep left.
 #[derive(Debug, Default)]
 pub struct SweepTotals {
     expired: AtomicU64,
     evicted: AtomicU64,
+    /// When the last sweep ended, and the entries it left in each table: a count the view
+    /// takes instead of reading the tables again.
+    last: std::sync::Mutex<Option<(Instant, u32, u32)>>,
 }
 
 /// The flow tables and their last walk.
@@ -135,16 +139,23 @@ impl FlowTable {
         })
     }
 
-    /// The table's figures, from a walk at most [`MAX_AGE`] old.
+    /// The table's figures, from a count at most [`MAX_AGE`] old: the sweeper's last pass when
+    /// a sweeper runs (it reads the tables every [`SWEEP_INTERVAL`] anyway), else a count of
+    /// its own.
     pub fn view(&mut self) -> Result<FlowTableView, DataplaneError> {
         if let Some((at, view)) = self.last
             && at.elapsed() < MAX_AGE
         {
             return Ok(view);
         }
+        let swept = *self.totals.last.lock().unwrap_or_else(|e| e.into_inner());
+        let (entries, entries_v6) = match swept {
+            Some((at, entries, entries_v6)) if at.elapsed() < MAX_AGE => (entries, entries_v6),
+            _ => (self.count()?, self.count6()?),
+        };
         let view = FlowTableView {
-            entries: self.count()?,
-            entries_v6: self.count6()?,
+            entries,
+            entries_v6,
             capacity: self.capacity,
             expired: self.totals.expired.load(Ordering::Relaxed),
             evicted: self.totals.evicted.load(Ordering::Relaxed),
@@ -185,7 +196,11 @@ impl FlowTable {
         Ok(FlowSweeper {
             v4: dup(&self.map, map_names::FLOWS)?,
             v6: dup(&self.map6, map_names::FLOWS6)?,
-            clock: dup(&self.clock, map_names::CLOCK)?,
+            clock: Array::try_from(Map::Array(
+                MapData::from_fd(dup(&self.clock, map_names::CLOCK)?)
+                    .map_err(map_err("open", map_names::CLOCK))?,
+            ))
+            .map_err(map_err("open", map_names::CLOCK))?,
             capacity: self.capacity,
             idle_timeout_s,
             totals: Arc::clone(&self.totals),
@@ -199,7 +214,7 @@ impl FlowTable {
 pub struct FlowSweeper {
     v4: OwnedFd,
     v6: OwnedFd,
-    clock: OwnedFd,
+    clock: Array<MapData, u32>,
     capacity: u32,
     idle_timeout_s: u32,
     totals: Arc<SweepTotals>,
@@ -220,10 +235,10 @@ pub struct SweepReport {
 
 impl FlowSweeper {
     /// Writes the datapath clock (`XLB_CLOCK`): the time flow entries are stamped with.
-    pub fn set_clock(&self, now_s: u32) -> Result<(), DataplaneError> {
-        let key = 0u32;
-        update_elem(self.clock.as_raw_fd(), &key, &now_s)
-            .map_err(|source| syscall_error("update", map_names::CLOCK, source))
+    pub fn set_clock(&mut self, now_s: u32) -> Result<(), DataplaneError> {
+        self.clock
+            .set(0, now_s, 0)
+            .map_err(map_err("update", map_names::CLOCK))
     }
 
     /// Removes, in both tables, the entries idle at `now_s` for longer than the idle timeout,
@@ -245,6 +260,8 @@ impl FlowSweeper {
         self.totals
             .evicted
             .fetch_add(u64::from(report.evicted), Ordering::Relaxed);
+        *self.totals.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), report.entries, report.entries_v6));
         Ok(report)
     }
 
@@ -259,68 +276,31 @@ impl FlowSweeper {
         name: &'static str,
         now_s: u32,
     ) -> Result<(u32, u32, u32), DataplaneError> {
-        let raw = fd.as_raw_fd();
-        let read_error = |source| syscall_error("read in batches", name, source);
-        let delete_error = |source| syscall_error("delete in batches from", name, source);
+        let fd = fd.as_raw_fd();
+        let failed = |source| syscall_error("sweep (read and delete in batches)", name, source);
         let mut by_second: BTreeMap<u32, u64> = BTreeMap::new();
-        let (mut kept, mut expired) = (0u64, 0u32);
-        let mut doomed: Vec<K> = Vec::new();
-        let mut failure = None;
-        read_batches::<K>(raw, |keys, values| {
-            doomed.clear();
-            for (key, value) in keys.iter().zip(values) {
-                if is_idle(value.seen_s, now_s, self.idle_timeout_s) {
-                    doomed.push(*key);
-                } else {
-                    kept += 1;
-                    *by_second.entry(value.seen_s).or_default() += 1;
-                }
+        let mut kept = 0u64;
+        let expired = delete_where::<K>(fd, |value| {
+            if is_idle(value.seen_s, now_s, self.idle_timeout_s) {
+                return true;
             }
-            match delete_keys(raw, &doomed) {
-                Ok(deleted) => {
-                    expired += deleted;
-                    true
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    false
-                }
-            }
+            kept += 1;
+            *by_second.entry(value.seen_s).or_default() += 1;
+            false
         })
-        .map_err(read_error)?;
-        if let Some(error) = failure {
-            return Err(delete_error(error));
-        }
+        .map_err(failed)?;
         let Some(cutoff) = eviction_cutoff(&by_second, kept, self.capacity) else {
             return Ok((kept as u32, expired, 0));
         };
-        let mut evicted = 0u32;
         let mut quota = cutoff.at_cutoff;
-        read_batches::<K>(raw, |keys, values| {
-            doomed.clear();
-            for (key, value) in keys.iter().zip(values) {
-                if value.seen_s < cutoff.seen_s {
-                    doomed.push(*key);
-                } else if value.seen_s == cutoff.seen_s && quota > 0 {
-                    quota -= 1;
-                    doomed.push(*key);
-                }
+        let evicted = delete_where::<K>(fd, |value| {
+            if value.seen_s == cutoff.seen_s && quota > 0 {
+                quota -= 1;
+                return true;
             }
-            match delete_keys(raw, &doomed) {
-                Ok(deleted) => {
-                    evicted += deleted;
-                    true
-                }
-                Err(error) => {
-                    failure = Some(error);
-                    false
-                }
-            }
+            value.seen_s < cutoff.seen_s
         })
-        .map_err(read_error)?;
-        if let Some(error) = failure {
-            return Err(delete_error(error));
-        }
+        .map_err(failed)?;
         Ok(((kept as u32).saturating_sub(evicted), expired, evicted))
     }
 
@@ -332,14 +312,17 @@ impl FlowSweeper {
         let stopped = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("xlb-flow-sweep".to_owned())
-            .spawn(move || self.run(&stopped))?;
+            .spawn(move || {
+                let mut sweeper = self;
+                sweeper.run(&stopped);
+            })?;
         Ok(SweeperThread {
             stop,
             handle: Some(handle),
         })
     }
 
-    fn run(&self, stop: &AtomicBool) {
+    fn run(&mut self, stop: &AtomicBool) {
         let mut next_sweep = Instant::now();
         let mut failing = false;
         while !stop.load(Ordering::Relaxed) {
@@ -551,30 +534,53 @@ fn read_batches<K: Pod + Default>(
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout (repr(C), zero padding
-        // none), passed with its size; the key and value buffers hold `count` (BATCH)
-        // entries of the map's key and value sizes, and the cursors are live u32s.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let error = (result < 0).then(std::io::Error::last_os_error);
+        // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout (repr(C), no padding); the
+        // key and value buffers hold `count` (BATCH) entries of the map's key and value
+        // sizes, and the cursors are live u32s.
+        let result = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         // On success and at the end (ENOENT) `count` is what was read.
-        match &error {
-            None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Some(_) => return Err(error.expect("an error")),
-        }
+        let at_end = match result {
+            Ok(()) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
         let read = (attr.count as usize).min(keys.len());
-        if !each(&keys[..read], &values[..read]) || error.is_some() {
+        if !each(&keys[..read], &values[..read]) || at_end {
             return Ok(());
         }
         cursor = Some(next);
     }
+}
+
+/// Reads a flow table in batches and deletes, batch by batch, the entries whose value `doomed`
+/// picks (it sees every entry once, in the order read); returns how many were deleted.
+fn delete_where<K: Pod + Default>(
+    fd: libc::c_int,
+    mut doomed: impl FnMut(&FlowValue) -> bool,
+) -> std::io::Result<u32> {
+    let mut batch: Vec<K> = Vec::new();
+    let mut deleted = 0u32;
+    let mut failure = None;
+    read_batches::<K>(fd, |keys, values| {
+        batch.clear();
+        batch.extend(
+            keys.iter()
+                .zip(values)
+                .filter(|(_, value)| doomed(value))
+                .map(|(key, _)| *key),
+        );
+        match delete_keys(fd, &batch) {
+            Ok(count) => {
+                deleted += count;
+                true
+            }
+            Err(error) => {
+                failure = Some(error);
+                false
+            }
+        }
+    })?;
+    failure.map_or(Ok(deleted), Err)
 }
 
 /// Deletes `keys` from a flow table (`BPF_MAP_DELETE_BATCH`, or key by key on a kernel
@@ -594,25 +600,16 @@ fn delete_keys<K: Pod>(fd: libc::c_int, keys: &[K]) -> std::io::Result<u32> {
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout, passed with its size; the
-        // key buffer holds `count` keys of the map's key size and outlives the call, which
-        // only reads it.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
+        // SAFETY: `attr` is the kernel's `bpf_attr.batch` layout; the key buffer holds
+        // `count` keys of the map's key size and outlives the call, which only reads it.
+        let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
         // On an error `count` is the keys deleted before the one that failed.
         let done = (attr.count as usize).min(rest.len());
         deleted += done as u32;
-        if result >= 0 {
+        let Err(error) = result else {
             rest = &rest[done..];
             continue;
-        }
-        let error = std::io::Error::last_os_error();
+        };
         match error.raw_os_error() {
             Some(libc::ENOENT) => rest = &rest[done + 1..],
             // ENOTSUPP (524): the kernel's own code for an unsupported command.
@@ -636,45 +633,31 @@ fn delete_one_by_one<K: Pod>(fd: libc::c_int, keys: &[K]) -> std::io::Result<u32
             value: 0,
             flags: 0,
         };
-        // SAFETY: `attr` is the kernel's `bpf_attr` layout for element commands, passed with
-        // its size; the key is a live value of the map's key size.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_ELEM,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<ElemAttr>(),
-            )
-        };
-        if result == 0 {
-            deleted += 1;
-        } else {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::ENOENT) {
-                return Err(error);
-            }
+        // SAFETY: `attr` is the kernel's `bpf_attr` layout for element commands; the key is
+        // a live value of the map's key size.
+        match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
+            Ok(()) => deleted += 1,
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(error) => return Err(error),
         }
     }
     Ok(deleted)
 }
 
-/// Writes one element (`BPF_MAP_UPDATE_ELEM`, `BPF_ANY`).
-fn update_elem<K: Pod, V: Pod>(fd: libc::c_int, key: &K, value: &V) -> std::io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: fd as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
-        flags: 0,
-    };
-    // SAFETY: `attr` is the kernel's `bpf_attr` layout for element commands, passed with its
-    // size; key and value are live values of the map's key and value sizes, only read.
+/// Calls `bpf(cmd, attr, size_of(attr))`.
+///
+/// # Safety
+/// `attr` must be the kernel's `union bpf_attr` member for `cmd`, and every address in it
+/// must point at live memory of the sizes the map and the command ask for, writable where the
+/// kernel writes.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+    // SAFETY: the caller's contract; the size passed is the attribute's own.
     let result = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<ElemAttr>(),
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<T>(),
         )
     };
     if result < 0 {
@@ -683,9 +666,7 @@ fn update_elem<K: Pod, V: Pod>(fd: libc::c_int, key: &K, value: &V) -> std::io::
     Ok(())
 }
 
-/// `BPF_MAP_UPDATE_ELEM` (include/uapi/linux/bpf.h).
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-/// `BPF_MAP_DELETE_ELEM`.
+/// `BPF_MAP_DELETE_ELEM` (include/uapi/linux/bpf.h).
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 /// `BPF_MAP_DELETE_BATCH`.
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;

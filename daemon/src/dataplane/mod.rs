@@ -1145,10 +1145,9 @@ impl Dataplane {
         if !self.applied.contains_key(&key) {
             return Ok(());
         }
-        self.remove_vip_entry(key)?;
+        self.remove_vip_entry(key, self.applied[&key].vip_id)?;
         // Forgotten only once its entry is gone: a failed delete leaves it known and serving.
         let old = self.applied.remove(&key).expect("checked above");
-        self.clear_vip_by_id(key, old.vip_id)?;
         self.release_vip_addr(&key)?;
         self.policy.clear_vip_ranges(old.vip_id)?;
         if let Some((offset, len)) = old.region {
@@ -1197,8 +1196,9 @@ impl Dataplane {
             .map_err(map_err("update", map_names::VIP_BY_ID))
     }
 
-    /// Deletes a VIP's entry from the VIP map of its family.
-    fn remove_vip_entry(&mut self, key: VipKeyOrd) -> Result<(), DataplaneError> {
+    /// Deletes a VIP's entry from the VIP map of its family, and for an IPv4 VIP its id's
+    /// entry in `XLB_VIP_BY_ID`: the reverse of [`Self::write_vip_entry`].
+    fn remove_vip_entry(&mut self, key: VipKeyOrd, vip_id: u32) -> Result<(), DataplaneError> {
         if key.is_v6() {
             self.vips6
                 .remove(&key.to_key6())
@@ -1206,7 +1206,8 @@ impl Dataplane {
         } else {
             self.vips
                 .remove(&key.to_key())
-                .map_err(map_err("delete", map_names::VIPS))
+                .map_err(map_err("delete", map_names::VIPS))?;
+            self.clear_vip_by_id(key, vip_id)
         }
     }
 

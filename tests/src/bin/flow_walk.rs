@@ -48,7 +48,7 @@ fn main() {
         vlan: None,
     };
     // Entries are stamped with the clock, and stay fresh for the sweeps below.
-    let sweeper = dataplane
+    let mut sweeper = dataplane
         .flow_sweeper(300)
         .unwrap_or_else(|e| panic!("{e}"));
     sweeper.set_clock(1000).unwrap_or_else(|e| panic!("{e}"));

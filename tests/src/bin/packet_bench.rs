@@ -677,7 +677,7 @@ impl Scene {
             })
             .collect();
         let sweeper = (scale.flow_table == DEFAULT_FLOWS).then(|| {
-            let sweeper = dataplane
+            let mut sweeper = dataplane
                 .flow_sweeper(BENCH_IDLE_TIMEOUT)
                 .unwrap_or_else(|e| panic!("flow sweeper: {e}"));
             sweeper
@@ -696,8 +696,8 @@ impl Scene {
     }
 
     /// Before a new-flow batch: its entries are stamped [`CLOCK_NEW`].
-    fn before_new_flows(&self) {
-        if let Some(sweeper) = &self.sweeper {
+    fn before_new_flows(&mut self) {
+        if let Some(sweeper) = &mut self.sweeper {
             sweeper
                 .set_clock(CLOCK_NEW)
                 .unwrap_or_else(|e| panic!("setting the clock: {e}"));
@@ -706,8 +706,8 @@ impl Scene {
 
     /// After a new-flow batch of `count` flows: the sweep removes them, and only them, and the
     /// clock goes back to [`CLOCK_STEADY`].
-    fn after_new_flows(&self, count: usize) {
-        if let Some(sweeper) = &self.sweeper {
+    fn after_new_flows(&mut self, count: usize) {
+        if let Some(sweeper) = &mut self.sweeper {
             sweeper
                 .set_clock(CLOCK_STEADY)
                 .unwrap_or_else(|e| panic!("setting the clock: {e}"));
