@@ -53,6 +53,33 @@ fn curl(mut command: Command, args: &[&str], stalled: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs a ping `script` (python3, three echo requests, a line per reply) on the client and
+/// checks that every request was answered, by the datapath (`echo_replied`), not the stack.
+fn expect_three_echo_replies(lab: &Lab, script: &str, vip: &str) {
+    let out = lab
+        .command("client", "python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "no echo reply from {vip}:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.log()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "every request answered: {stdout}"
+    );
+    assert!(
+        icmp_count(lab, "echo_replied", 3.0) >= 3.0,
+        "the replies did not come from the datapath"
+    );
+}
+
 /// Whether `host`'s route to `to` (from `from`, if given) caches the path MTU `mtu`.
 fn route_mtu(lab: &Lab, host: &str, to: &str, from: Option<&str>, mtu: u16) -> bool {
     let mut command = lab.command(host, "ip");
@@ -101,27 +128,7 @@ for seq in range(3):
         assert time.time() < deadline, "no reply"
 "#
     );
-    let out = lab
-        .command("client", "python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "no echo reply from the VIP:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        stdout.lines().count(),
-        3,
-        "every request answered: {stdout}"
-    );
-    assert!(
-        icmp_count(&lab, "echo_replied", 3.0) >= 3.0,
-        "the replies did not come from the datapath"
-    );
+    expect_three_echo_replies(&lab, &script, "the VIP");
 }
 
 /// A router between the lab and a client further away, whose client-side link has a smaller
@@ -445,28 +452,7 @@ for seq in range(3):
         assert time.time() < deadline, "no reply"
 "#
     );
-    let out = lab
-        .command("client", "python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "no echo reply from the IPv6 VIP:\n{}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        lab.log()
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        stdout.lines().count(),
-        3,
-        "every request answered: {stdout}"
-    );
-    assert!(
-        icmp_count(&lab, "echo_replied", 3.0) >= 3.0,
-        "the replies did not come from the datapath"
-    );
+    expect_three_echo_replies(&lab, &script, "the IPv6 VIP");
 }
 
 #[test]
