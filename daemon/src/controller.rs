@@ -976,6 +976,7 @@ impl Controller {
                 entries: view.entries,
                 entries_v6: view.entries_v6,
                 capacity: view.capacity,
+                slots: view.slots,
                 expired: view.expired,
                 evicted: view.evicted,
                 idle_timeout_seconds: self.running.1.flow_idle_timeout,

@@ -55,8 +55,11 @@ pub mod names {
     pub const FLOW_HITS: &str = "xlb_flow_hits_total";
     /// Flows whose backend was removed, rehashed.
     pub const FLOWS_REHASHED: &str = "xlb_flows_rehashed_total";
-    /// New flows the flow table refused to store (still forwarded).
+    /// New flows the flow table refused to store (still forwarded): a full IPv6 table.
     pub const FLOW_INSERT_FAILURES: &str = "xlb_flow_insert_failures_total";
+    /// New IPv4 flows that took the slot of their set's least recently seen flow (the set was
+    /// full; the displaced flow's next packet is balanced again).
+    pub const FLOWS_DISPLACED: &str = "xlb_flows_displaced_total";
     /// New flows not stored because the flow-insert ceiling was reached (still forwarded).
     pub const FLOWS_NOT_REMEMBERED: &str = "xlb_flows_not_remembered_total";
     /// New flows whose key was already in the flow table (its entry overwritten).
@@ -68,7 +71,8 @@ pub mod names {
     pub const FLOW_TABLE_ENTRIES: &str = "xlb_flow_table_entries";
     /// Entries in the IPv6 flow table (same walk).
     pub const FLOW_TABLE_ENTRIES_V6: &str = "xlb_flow_table_entries_v6";
-    /// The most entries the flow table holds.
+    /// The flows each flow table is sized for (`limits.flow_table_size`; the IPv4 table has
+    /// twice as many slots).
     pub const FLOW_TABLE_CAPACITY: &str = "xlb_flow_table_capacity";
     /// Flow-table entries `xlbd` removed, least recently seen first, to make room in a table
     /// more than 90% full.
@@ -91,7 +95,7 @@ pub mod names {
     pub const VIPS: &str = "xlb_vips";
 
     /// Every name the daemon exports.
-    pub const ALL: [&str; 34] = [
+    pub const ALL: [&str; 35] = [
         VIP_PACKETS,
         VIP_BYTES,
         BACKEND_PACKETS,
@@ -111,6 +115,7 @@ pub mod names {
         FLOW_INSERT_FAILURES,
         FLOWS_NOT_REMEMBERED,
         FLOWS_REPLACED,
+        FLOWS_DISPLACED,
         ICMP,
         FLOW_TABLE_ENTRIES,
         FLOW_TABLE_ENTRIES_V6,
@@ -216,6 +221,7 @@ pub fn render(
                 "flow_backend_gone" => names::FLOWS_REHASHED,
                 "flow_insert_failed" => names::FLOW_INSERT_FAILURES,
                 "flow_replaced" => names::FLOWS_REPLACED,
+                "flow_displaced" => names::FLOWS_DISPLACED,
                 other => {
                     warn!(
                         event = other,
@@ -386,6 +392,7 @@ mod tests {
                 ("flow_insert_failed".into(), 0),
                 ("flow_replaced".into(), 1),
                 ("icmp_echo_replied".into(), 6),
+                ("flow_displaced".into(), 3),
             ],
             policy: vec![
                 ("flow_not_remembered".into(), 0),
@@ -430,6 +437,7 @@ mod tests {
             entries: 1,
             entries_v6: 0,
             capacity: 4096,
+            slots: 8192,
             expired: 5,
             evicted: 3,
         };
@@ -469,6 +477,7 @@ mod tests {
                 0.0,
             ),
             ("xlb_flows_replaced_total".to_owned(), 1.0),
+            ("xlb_flows_displaced_total".to_owned(), 3.0),
             ("xlb_flow_table_entries".to_owned(), 1.0),
             ("xlb_flow_table_capacity".to_owned(), 4096.0),
             ("xlb_flow_table_evictions_total".to_owned(), 3.0),

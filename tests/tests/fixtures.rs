@@ -6,7 +6,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use xlb::{
     config::Config,
-    dataplane::Dataplane,
+    dataplane::{
+        Dataplane,
+        flows::{FlowSweeper, SweepReport},
+    },
     state::{DesiredState, VipKeyOrd, addr_words},
 };
 use xlb_common::{
@@ -935,67 +938,187 @@ fn a_syn_on_a_remembered_flow_replaces_its_entry_and_counts_once() {
     assert_eq!((view.entries, view.expired, view.evicted), (2, 0, 0));
 }
 
-/// A full flow table evicts nothing on the packet path: it refuses new keys, counted as
-/// `flow_insert_failed`, and still forwards those flows (by the Maglev table); the flows it
-/// holds stay. Batched and key-by-key counts agree.
+/// The IPv4 flow table is sets of four slots: a new flow takes a free slot of its set, and in
+/// a full set the slot seen least recently (`flow_displaced`); the other flows of the set stay,
+/// and the displaced flow's next packet is balanced again, to the same backend, and
+/// remembered again. Every packet is forwarded; the table holds exactly the flows added less
+/// those displaced.
 #[test]
-fn a_full_flow_table_refuses_new_keys_and_still_forwards() {
-    if !have_root() {
-        return;
-    }
-    let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
-    let mut lab = lab(&config);
-    const SENT: u16 = 1024 + 100;
-    let syn = |i: u16| {
-        let f = flow("198.51.100.12", "10.0.0.10", 20000 + i, 80);
-        packet::tcp4(&to_lb(None), &f, TCP_SYN, b"")
-    };
-    for i in 0..SENT {
-        let (action, _) = lab.run(&syn(i));
-        assert_eq!(action, XDP_TX, "flow {i} is forwarded, full table or not");
-    }
-    let stats = lab.dataplane.stats().unwrap();
-    assert_eq!(stats.lb_count(LbCounter::FlowNew), u64::from(SENT));
-    assert_eq!(stats.lb_count(LbCounter::FlowReplaced), 0, "distinct flows");
-    let entries = lab.dataplane.count_flows().unwrap();
-    assert_eq!(entries, 1024, "the table is full");
-    assert_eq!(
-        lab.dataplane.count_flows_key_by_key().unwrap(),
-        entries,
-        "batched and key-by-key counts agree"
-    );
-    assert_eq!(
-        stats.lb_count(LbCounter::FlowInsertFailed),
-        u64::from(SENT) - 1024,
-        "every flow past the capacity is refused, none evicts another"
-    );
-    // The first flow is still remembered: its next packet is a flow-table hit.
-    let f = flow("198.51.100.12", "10.0.0.10", 20000, 80);
-    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
-    assert_eq!(action, XDP_TX);
-    assert_eq!(
-        lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowHit),
-        1
-    );
-    let view = lab.dataplane.flow_table().unwrap();
-    assert_eq!((view.entries, view.capacity, view.evicted), (1024, 1024, 0));
-}
-
-/// `xlbd`'s upkeep of the flow table, with a clock of the test's own: packets stamp their
-/// flow's entry with the datapath clock; a sweep removes the flows idle past the timeout (not
-/// one refreshed by a later packet), and in a table above 90% the least recently seen down to
-/// 80%, never a fresher flow.
-#[test]
-fn the_sweeper_expires_idle_flows_and_evicts_the_least_recently_seen() {
+fn a_full_flow_set_gives_a_new_flow_the_slot_seen_least_recently() {
     if !have_root() {
         return;
     }
     let config = CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
     let mut lab = lab(&config);
     let mut sweeper = lab.dataplane.flow_sweeper(300).unwrap();
+    let sets = xlb_common::flow_sets(1024);
+    let key = |port: u16| FlowKey {
+        src: u32::from_ne_bytes("198.51.100.12".parse::<Ipv4Addr>().unwrap().octets()),
+        dst: u32::from_ne_bytes("10.0.0.10".parse::<Ipv4Addr>().unwrap().octets()),
+        sport: port.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let set_of = |port: u16| xlb_common::flow_set_index(hash::flow_hash(&key(port)), sets);
+    // Six flows of one set.
+    let first = 20_000u16;
+    let ports: Vec<u16> = (first..)
+        .filter(|&p| set_of(p) == set_of(first))
+        .take(6)
+        .collect();
+    let tcp = |port: u16, flags| {
+        let f = flow("198.51.100.12", "10.0.0.10", port, 80);
+        packet::tcp4(&to_lb(None), &f, flags, b"")
+    };
+    let counts = |lab: &Lab| {
+        let stats = lab.dataplane.stats().unwrap();
+        (
+            stats.lb_count(LbCounter::FlowHit),
+            stats.lb_count(LbCounter::FlowNew),
+            stats.lb_count(LbCounter::FlowDisplaced),
+        )
+    };
+    // Four flows fill the set, seen at 1000, 1001, 1002 and 1003 s.
+    let mut backends = Vec::new();
+    for (i, &port) in ports[..4].iter().enumerate() {
+        sweeper.set_clock(1000 + i as u32).unwrap();
+        let (action, out) = lab.run(&tcp(port, TCP_SYN));
+        assert_eq!(action, XDP_TX);
+        backends.push(sent_to(&out));
+    }
+    // The first sends again at 1004 s: the second is now the least recently seen.
+    sweeper.set_clock(1004).unwrap();
+    lab.run(&tcp(ports[0], TCP_ACK));
+    assert_eq!(counts(&lab), (1, 4, 0));
+    assert_eq!(lab.dataplane.count_flows().unwrap(), 4);
+
+    // A fifth flow takes the second's slot.
+    let (action, _) = lab.run(&tcp(ports[4], TCP_SYN));
+    assert_eq!(action, XDP_TX, "a new flow is forwarded, full set or not");
+    assert_eq!(counts(&lab), (1, 5, 1), "one flow displaced");
+    assert_eq!(lab.dataplane.count_flows().unwrap(), 4);
+    for &port in [ports[0], ports[2], ports[3], ports[4]].iter() {
+        lab.run(&tcp(port, TCP_ACK));
+    }
+    assert_eq!(counts(&lab), (5, 5, 1), "the other four are all remembered");
+
+    // The displaced flow's next packet goes to the same backend (the Maglev table did not
+    // change) and is remembered again, displacing another (all four were seen at 1004 s).
+    sweeper.set_clock(1005).unwrap();
+    let (action, out) = lab.run(&tcp(ports[1], TCP_ACK));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        sent_to(&out),
+        backends[1],
+        "balanced again, to the same backend"
+    );
+    assert_eq!(counts(&lab), (5, 6, 2));
+    let (_, _) = lab.run(&tcp(ports[1], TCP_ACK));
+    assert_eq!(counts(&lab), (6, 6, 2), "remembered again");
+
+    // Many distinct flows: every one forwarded, the table holds exactly those not displaced,
+    // and at most its slots.
+    const SENT: u16 = 2 * 1024 + 100;
+    for i in 0..SENT {
+        let (action, _) = lab.run(&tcp(40_000 + i, TCP_SYN));
+        assert_eq!(action, XDP_TX, "flow {i} is forwarded");
+    }
+    let (_, new, displaced) = counts(&lab);
+    let entries = lab.dataplane.count_flows().unwrap();
+    assert_eq!(
+        u64::from(entries),
+        new - displaced,
+        "flows added less those displaced"
+    );
+    assert!(entries <= 2 * 1024, "{entries} flows in 2048 slots");
+    assert!(displaced > 2, "a table past its size displaces flows");
+    let stats = lab.dataplane.stats().unwrap();
+    assert_eq!(stats.lb_count(LbCounter::FlowInsertFailed), 0);
+    let view = lab.dataplane.flow_table().unwrap();
+    assert_eq!((view.slots, view.capacity), (2048, 1024));
+}
+
+/// The expiry both flow tables share, with a clock of the test's own: packets stamp their
+/// flow's entry with the datapath clock; a sweep removes the flows idle past the timeout (300
+/// s), not one refreshed by a later packet. 500 flows (`frame` of ports 10,000 on) are sent at
+/// 1000 s, 500 more (ports 20,000 on) at 1200 s, when the first flow sends again; the sweep at
+/// 1350 s is returned, after checking that the refreshed flow is still remembered and another
+/// of the first 500 is new again.
+fn expire_idle_flows(
+    lab: &mut Lab,
+    sweeper: &mut FlowSweeper,
+    frame: &dyn Fn(u16, u8) -> Vec<u8>,
+) -> SweepReport {
+    let send = |lab: &mut Lab, ports: std::ops::Range<u16>, flags| {
+        for port in ports {
+            assert_eq!(lab.run(&frame(port, flags)).0, XDP_TX);
+        }
+    };
+    let new_flows = |lab: &Lab| lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowNew);
+    sweeper.set_clock(1000).unwrap();
+    send(lab, 10_000..10_500, TCP_SYN);
+    sweeper.set_clock(1200).unwrap();
+    send(lab, 20_000..20_500, TCP_SYN);
+    send(lab, 10_000..10_001, TCP_ACK);
+    assert_eq!(new_flows(lab), 1000, "the ACK found its flow");
+    let report = sweeper.sweep(1350).unwrap();
+    send(lab, 10_000..10_001, TCP_ACK);
+    assert_eq!(
+        new_flows(lab),
+        1000,
+        "the refreshed flow is still remembered"
+    );
+    send(lab, 10_001..10_002, TCP_ACK);
+    assert_eq!(new_flows(lab), 1001, "an expired flow is new again");
+    report
+}
+
+/// `xlbd`'s upkeep of the IPv4 flow table ([`expire_idle_flows`]): the sweep frees the 499
+/// idle slots.
+#[test]
+fn the_sweeper_expires_idle_ipv4_flows() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = lab(CONFIG);
+    let mut sweeper = lab.dataplane.flow_sweeper(300).unwrap();
     let tcp = |port: u16, flags| {
         let f = flow("198.51.100.13", "10.0.0.10", port, 80);
         packet::tcp4(&to_lb(None), &f, flags, b"")
+    };
+    let report = expire_idle_flows(&mut lab, &mut sweeper, &tcp);
+    assert_eq!(
+        (report.expired, report.evicted, report.entries),
+        (499, 0, 501)
+    );
+    let stats = lab.dataplane.stats().unwrap();
+    assert_eq!(
+        stats.lb_count(LbCounter::FlowDisplaced),
+        0,
+        "8192 slots: no set full"
+    );
+    let view = lab.dataplane.flow_table().unwrap();
+    assert_eq!((view.expired, view.evicted), (499, 0));
+}
+
+/// The IPv6 flow table (a hash map) evicts nothing on the packet path: full, it refuses new
+/// keys, counted as `flow_insert_failed`, and still forwards those flows (by the Maglev
+/// table). `xlbd`'s sweeper expires its idle entries ([`expire_idle_flows`]) and, in a table
+/// above 90%, removes the least recently seen down to 80%, never a fresher flow. Batched and
+/// key-by-key counts agree.
+#[test]
+fn the_ipv6_flow_table_refuses_when_full_and_the_sweeper_evicts_the_least_recently_seen() {
+    if !have_root() {
+        return;
+    }
+    let config = V6_CONFIG.replace("flow_table_size = 4096", "flow_table_size = 1024");
+    let mut lab = lab(&config);
+    let mut sweeper = lab.dataplane.flow_sweeper(300).unwrap();
+    let tcp = |port: u16, flags| {
+        let f = flow6("2001:db8:ff::13", "2001:db8::10", port, 80);
+        packet::tcp6(&to_lb(None), &f, flags, b"")
     };
     let send = |lab: &mut Lab, ports: std::ops::Range<u16>, flags| {
         for port in ports {
@@ -1003,42 +1126,29 @@ fn the_sweeper_expires_idle_flows_and_evicts_the_least_recently_seen() {
         }
     };
     let new_flows = |lab: &Lab| lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowNew);
-
-    // A: 500 flows at 1000 s; B: 500 flows at 1200 s, when A's first flow sends again.
-    sweeper.set_clock(1000).unwrap();
-    send(&mut lab, 10_000..10_500, TCP_SYN);
-    sweeper.set_clock(1200).unwrap();
-    send(&mut lab, 20_000..20_500, TCP_SYN);
-    send(&mut lab, 10_000..10_001, TCP_ACK);
-    assert_eq!(new_flows(&lab), 1000, "the ACK found its flow");
-
-    // At 1350 s A's flows are 350 s idle (past 300), all but the one refreshed at 1200.
-    let report = sweeper.sweep(1350).unwrap();
+    let report = expire_idle_flows(&mut lab, &mut sweeper, &tcp);
     assert_eq!(
-        (report.expired, report.evicted, report.entries),
+        (report.expired, report.evicted, report.entries_v6),
         (499, 0, 501)
     );
-    send(&mut lab, 10_000..10_001, TCP_ACK);
-    assert_eq!(
-        new_flows(&lab),
-        1000,
-        "the refreshed flow is still remembered"
-    );
-    send(&mut lab, 10_001..10_002, TCP_ACK);
-    assert_eq!(new_flows(&lab), 1001, "an expired flow is new again");
 
     // C: 500 flows at 1400 s bring the table to 1002 entries (B, A's refreshed flow, the one
     // added again at 1200, and C), above the high-water mark (921 of 1024): 183 of the least
     // recently seen (at 1200) go, down to 819; C's flows all stay.
     sweeper.set_clock(1400).unwrap();
     send(&mut lab, 30_000..30_500, TCP_SYN);
-    assert_eq!(lab.dataplane.count_flows().unwrap(), 1002);
+    assert_eq!(lab.dataplane.count_flows6().unwrap(), 1002);
+    assert_eq!(
+        lab.dataplane.count_flows6_key_by_key().unwrap(),
+        1002,
+        "batched and key-by-key counts agree"
+    );
     let report = sweeper.sweep(1400).unwrap();
     assert_eq!(
-        (report.expired, report.evicted, report.entries),
+        (report.expired, report.evicted, report.entries_v6),
         (0, 183, 819)
     );
-    assert_eq!(lab.dataplane.count_flows().unwrap(), 819);
+    assert_eq!(lab.dataplane.count_flows6().unwrap(), 819);
     let before = new_flows(&lab);
     send(&mut lab, 30_000..30_500, TCP_ACK);
     assert_eq!(
@@ -1046,6 +1156,20 @@ fn the_sweeper_expires_idle_flows_and_evicts_the_least_recently_seen() {
         before,
         "the flows seen at 1400 s all stayed"
     );
+
+    // Full: 205 more fill it (1024), and 100 past that are refused, still forwarded; none of
+    // the flows it holds is evicted.
+    send(&mut lab, 40_000..40_305, TCP_SYN);
+    let stats = lab.dataplane.stats().unwrap();
+    assert_eq!(stats.lb_count(LbCounter::FlowInsertFailed), 100);
+    assert_eq!(
+        lab.dataplane.count_flows6().unwrap(),
+        1024,
+        "the table is full"
+    );
+    let before = new_flows(&lab);
+    send(&mut lab, 30_000..30_500, TCP_ACK);
+    assert_eq!(new_flows(&lab), before, "a full table evicted nothing");
 
     let view = lab.dataplane.flow_table().unwrap();
     assert_eq!((view.expired, view.evicted), (499, 183));

@@ -174,7 +174,7 @@ fn idle_flows_expire_on_a_live_xlbd() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "xlb status: {text}");
     let value = format!(
-        "0 of 262144 entries, IPv6 0 of 262144; {FLOWS} expired (idle > 10 s), 0 evicted since \
+        "IPv4 0 flows in 524288 slots, IPv6 0 of 262144; {FLOWS} expired (idle > 10 s), 0 evicted since \
          start"
     );
     assert!(

@@ -196,15 +196,19 @@ pub struct StatusView {
 /// The flow tables in `GET /v1/status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTableStatusView {
-    /// Entries in the IPv4 table.
+    /// Flows in the IPv4 table (slots in use).
     pub entries: u32,
     /// Entries in the IPv6 table.
     pub entries_v6: u32,
-    /// The most entries each table holds (`limits.flow_table_size`).
+    /// The flows each table is sized for (`limits.flow_table_size`), the IPv6 table's most
+    /// entries.
     pub capacity: u32,
+    /// Slots of the IPv4 table (twice the capacity, in sets of 4).
+    #[serde(default)]
+    pub slots: u32,
     /// Entries removed for being idle longer than the timeout, since xlbd started.
     pub expired: u64,
-    /// Entries removed, least recently seen first, from a table more than 90% full.
+    /// IPv6 entries removed, least recently seen first, from a table more than 90% full.
     pub evicted: u64,
     /// `limits.flow_idle_timeout`, seconds.
     pub idle_timeout_seconds: u32,

@@ -796,14 +796,8 @@ fn flow_table_text(view: Option<&FlowTableStatusView>) -> String {
         return "unreadable".to_owned();
     };
     format!(
-        "{} of {} entries, IPv6 {} of {}; {} expired (idle > {} s), {} evicted since start",
-        v.entries,
-        v.capacity,
-        v.entries_v6,
-        v.capacity,
-        v.expired,
-        v.idle_timeout_seconds,
-        v.evicted
+        "IPv4 {} flows in {} slots, IPv6 {} of {}; {} expired (idle > {} s), {} evicted since start",
+        v.entries, v.slots, v.entries_v6, v.capacity, v.expired, v.idle_timeout_seconds, v.evicted
     )
 }
 
@@ -1166,6 +1160,7 @@ be-13  10.99.0.13  02:99:00:00:00:11  0       100         drained  -       0    
                 entries: 12,
                 entries_v6: 3,
                 capacity: 262_144,
+                slots: 524_288,
                 expired: 40,
                 evicted: 0,
                 idle_timeout_seconds: 300,
@@ -1186,7 +1181,7 @@ backends       3
 last reload    ok (api) at 2023-11-14 22:13:20 UTC: 1 added, 0 changed, 0 removed, 1 unchanged in 153 µs
 reloads        12 ok, 1 failed
 api requests   30 ok, 2 failed
-flow table     12 of 262144 entries, IPv6 3 of 262144; 40 expired (idle > 300 s), 0 evicted since start
+flow table     IPv4 12 flows in 524288 slots, IPv6 3 of 262144; 40 expired (idle > 300 s), 0 evicted since start
 health         2 checked: 1 up, 1 down; 2 went down, 1 came up since start
 probes         40 started, 35 ok, 5 failed, 0 local errors
 probe packets  80 encapsulated, 3 passed

@@ -1,39 +1,52 @@
-//! The flow tables (`XLB_FLOWS`, and `XLB_FLOWS6` for IPv6, each of `limits.flow_table_size`)
-//! as user space sees them: entries and capacity, and their upkeep by [`FlowSweeper`].
+//! The flow tables as user space sees them: entries and capacity, and their upkeep by
+//! [`FlowSweeper`].
 //!
-//! **Why the daemon, not the kernel, removes entries.** The tables are preallocated hash maps,
-//! not LRU maps: in an LRU map every insert on the packet path rotates the LRU lists and, once
-//! the table is full, evicts a victim, touching several cold list nodes (`perf/`: a new flow
-//! cost 8.1 times the floor program with an LRU map against 4.4 with this one). Here an
-//! insert pops a per-CPU free list, and the upkeep runs in `xlbd`, in batches, off the packet
-//! path:
+//! **IPv4: sets, kept by the datapath.** `XLB_FLOW_SETS` is an array of sets of
+//! [`FLOW_WAYS`] slots, with [`xlb_common::FLOW_SLOTS_PER_FLOW`] slots per flow of
+//! `limits.flow_table_size`. A flow's hash picks its set; a lookup compares the set's keys and
+//! an insert takes the set's first free slot, or the one seen least recently
+//! (`flow_displaced`), all within the set's two cache lines. Against the preallocated hash map
+//! it replaces (a bucket, a chain of elements and a free-list pop under the bucket's lock per
+//! new flow; `perf/`), a new flow costs about a third less and an established one a fifth
+//! less. The price: a flow can lose its slot while the table is not full, when four newer
+//! flows of its set are all more recent; its next packet is balanced again by the Maglev table
+//! (the same backend unless the VIP's backends changed since) and remembered again. The map
+//! is memory-mapped: `xlbd` counts and expires the slots reading the memory directly, a word
+//! at a time with atomic loads and a compare-and-swap, as the datapath writes it.
+//!
+//! **IPv6: a hash map, kept by the daemon.** `XLB_FLOWS6` is a preallocated hash map (an
+//! insert pops a per-CPU free list; an LRU map would rotate its lists and evict on the packet
+//! path). Nothing evicts there: the sweeper does, in batches, off the packet path.
+//!
+//! The upkeep, by the sweeper thread:
 //! - **Clock.** Every second the sweeper writes the seconds of `CLOCK_MONOTONIC` to
 //!   `XLB_CLOCK`; the datapath stamps a flow's entry with it at each packet
 //!   (`FlowValue::seen_s`, written only when it changed).
 //! - **Expiry.** Every [`SWEEP_INTERVAL`] (or [`SWEEP_DUTY`] times the last sweep's duration,
-//!   whichever is longer, so a huge table costs at most a twentieth of a CPU) the sweeper reads
-//!   the tables in batches, one batch in memory at a time, and deletes the entries idle for
-//!   longer than `limits.flow_idle_timeout`.
-//! - **Pressure.** When more than [`HIGH_WATER_PERCENT`] of a table is still in use, it also
-//!   deletes the least recently seen entries down to [`LOW_WATER_PERCENT`]: the LRU's order,
-//!   at a second's resolution, without its cost per packet. A table that fills up between two
-//!   sweeps refuses new keys: those flows are still balanced by the Maglev table, just not
-//!   remembered (`flow_insert_failed`), and established flows keep their entries.
+//!   whichever is longer, so a huge table costs at most a twentieth of a CPU) the sweeper
+//!   empties the IPv4 slots and deletes the IPv6 entries idle for longer than
+//!   `limits.flow_idle_timeout`. The IPv6 table is read in batches, one batch in memory at a
+//!   time.
+//! - **Pressure (IPv6).** When more than [`HIGH_WATER_PERCENT`] of the IPv6 table is still in
+//!   use, it also deletes the least recently seen entries down to [`LOW_WATER_PERCENT`]: the
+//!   LRU's order, at a second's resolution, without its cost per packet. A table that fills up
+//!   between two sweeps refuses new keys: those flows are still balanced by the Maglev table,
+//!   just not remembered (`flow_insert_failed`), and established flows keep their entries.
 //!
 //! A flow removed while idle loses nothing unless its VIP's backends changed meanwhile: its
 //! next packet asks the Maglev table again, which names the same backend for an unchanged
-//! set. A packet racing with the deletion of its entry (read as idle just before) is balanced
+//! set. A packet racing with the removal of its entry (read as idle just before) is balanced
 //! the same way. With no `xlbd` running nothing is removed, and the clock stands still.
 //!
-//! **Entries.** The kernel keeps no count of a hash map's entries either, so they are counted
-//! by reading the table in batches (`BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries a call; the
+//! **Entries.** The IPv4 count is a pass over the mapped sets (about a millisecond for the
+//! default table). The kernel keeps no count of a hash map's entries, so the IPv6 table is
+//! counted by reading it in batches (`BPF_MAP_LOOKUP_BATCH`, [`BATCH`] entries a call; the
 //! kernel reads a hash bucket whole, under its lock, and goes on bucket by bucket), or key by
-//! key (`BPF_MAP_GET_NEXT_KEY`) on a kernel without batch reads. The count is not a snapshot:
-//! flows inserted or removed in buckets not yet read are seen, those in buckets already read
-//! are not. A key-by-key walk may also count keys twice (the kernel starts again from the
-//! first bucket when the key it stands on was removed), so the count is capped at the
-//! capacity. Counting a full 262,144-entry table costs tens of milliseconds in batches and
-//! about half a second key by key (docs/operations.md), so one count is reused for [`MAX_AGE`].
+//! key (`BPF_MAP_GET_NEXT_KEY`) on a kernel without batch reads. Neither count is a snapshot:
+//! flows inserted or removed where the pass has not yet been are seen, the others are not. A
+//! key-by-key walk may also count keys twice (the kernel starts again from the first bucket
+//! when the key it stands on was removed), so that count is capped at the capacity. One count
+//! is reused for [`MAX_AGE`].
 
 use std::{
     collections::BTreeMap,
@@ -51,9 +64,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
 };
 use tracing::{info, warn};
-use xlb_common::{FlowKey, FlowKey6, FlowValue, map_names};
+use xlb_common::{FLOW_WAYS, FlowKey, FlowKey6, FlowSet, FlowSlot, FlowValue, map_names};
 
-use super::{DataplaneError, map_err};
+use super::{DataplaneError, map_err, slots::Mapped};
 
 /// How long a count's figures are reused before the table is counted again.
 pub const MAX_AGE: Duration = Duration::from_secs(5);
@@ -67,24 +80,27 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 /// The sweeper waits at least this many times as long as its last sweep took before the next.
 pub const SWEEP_DUTY: u32 = 20;
 
-/// Share of a table in use (after expiry) above which the oldest entries are removed.
+/// Share of the IPv6 table in use (after expiry) above which the oldest entries are removed.
 pub const HIGH_WATER_PERCENT: u64 = 90;
 
-/// Share of a table in use that removing the oldest entries brings it down to.
+/// Share of the IPv6 table in use that removing the oldest entries brings it down to.
 pub const LOW_WATER_PERCENT: u64 = 80;
 
 /// What is known of the flow table at one walk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowTableView {
-    /// Entries counted in the IPv4 table.
+    /// Flows counted in the IPv4 table (slots in use).
     pub entries: u32,
-    /// Entries counted in the IPv6 table (`XLB_FLOWS6`, of the same capacity).
+    /// Entries counted in the IPv6 table (`XLB_FLOWS6`).
     pub entries_v6: u32,
-    /// The most entries each table holds (`limits.flow_table_size`).
+    /// The flows each table is sized for (`limits.flow_table_size`): the IPv6 table's most
+    /// entries.
     pub capacity: u32,
+    /// Slots of the IPv4 table ([`xlb_common::FLOW_SLOTS_PER_FLOW`] per flow of the capacity).
+    pub slots: u32,
     /// Entries of both tables removed for being idle longer than `limits.flow_idle_timeout`.
     pub expired: u64,
-    /// Entries of both tables removed, oldest first, to make room in a table above
+    /// IPv6 entries removed, oldest first, to make room in a table above
     /// [`HIGH_WATER_PERCENT`].
     pub evicted: u64,
 }
@@ -100,10 +116,99 @@ pub struct SweepTotals {
     last: std::sync::Mutex<Option<(Instant, u32, u32)>>,
 }
 
+/// `XLB_FLOW_SETS`, memory-mapped. The datapath writes the same memory at any time, so every
+/// access is an atomic load or compare-and-swap of a whole 8-byte word, never a reference to
+/// a slot.
+pub struct FlowSets {
+    mapped: Mapped<FlowSet>,
+}
+
+/// 8-byte words of a slot.
+const SLOT_WORDS: usize = size_of::<FlowSlot>() / 8;
+/// The slot word holding the key's protocol (0: the slot is free), and its byte in the word.
+const PROTO_WORD: usize = std::mem::offset_of!(FlowKey, proto) / 8;
+const PROTO_BYTE: usize = std::mem::offset_of!(FlowKey, proto) % 8;
+
+impl FlowSets {
+    /// Maps the `sets` sets of the array behind `map`.
+    pub fn new(map: MapData, sets: u32) -> Result<FlowSets, DataplaneError> {
+        Ok(FlowSets {
+            mapped: Mapped::new(map, map_names::FLOWS, sets)?,
+        })
+    }
+
+    /// Slots in the table.
+    pub fn slots(&self) -> u32 {
+        (self.mapped.as_words().len() / SLOT_WORDS) as u32
+    }
+
+    /// A copy of every slot's words, in order, to `each` (with the slot's words, for
+    /// [`FlowSets::empty_if_unchanged`]).
+    fn for_each(&self, mut each: impl FnMut(&[AtomicU64], FlowSlot)) {
+        for words in self.mapped.as_words().chunks_exact(SLOT_WORDS) {
+            let mut bytes = [0u8; size_of::<FlowSlot>()];
+            for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            // SAFETY: FlowSlot is Pod (repr(C), integers only, no padding) and `bytes` holds
+            // exactly its size; read_unaligned has no alignment requirement.
+            let slot = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowSlot>()) };
+            each(words, slot);
+        }
+    }
+
+    /// Frees a slot read as `slot` by clearing its protocol byte, unless the datapath wrote
+    /// the slot's key word since (a new flow took the slot): then the slot is left alone.
+    fn empty_if_unchanged(words: &[AtomicU64], slot: &FlowSlot) -> bool {
+        let word = &words[PROTO_WORD];
+        let mut bytes = [0u8; 8];
+        // SAFETY: as in `for_each`: a Pod value's bytes, read as bytes.
+        let key_bytes: [u8; size_of::<FlowKey>()] = unsafe { std::mem::transmute(slot.key) };
+        bytes.copy_from_slice(&key_bytes[PROTO_WORD * 8..PROTO_WORD * 8 + 8]);
+        let seen = u64::from_ne_bytes(bytes);
+        bytes[PROTO_BYTE] = 0;
+        word.compare_exchange(
+            seen,
+            u64::from_ne_bytes(bytes),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+    }
+
+    /// Slots in use now.
+    pub fn count(&self) -> u32 {
+        let mut count = 0;
+        self.for_each(|_, slot| count += u32::from(slot.key.proto != 0));
+        count
+    }
+
+    /// Frees the slots idle at `now_s` for longer than `idle_timeout_s`: (slots left in use,
+    /// slots freed).
+    fn expire(&self, now_s: u32, idle_timeout_s: u32) -> (u32, u32) {
+        let (mut kept, mut expired) = (0, 0);
+        self.for_each(|words, slot| {
+            if slot.key.proto == 0 {
+                return;
+            }
+            if is_idle(slot.value.seen_s, now_s, idle_timeout_s)
+                && Self::empty_if_unchanged(words, &slot)
+            {
+                expired += 1;
+            } else {
+                kept += 1;
+            }
+        });
+        (kept, expired)
+    }
+}
+
 /// The flow tables and their last walk.
 pub struct FlowTable {
-    /// `XLB_FLOWS` (a hash map).
-    map: Map,
+    /// `XLB_FLOW_SETS`, mapped.
+    sets: FlowSets,
+    /// A descriptor of `XLB_FLOW_SETS`, for the sweeper's own mapping.
+    sets_fd: OwnedFd,
     /// `XLB_FLOWS6` (a hash map).
     map6: Map,
     /// `XLB_CLOCK` (an array of one `u32`).
@@ -114,23 +219,30 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    /// Wraps the loaded maps (checked to be hash maps of flow keys, and the clock an array);
-    /// `capacity` is each table's `max_entries` (`limits.flow_table_size`).
+    /// Wraps the loaded maps (the sets an array, mapped here; the IPv6 table a hash map of
+    /// flow keys; the clock an array); `capacity` is `limits.flow_table_size`, the flows each
+    /// table is sized for.
     pub fn new(
-        map: Map,
+        sets: Map,
         map6: Map,
         clock: Map,
         capacity: u32,
     ) -> Result<FlowTable, DataplaneError> {
-        HashMap::<&MapData, FlowKey, FlowValue>::try_from(&map)
-            .map_err(map_err("open", map_names::FLOWS))?;
+        let Map::Array(sets) = sets else {
+            return Err(DataplaneError::Missing(map_names::FLOWS));
+        };
+        let sets_fd = sets.fd().as_fd().try_clone_to_owned().map_err(|source| {
+            syscall_error("duplicate the descriptor of", map_names::FLOWS, source)
+        })?;
+        let sets = FlowSets::new(sets, xlb_common::flow_sets(capacity))?;
         HashMap::<&MapData, FlowKey6, FlowValue>::try_from(&map6)
             .map_err(map_err("open", map_names::FLOWS6))?;
         if !matches!(clock, Map::Array(_)) {
             return Err(DataplaneError::Missing(map_names::CLOCK));
         }
         Ok(FlowTable {
-            map,
+            sets,
+            sets_fd,
             map6,
             clock,
             capacity,
@@ -157,6 +269,7 @@ impl FlowTable {
             entries,
             entries_v6,
             capacity: self.capacity,
+            slots: self.sets.slots(),
             expired: self.totals.expired.load(Ordering::Relaxed),
             evicted: self.totals.evicted.load(Ordering::Relaxed),
         };
@@ -164,20 +277,20 @@ impl FlowTable {
         Ok(view)
     }
 
-    /// Counts the IPv4 table's entries now (at most the capacity): in batches, or key by key
-    /// when the kernel cannot read this map in batches.
+    /// Counts the IPv4 table's flows now (slots in use).
     pub fn count(&self) -> Result<u32, DataplaneError> {
-        count_table::<FlowKey>(&self.map, map_names::FLOWS, self.capacity)
+        Ok(self.sets.count())
     }
 
-    /// Counts the IPv6 table's entries now, as [`FlowTable::count`].
+    /// Counts the IPv6 table's entries now (at most the capacity): in batches, or key by key
+    /// when the kernel cannot read this map in batches.
     pub fn count6(&self) -> Result<u32, DataplaneError> {
         count_table::<FlowKey6>(&self.map6, map_names::FLOWS6, self.capacity)
     }
 
-    /// Counts the IPv4 table key by key (`BPF_MAP_GET_NEXT_KEY`), at most the capacity.
-    pub fn count_keys(&self) -> Result<u32, DataplaneError> {
-        count_keys::<FlowKey>(&self.map, map_names::FLOWS, self.capacity)
+    /// Counts the IPv6 table key by key (`BPF_MAP_GET_NEXT_KEY`), at most the capacity.
+    pub fn count6_keys(&self) -> Result<u32, DataplaneError> {
+        count_keys::<FlowKey6>(&self.map6, map_names::FLOWS6, self.capacity)
     }
 
     /// A sweeper of these tables (its own descriptors of the maps) that removes entries idle
@@ -193,8 +306,12 @@ impl FlowTable {
                 .try_clone_to_owned()
                 .map_err(|source| syscall_error("duplicate the descriptor of", name, source))
         };
+        let sets_fd = self.sets_fd.try_clone().map_err(|source| {
+            syscall_error("duplicate the descriptor of", map_names::FLOWS, source)
+        })?;
+        let sets_map = MapData::from_fd(sets_fd).map_err(map_err("open", map_names::FLOWS))?;
         Ok(FlowSweeper {
-            v4: dup(&self.map, map_names::FLOWS)?,
+            v4: FlowSets::new(sets_map, self.sets.slots() / FLOW_WAYS as u32)?,
             v6: dup(&self.map6, map_names::FLOWS6)?,
             clock: Array::try_from(Map::Array(
                 MapData::from_fd(dup(&self.clock, map_names::CLOCK)?)
@@ -212,7 +329,7 @@ impl FlowTable {
 /// module's documentation). [`FlowSweeper::spawn`] runs it on a thread of its own; tests
 /// drive it with a clock of their own.
 pub struct FlowSweeper {
-    v4: OwnedFd,
+    v4: FlowSets,
     v6: OwnedFd,
     clock: Array<MapData, u32>,
     capacity: u32,
@@ -223,13 +340,13 @@ pub struct FlowSweeper {
 /// What one sweep did, over both tables.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Entries in the IPv4 table after the sweep.
+    /// IPv4 slots in use after the sweep.
     pub entries: u32,
     /// Entries in the IPv6 table after the sweep.
     pub entries_v6: u32,
-    /// Entries removed for being idle.
+    /// Entries (of both tables) removed for being idle.
     pub expired: u32,
-    /// Entries removed, oldest first, to bring a table under the high-water mark.
+    /// IPv6 entries removed, oldest first, to bring the table under the high-water mark.
     pub evicted: u32,
 }
 
@@ -242,17 +359,16 @@ impl FlowSweeper {
     }
 
     /// Removes, in both tables, the entries idle at `now_s` for longer than the idle timeout,
-    /// and then the oldest entries of a table still above the high-water mark.
+    /// and then the oldest entries of the IPv6 table if it is still above the high-water mark.
     pub fn sweep(&self, now_s: u32) -> Result<SweepReport, DataplaneError> {
-        let (entries, expired, evicted) =
-            self.sweep_table::<FlowKey>(&self.v4, map_names::FLOWS, now_s)?;
-        let (entries_v6, expired6, evicted6) =
+        let (entries, expired) = self.v4.expire(now_s, self.idle_timeout_s);
+        let (entries_v6, expired6, evicted) =
             self.sweep_table::<FlowKey6>(&self.v6, map_names::FLOWS6, now_s)?;
         let report = SweepReport {
             entries,
             entries_v6,
             expired: expired + expired6,
-            evicted: evicted + evicted6,
+            evicted,
         };
         self.totals
             .expired
@@ -265,7 +381,7 @@ impl FlowSweeper {
         Ok(report)
     }
 
-    /// One table: (entries left, expired, evicted). Streams the table batch by batch, so its
+    /// The IPv6 table: (entries left, expired, evicted). Streams the table batch by batch, so its
     /// memory does not grow with the table: a first pass deletes the idle entries of each batch
     /// as it is read and counts the rest by the second they were last seen; if more than the
     /// high-water mark remain, a second pass deletes the least recently seen, as the counts
@@ -346,7 +462,7 @@ impl FlowSweeper {
                             entries = report.entries,
                             entries_v6 = report.entries_v6,
                             capacity = self.capacity,
-                            "flow table above {HIGH_WATER_PERCENT}%: removed the least recently \
+                            "IPv6 flow table above {HIGH_WATER_PERCENT}%: removed the least recently \
                              seen flows (raise limits.flow_table_size if this recurs)"
                         );
                     }

@@ -417,7 +417,10 @@ impl Dataplane {
             (map_names::VIP_ADDRS, limits.max_vips),
             (map_names::BACKENDS, limits.max_backends),
             (map_names::MAGLEV, limits.maglev_slots.div_ceil(2)),
-            (map_names::FLOWS, limits.flow_table_size),
+            (
+                map_names::FLOWS,
+                xlb_common::flow_sets(limits.flow_table_size),
+            ),
             (map_names::VIPS6, limits.max_vips),
             (map_names::VIP_BY_ID, limits.max_vips),
             (map_names::FLOWS6, limits.flow_table_size),
@@ -445,6 +448,9 @@ impl Dataplane {
         for (name, size) in sizes {
             loader.map_max_entries(name, size);
         }
+        // The program picks a flow's set by the number of sets: a constant it is loaded with.
+        let flow_sets = xlb_common::flow_sets(limits.flow_table_size);
+        loader.override_global(map_names::FLOW_SET_COUNT, &flow_sets, true);
         let mut adopting = false;
         if let Some(pins) = &pins {
             adopting = pins.check_layout()?.is_some();
@@ -764,7 +770,8 @@ impl Dataplane {
         self.flows.sweeper(idle_timeout_s)
     }
 
-    /// Counts the flow table's entries now, as the metrics do (tests and benchmarks).
+    /// Counts the IPv4 flow table's flows now (slots in use), as the metrics do (tests and
+    /// benchmarks).
     pub fn count_flows(&self) -> Result<u32, DataplaneError> {
         self.flows.count()
     }
@@ -774,9 +781,10 @@ impl Dataplane {
         self.flows.count6()
     }
 
-    /// Counts the flow table's entries now key by key, the slow way (tests and benchmarks).
-    pub fn count_flows_key_by_key(&self) -> Result<u32, DataplaneError> {
-        self.flows.count_keys()
+    /// Counts the IPv6 flow table's entries now key by key, the slow way that kernels without
+    /// batch reads take (tests).
+    pub fn count_flows6_key_by_key(&self) -> Result<u32, DataplaneError> {
+        self.flows.count6_keys()
     }
 
     /// The id the datapath uses for a VIP (tests check how ids are reused).

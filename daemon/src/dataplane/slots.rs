@@ -72,6 +72,25 @@ impl<T: Copy> Mapped<T> {
     }
 }
 
+impl<T> Mapped<T> {
+    /// The elements as 8-byte words, each accessed atomically: for an array the datapath
+    /// writes while this process reads (the flow sets), where a plain reference to an
+    /// element would be a data race. `T` must be a whole number of 8-byte words.
+    pub fn as_words(&self) -> &[AtomicU64] {
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
+        // SAFETY: the mapping is page-aligned and holds `len` elements of a size that is a
+        // multiple of 8, so it is exactly this many aligned words, valid for the life of self;
+        // AtomicU64 has u64's layout, and atomics are how memory shared with another writer
+        // (the kernel) may be accessed.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().cast::<AtomicU64>(),
+                self.len * size_of::<T>() / 8,
+            )
+        }
+    }
+}
+
 impl Mapped<u64> {
     /// Stores `value` at `index` in one 8-byte store, after every write made before it (a
     /// release store): a reader sees the old word or the new one whole, and whatever the new

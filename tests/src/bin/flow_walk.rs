@@ -1,17 +1,19 @@
 //! Measures what xlbd's `xlb_flow_table_entries` and its flow-table sweeper cost: the time to
-//! count the flow table's entries (in batches, as the metrics do, and key by key), and the
-//! time of a sweep (`FlowSweeper::sweep`: read in batches, delete what goes), on a full table
-//! of the default size. The table is filled through the real program (BPF_PROG_TEST_RUN of
-//! distinct SYNs) from every CPU in turn, since the hash map keeps a free list per CPU.
-//! Needs root. Prints the fill, the median of five counts each way, the first sweep (which
-//! evicts a full table down to 80%) and the median of four more (nothing left to remove).
-//! Usage: `flow_walk [ENTRIES [FILL]]` (default 262144 entries, filled whole; FILL flows
-//! in all when given).
+//! count the flow tables' entries (the IPv4 sets by a pass over their mapping; the IPv6 hash
+//! map in batches, as the metrics do, and key by key), and the time of a sweep
+//! (`FlowSweeper::sweep`: every IPv4 slot read; the IPv6 table read in batches, and what goes
+//! deleted), on tables of the default size filled with as many flows as they are sized for.
+//! The tables are filled through the real program (BPF_PROG_TEST_RUN of distinct SYNs, IPv4 and
+//! IPv6) from every CPU in turn, since the hash map keeps a free list per CPU. Needs root.
+//! Prints the fill, the median of five counts each way, the first sweep (which evicts the full
+//! IPv6 table down to 80%) and the median of four more (nothing left to remove).
+//! Usage: `flow_walk [ENTRIES [FILL]]` (default `limits.flow_table_size` 262144, filled whole;
+//! FILL flows of each family in all when given).
 
 use std::time::Instant;
 
 use xlb::{config::Config, dataplane::Dataplane, state::DesiredState};
-use xlb_tests::packet::{self, Flow, L2, TCP_SYN};
+use xlb_tests::packet::{self, Flow, Flow6, L2, TCP_SYN};
 
 const IF_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xaa];
 
@@ -35,7 +37,10 @@ fn main() {
         "[interface]\nname = \"walk0\"\n[limits]\nflow_table_size = {size}\n\
          [[vip]]\nname = \"web\"\naddress = \"10.0.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
          mode = \"l2\"\ntable_size = 251\n  [[vip.backend]]\n  address = \"10.0.1.21\"\n  \
-         mac = \"02:00:00:00:01:21\"\n"
+         mac = \"02:00:00:00:01:21\"\n\
+         [[vip]]\nname = \"web6\"\naddress = \"fd00::10\"\nport = 80\nprotocol = \"tcp\"\n\
+         mode = \"l2\"\ntable_size = 251\n  [[vip.backend]]\n  address = \"fd00:1::21\"\n  \
+         mac = \"02:00:00:00:01:22\"\n"
     );
     let config = Config::parse(&text, "flow_walk.toml").unwrap_or_else(|e| panic!("{e}"));
     let state = DesiredState::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
@@ -69,21 +74,42 @@ fn main() {
                 sport: (n & 0xffff) as u16,
                 dport: 80,
             };
+            let flow6 = Flow6 {
+                src: std::net::Ipv6Addr::new(0xfd00, 0x40, 0, 0, 0, 0, (n >> 16) as u16, 1),
+                dst: "fd00::10".parse().unwrap(),
+                sport: (n & 0xffff) as u16,
+                dport: 80,
+            };
             n += 1;
-            dataplane
-                .test_run(&packet::tcp4(&l2, &flow, TCP_SYN, b""), &mut out)
-                .unwrap_or_else(|e| panic!("{e}"));
+            for frame in [
+                packet::tcp4(&l2, &flow, TCP_SYN, b""),
+                packet::tcp6(&l2, &flow6, TCP_SYN, b""),
+            ] {
+                dataplane
+                    .test_run(&frame, &mut out)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
         }
     }
     let fill = started.elapsed();
-    println!("flow table of {size}: {n} SYNs sent on {cpus} CPUs in {fill:.2?}");
+    println!(
+        "flow tables sized for {size}: {n} IPv4 and {n} IPv6 SYNs sent on {cpus} CPUs in \
+         {fill:.2?}"
+    );
     let mut counts = Vec::new();
     for (how, count) in [
         (
-            "batched (as the metrics)",
+            "IPv4 sets, one pass over the mapping (as the metrics)",
             &Dataplane::count_flows as &dyn Fn(&Dataplane) -> _,
         ),
-        ("key by key", &Dataplane::count_flows_key_by_key),
+        (
+            "IPv6 hash map, batched (as the metrics)",
+            &Dataplane::count_flows6,
+        ),
+        (
+            "IPv6 hash map, key by key",
+            &Dataplane::count_flows6_key_by_key,
+        ),
     ] {
         let mut walks = Vec::new();
         let mut entries = 0;
@@ -99,7 +125,10 @@ fn main() {
         );
         counts.push(entries);
     }
-    assert_eq!(counts[0], counts[1], "the two counts disagree");
+    assert_eq!(
+        counts[1], counts[2],
+        "the two counts of the IPv6 table disagree"
+    );
 
     let mut sweeps = Vec::new();
     for _ in 0..5 {
@@ -109,14 +138,14 @@ fn main() {
     }
     let (first, report) = sweeps[0];
     println!(
-        "  sweep: first {first:.1?} (evicted {}, expired {}, {} entries left)",
-        report.evicted, report.expired, report.entries
+        "  sweep: first {first:.1?} (IPv6 evicted {}, expired {}; left: {} IPv4, {} IPv6)",
+        report.evicted, report.expired, report.entries, report.entries_v6
     );
     let mut rest: Vec<_> = sweeps[1..].iter().map(|(took, _)| *took).collect();
     rest.sort();
     println!(
         "  sweep with nothing to remove: median {:.1?} (min {:.1?}, max {:.1?}, 4 sweeps of \
-         {} entries)",
-        rest[1], rest[0], rest[3], sweeps[4].1.entries
+         {} IPv4 and {} IPv6 entries)",
+        rest[1], rest[0], rest[3], sweeps[4].1.entries, sweeps[4].1.entries_v6
     );
 }

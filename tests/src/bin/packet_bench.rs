@@ -116,9 +116,15 @@ const FILL_PERCENT: u64 = (flows::LOW_WATER_PERCENT + flows::HIGH_WATER_PERCENT)
 
 /// The datapath clock while established flows and the fill are sent (seconds).
 const CLOCK_STEADY: u32 = 1000;
+/// The datapath clock while the fill is sent: its flows were seen before the classes' own
+/// (a full IPv4 set gives a new flow the slot of its least recently seen flow, which is then a
+/// fill flow, as on a balancer where most remembered flows are quieter than the busy ones),
+/// but not so long before that the sweeps expire them.
+const CLOCK_FILL: u32 = CLOCK_STEADY - 100;
 /// The datapath clock while a new-flow batch is sent: its entries look idle since long before
 /// [`CLOCK_STEADY`], so that the sweep after the batch removes exactly them (as `xlbd` makes
-/// room on a live balancer) and the table stays at [`FILL_PERCENT`].
+/// room on a live balancer); the fill flows they displaced are then topped up, so the table
+/// stays at [`FILL_PERCENT`].
 const CLOCK_NEW: u32 = 1;
 /// The sweeper's idle timeout in the benchmark: between the two clocks.
 const BENCH_IDLE_TIMEOUT: u32 = 500;
@@ -714,10 +720,11 @@ impl Scene {
             let report = sweeper
                 .sweep(CLOCK_STEADY)
                 .unwrap_or_else(|e| panic!("sweeping the flow table: {e}"));
-            assert_eq!(
-                (report.expired as usize, report.evicted),
-                (count, 0),
-                "the sweep after a batch removes the batch's new flows and nothing else"
+            // The batch's flows, less those a later flow of the batch displaced.
+            assert!(
+                report.expired as usize <= count && report.expired > 0 && report.evicted == 0,
+                "the sweep after a batch removes the batch's new flows and nothing else: \
+                 {report:?} after {count} new flows"
             );
         }
     }
@@ -814,17 +821,27 @@ fn lb_batch(
     let actions_after = dataplane.action_counts().unwrap_or_else(|e| panic!("{e}"));
     let delta = |event: LbCounter| lb_after[event as usize] - lb_before[event as usize];
     let (hits, new) = (delta(LbCounter::FlowHit), delta(LbCounter::FlowNew));
-    let expected = match expected(class) {
-        Expected::FlowHit => (runs, 0),
-        Expected::FlowNew => (0, runs),
-        Expected::Other => (0, 0),
-    };
-    assert_eq!(
-        (hits, new),
-        expected,
-        "{}: flow-table hits and new flows of the batch",
-        class.id
-    );
+    match expected(class) {
+        // A class flow can lose its slot to the fill only in a set holding four class flows
+        // (the fill is seen less recently): it is then balanced anew once and remembered.
+        Expected::FlowHit => assert!(
+            hits + new == runs && new <= runs / 100,
+            "{}: flow-table hits and new flows of the batch: {hits} and {new} of {runs}",
+            class.id
+        ),
+        Expected::FlowNew => assert_eq!(
+            (hits, new),
+            (0, runs),
+            "{}: flow-table hits and new flows of the batch",
+            class.id
+        ),
+        Expected::Other => assert_eq!(
+            (hits, new),
+            (0, 0),
+            "{}: flow-table hits and new flows of the batch",
+            class.id
+        ),
+    }
     assert_eq!(
         actions_after[want as usize] - actions_before[want as usize],
         runs,
@@ -1089,6 +1106,7 @@ fn run(plan: &Plan) -> Results {
                 };
                 if new_flows {
                     scene.after_new_flows(CYCLE);
+                    fill_flow_table(scene, &mut next_new, &mut out, FILL_PERCENT);
                 }
                 samples
                     .entry((si, ci))
@@ -1929,24 +1947,46 @@ fn fill_flow_table(scene: &mut Scene, next_new: &mut u64, out: &mut [u8], percen
     if scene.scale.flow_table != DEFAULT_FLOWS {
         return;
     }
-    let present = u64::from(
-        scene
-            .dataplane
-            .count_flows()
-            .unwrap_or_else(|e| panic!("counting the flow table: {e}")),
-    );
+    let count = |scene: &Scene| {
+        u64::from(
+            scene
+                .dataplane
+                .count_flows()
+                .unwrap_or_else(|e| panic!("counting the flow table: {e}")),
+        )
+    };
+    let set_clock = |scene: &mut Scene, now_s| {
+        if let Some(sweeper) = &mut scene.sweeper {
+            sweeper
+                .set_clock(now_s)
+                .unwrap_or_else(|e| panic!("setting the clock: {e}"));
+        }
+    };
     let target = u64::from(scene.scale.flow_table) * percent / 100;
-    let fill = target.saturating_sub(present);
-    for i in *next_new..*next_new + fill {
-        let frame = scene.frame(Shape::TcpL2, i);
-        scene
-            .dataplane
-            .test_run_timed(&frame, out, 1)
-            .unwrap_or_else(|e| panic!("filling the flow table: {e}"));
+    set_clock(scene, CLOCK_FILL);
+    // A fill flow that meets a full set displaces another fill flow: top up until the count
+    // is reached (each pass adds about nine in ten of the flows it sends).
+    let mut present = count(scene);
+    for _ in 0..20 {
+        let fill = target.saturating_sub(present);
+        if fill == 0 {
+            break;
+        }
+        for i in *next_new..*next_new + fill {
+            let frame = scene.frame(Shape::TcpL2, i);
+            scene
+                .dataplane
+                .test_run_timed(&frame, out, 1)
+                .unwrap_or_else(|e| panic!("filling the flow table: {e}"));
+        }
+        *next_new += fill;
+        present = count(scene);
     }
-    *next_new += fill;
-    let entries = scene.dataplane.count_flows().unwrap_or(0);
-    assert_eq!(u64::from(entries), target.max(present), "the fill fits");
+    set_clock(scene, CLOCK_STEADY);
+    assert!(
+        present >= target,
+        "the fill fits: {present} of {target} flows"
+    );
 }
 
 /// Runs every fixed-frame class once on every datapath: the first call inserts the established
@@ -2009,6 +2049,7 @@ fn spin(id: &str, seconds: u64) -> ExitCode {
         }
         if new_flows {
             scene.after_new_flows(frames.len());
+            fill_flow_table(&mut scene, &mut next_new, &mut out, FILL_PERCENT);
         }
     }
     ExitCode::SUCCESS

@@ -22,8 +22,8 @@ pub enum LbCounter {
     FlowNew = 1,
     /// A flow entry pointed at a backend that was removed: the flow was rehashed.
     FlowBackendGone = 2,
-    /// The flow table refused a new entry, in practice because it was full (the packet was
-    /// still forwarded, by the Maglev table; the flow is just not remembered).
+    /// The IPv6 flow table refused a new entry, in practice because it was full (the packet
+    /// was still forwarded, by the Maglev table; the flow is just not remembered).
     FlowInsertFailed = 3,
     /// A new flow's key was already in the flow table (a SYN reusing the addresses and ports
     /// of a flow still remembered, or a flow whose backend was removed): its entry was
@@ -40,11 +40,15 @@ pub enum LbCounter {
     /// Encapsulation would have exceeded `encap.mtu`: an ICMP "fragmentation needed" was sent
     /// back to the client instead.
     IcmpTooBigSent = 8,
+    /// A new IPv4 flow found its set of the flow table full and took the slot of the flow
+    /// seen least recently there. That flow's next packet, if any, is balanced again by the
+    /// Maglev table (the same backend unless the backends changed) and remembered again.
+    FlowDisplaced = 9,
 }
 
 impl LbCounter {
     /// Every counter, in index order.
-    pub const ALL: [LbCounter; 9] = [
+    pub const ALL: [LbCounter; 10] = [
         LbCounter::FlowHit,
         LbCounter::FlowNew,
         LbCounter::FlowBackendGone,
@@ -54,6 +58,7 @@ impl LbCounter {
         LbCounter::IcmpErrorForwarded,
         LbCounter::IcmpPassed,
         LbCounter::IcmpTooBigSent,
+        LbCounter::FlowDisplaced,
     ];
     /// Number of counters: the size of the per-CPU array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -70,6 +75,7 @@ impl LbCounter {
             LbCounter::IcmpErrorForwarded => "icmp_error_forwarded",
             LbCounter::IcmpPassed => "icmp_passed",
             LbCounter::IcmpTooBigSent => "icmp_too_big_sent",
+            LbCounter::FlowDisplaced => "flow_displaced",
         }
     }
 }

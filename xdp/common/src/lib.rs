@@ -39,7 +39,9 @@ pub use policy::{
 /// 6: the flow tables became preallocated hash maps expired by `xlbd` (were LRU maps):
 /// `FlowValue` gained `seen_s` and `vip_id` (16 bytes); `XLB_CLOCK` and `XLB_VIP_BY_ID` were
 /// added.
-pub const LAYOUT_VERSION: u32 = 6;
+/// 7: the IPv4 flow table became an array of 4-way sets (`XLB_FLOW_SETS`, was the hash map
+/// `XLB_FLOWS`); `XLB_ST_LB` gained `flow_displaced` (10 entries).
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
 pub mod family {
@@ -89,9 +91,13 @@ pub mod map_names {
     pub const BACKENDS: &str = "XLB_BACKENDS";
     /// Flat array of Maglev slots (backend ids); each VIP owns a region of it.
     pub const MAGLEV: &str = "XLB_MAGLEV";
-    /// Flow table: [`crate::FlowKey`] -> [`crate::FlowValue`], a preallocated hash map whose
-    /// idle and oldest entries `xlbd` removes (nothing is evicted on the packet path).
-    pub const FLOWS: &str = "XLB_FLOWS";
+    /// IPv4 flow table: an array of [`crate::FlowSet`]s, each [`crate::FLOW_WAYS`] slots of
+    /// ([`crate::FlowKey`], [`crate::FlowValue`]) in two cache lines. A new flow takes a free
+    /// slot of its set, else the one seen least recently; `xlbd` empties idle slots.
+    pub const FLOWS: &str = "XLB_FLOW_SETS";
+    /// The program's read-only global holding the number of sets in [`FLOWS`] (not a map: set
+    /// by the loader, a constant to the verifier).
+    pub const FLOW_SET_COUNT: &str = "XLB_FLOW_SET_COUNT";
     /// IPv4 VIP id -> [`crate::VipById`]: the VIP of an established flow without a hash lookup.
     pub const VIP_BY_ID: &str = "XLB_VIP_BY_ID";
     /// One `u32`: the datapath clock in seconds (`CLOCK_MONOTONIC`), written by `xlbd` every
@@ -99,7 +105,8 @@ pub mod map_names {
     pub const CLOCK: &str = "XLB_CLOCK";
     /// IPv6 VIP (address, port, protocol) -> [`crate::VipMeta`].
     pub const VIPS6: &str = "XLB_VIPS6";
-    /// IPv6 flow table: [`crate::FlowKey6`] -> [`crate::FlowValue`], like [`FLOWS`].
+    /// IPv6 flow table: [`crate::FlowKey6`] -> [`crate::FlowValue`], a preallocated hash map
+    /// whose idle and oldest entries `xlbd` removes (nothing is evicted on the packet path).
     pub const FLOWS6: &str = "XLB_FLOWS6";
     /// One [`crate::Globals`] entry: interface MAC, encapsulation source, layout version.
     pub const GLOBALS: &str = "XLB_GLOBALS";

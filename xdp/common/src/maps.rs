@@ -3,7 +3,7 @@
 //! byte order too. Where a map can hold both families, an address is four 32-bit words (IPv4 in
 //! word 0, the rest zero).
 //!
-//! The per-packet maps (`XLB_VIPS`, `XLB_FLOWS`) have IPv4-sized keys: every lookup hashes and
+//! The per-packet maps (`XLB_VIPS`, `XLB_FLOW_SETS`) have IPv4-sized keys: every lookup hashes and
 //! compares the whole key, and a key with room for IPv6 addresses costs an IPv4 packet more
 //! than twice the hashing and a larger flow entry. IPv6 gets maps of its own (as Katran does):
 //! `XLB_VIPS6` ([`VipKey6`]) and `XLB_FLOWS6` ([`FlowKey6`]); the backends, the Maglev slots
@@ -185,6 +185,53 @@ pub struct FlowValue {
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 
+/// Ways of a [`FlowSet`]: slots a flow may occupy.
+pub const FLOW_WAYS: usize = 4;
+
+/// One IPv4 flow's slot in the flow table (`XLB_FLOW_SETS`). Empty while `key.proto` is 0
+/// (no balanced flow has protocol 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    /// The flow's 5-tuple.
+    pub key: FlowKey,
+    /// Its backend, VIP and last-seen second.
+    pub value: FlowValue,
+}
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 32);
+
+/// A set of the IPv4 flow table: the [`FLOW_WAYS`] slots a flow hashing to it may take, two
+/// cache lines (the kernel stores array values at their size, 128-byte aligned here), so
+/// that a lookup or an insert reads one set instead of a hash bucket and a chain of
+/// elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet {
+    /// The slots, the first free one taken first.
+    pub slots: [FlowSlot; FLOW_WAYS],
+}
+const _: () = assert!(core::mem::size_of::<FlowSet>() == 128);
+
+/// Sets per flow of `limits.flow_table_size`: the table has twice as many slots as flows it
+/// is sized for, so that at that size few sets are full (a full set gives a new flow the
+/// slot of the flow seen least recently).
+pub const FLOW_SLOTS_PER_FLOW: u32 = 2;
+
+/// Sets of an IPv4 flow table sized for `flows` flows.
+pub const fn flow_sets(flows: u32) -> u32 {
+    let slots = flows.saturating_mul(FLOW_SLOTS_PER_FLOW);
+    let sets = slots / FLOW_WAYS as u32;
+    if sets == 0 { 1 } else { sets }
+}
+
+/// The set of a flow of hash `hash` in a table of `sets` sets: the high half of the 64-bit
+/// product (multiply-shift), uniform over any set count without a division, and independent
+/// of the Maglev slot, which takes the hash modulo a prime.
+#[inline(always)]
+pub const fn flow_set_index(hash: u32, sets: u32) -> u32 {
+    ((hash as u64 * sets as u64) >> 32) as u32
+}
+
 /// Settings of the whole datapath, one entry in `XLB_GLOBALS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -240,6 +287,10 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     // SAFETY: as above: repr(C), integers only, no padding (size asserted).
     unsafe impl aya::Pod for VipById {}
+    // SAFETY: as above: two Pod structs, no padding (size asserted).
+    unsafe impl aya::Pod for FlowSlot {}
+    // SAFETY: as above: an array of FlowSlot, no padding (size asserted).
+    unsafe impl aya::Pod for FlowSet {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipKey6 {}
     // SAFETY: as above.

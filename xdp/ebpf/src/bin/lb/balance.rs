@@ -1,27 +1,31 @@
 //! Load-balancing stage: VIP lookup, flow table, Maglev table.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    maps::HashMap,
-};
+use core::ptr::{addr_of_mut, write_volatile};
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use xlb_common::{
-    Backend, DropReason, FlowKey, FlowKey6, FlowValue, LbCounter, PolicyConfig, VipKey, VipKey6,
-    VipMeta, backend_flags,
+    Backend, DropReason, FLOW_WAYS, FlowKey, FlowKey6, FlowSet, FlowSlot, FlowValue, LbCounter,
+    PolicyConfig, VipKey, VipKey6, VipMeta, backend_flags, flow_set_index,
     hash::{flow_hash, flow_hash6},
 };
 
 use crate::{
-    maps::{BACKENDS, CLOCK, FLOWS, FLOWS6, MAGLEV, VIP_BY_ID, VIPS, VIPS6},
+    maps::{
+        BACKENDS, CLOCK, FLOW_SETS, FLOWS6, MAGLEV, VIP_BY_ID, VIPS, VIPS6, XLB_FLOW_SET_COUNT,
+    },
     stats,
 };
 
-/// A flow's 5-tuple of either family: its hash and the flow table of its family. The rest of
-/// the balancing (Maglev table, backends) is the same for both.
+/// A flow's 5-tuple of either family: its hash and its family's flow table. The rest of the
+/// balancing (Maglev table, backends) is the same for both.
 pub trait Flow: Sized + 'static {
     /// The flow hash ([`flow_hash`] or [`flow_hash6`]).
     fn hash(&self) -> u32;
-    /// The flow table of this family.
-    fn table() -> &'static HashMap<Self, FlowValue>;
+    /// The flow's entry in its family's flow table, if it is remembered: a pointer into the
+    /// table (for [`established`] to mark it seen and the policy to mark its lists' generation).
+    fn entry(&self, hash: &mut Option<u32>) -> Option<*mut FlowValue>;
+    /// Stores a new flow's entry in its family's flow table, counting what it cost.
+    fn remember(&self, value: FlowValue, hash: &mut Option<u32>);
 }
 
 impl Flow for FlowKey {
@@ -29,10 +33,107 @@ impl Flow for FlowKey {
     fn hash(&self) -> u32 {
         flow_hash(self)
     }
+
+    /// The slot of the flow's set whose key is the flow's: the ways are compared in order,
+    /// all in the set's two cache lines.
     #[inline(always)]
-    fn table() -> &'static HashMap<Self, FlowValue> {
-        &FLOWS
+    fn entry(&self, hash: &mut Option<u32>) -> Option<*mut FlowValue> {
+        let set = flow_set(cached_hash(self, hash))?;
+        for way in 0..FLOW_WAYS {
+            // SAFETY: `set` points at an element of an array map (valid, aligned memory of its
+            // value size for the program's lifetime); `way` is below the slots' length.
+            let slot = unsafe { addr_of_mut!((*set).slots[way]) };
+            if holds(slot, self) {
+                // SAFETY: as above.
+                return Some(unsafe { addr_of_mut!((*slot).value) });
+            }
+        }
+        None
     }
+
+    /// Takes, in this order: the slot already holding the flow's key (a SYN reusing a
+    /// remembered flow's ports, or a flow whose backend is gone: `flow_replaced`), the set's
+    /// first free slot, or the slot seen least recently (`flow_displaced`). The key is written
+    /// before the value: a packet of the displaced flow on another CPU then finds no match
+    /// and is balanced anew, except in the instant between its key compare and its copy of
+    /// the value, where it may take the new flow's backend; `choose` still checks that backend
+    /// against the packet's VIP, so the packet at worst reaches another backend of its own
+    /// service, once, as it would after a backend change.
+    #[inline(always)]
+    fn remember(&self, value: FlowValue, hash: &mut Option<u32>) {
+        let Some(set) = flow_set(cached_hash(self, hash)) else {
+            stats::lb(LbCounter::FlowInsertFailed);
+            return;
+        };
+        // Way indexes; FLOW_WAYS means none found. (Not `Option`s: stack is scarce here.)
+        let mut same = FLOW_WAYS;
+        let mut free = FLOW_WAYS;
+        let mut oldest = 0;
+        let mut oldest_seen = u32::MAX;
+        for way in 0..FLOW_WAYS {
+            // SAFETY: as in `entry`.
+            let slot = unsafe { addr_of_mut!((*set).slots[way]) };
+            if holds(slot, self) {
+                same = way;
+                break;
+            }
+            // SAFETY: as above.
+            let (proto, seen_s) = unsafe { ((*slot).key.proto, (*slot).value.seen_s) };
+            if proto == 0 {
+                if free == FLOW_WAYS {
+                    free = way;
+                }
+            } else if seen_s < oldest_seen {
+                oldest = way;
+                oldest_seen = seen_s;
+            }
+        }
+        let way = if same < FLOW_WAYS {
+            stats::lb(LbCounter::FlowReplaced);
+            same
+        } else if free < FLOW_WAYS {
+            free
+        } else {
+            stats::lb(LbCounter::FlowDisplaced);
+            oldest
+        };
+        // SAFETY: as in `entry`; volatile, field by field, so that the key's stores precede
+        // the value's and nothing is copied through the stack.
+        unsafe {
+            let slot = addr_of_mut!((*set).slots[way]);
+            write_volatile(addr_of_mut!((*slot).key.src), self.src);
+            write_volatile(addr_of_mut!((*slot).key.dst), self.dst);
+            write_volatile(addr_of_mut!((*slot).key.sport), self.sport);
+            write_volatile(addr_of_mut!((*slot).key.dport), self.dport);
+            write_volatile(addr_of_mut!((*slot).key.proto), self.proto);
+            write_volatile(addr_of_mut!((*slot).key._pad), 0);
+            write_volatile(addr_of_mut!((*slot).key._pad2), 0);
+            write_volatile(addr_of_mut!((*slot).value.backend_id), value.backend_id);
+            write_volatile(addr_of_mut!((*slot).value.lists_gen), value.lists_gen);
+            write_volatile(addr_of_mut!((*slot).value.seen_s), value.seen_s);
+            write_volatile(addr_of_mut!((*slot).value.vip_id), value.vip_id);
+        }
+    }
+}
+
+/// Whether a slot holds `key`, compared field by field in place (no copy of the slot's key).
+/// Another CPU may be rewriting the slot: a key read half old, half new matches neither flow.
+#[inline(always)]
+fn holds(slot: *const FlowSlot, key: &FlowKey) -> bool {
+    // SAFETY: the caller's `slot` points into an array map element (valid for reads).
+    unsafe {
+        (*slot).key.src == key.src
+            && (*slot).key.dst == key.dst
+            && (*slot).key.sport == key.sport
+            && (*slot).key.dport == key.dport
+            && (*slot).key.proto == key.proto
+    }
+}
+
+/// The set of a flow of hash `hash` in `XLB_FLOW_SETS` (an inlined array read).
+#[inline(always)]
+fn flow_set(hash: u32) -> Option<*mut FlowSet> {
+    FLOW_SETS.get_ptr_mut(flow_set_index(hash, XLB_FLOW_SET_COUNT.load()))
 }
 
 impl Flow for FlowKey6 {
@@ -40,11 +141,34 @@ impl Flow for FlowKey6 {
     fn hash(&self) -> u32 {
         flow_hash6(self)
     }
+
     #[inline(always)]
-    fn table() -> &'static HashMap<Self, FlowValue> {
-        &FLOWS6
+    fn entry(&self, _hash: &mut Option<u32>) -> Option<*mut FlowValue> {
+        FLOWS6.get_ptr_mut(self)
+    }
+
+    /// Inserted only if its key is absent, so that a key already present (a SYN reusing a
+    /// remembered flow's ports skips the lookup; a flow whose backend is gone was found) is
+    /// overwritten and counted as `flow_replaced`. A fresh key costs one update; only a
+    /// replacement costs two. A full table refuses a fresh key (`flow_insert_failed`) but
+    /// still takes a replacement (the kernel keeps spare elements for that).
+    #[inline(always)]
+    fn remember(&self, value: FlowValue, _hash: &mut Option<u32>) {
+        let result = match FLOWS6.insert(self, value, u64::from(BPF_NOEXIST)) {
+            Err(EEXIST) => {
+                stats::lb(LbCounter::FlowReplaced);
+                FLOWS6.insert(self, value, u64::from(BPF_ANY))
+            }
+            other => other,
+        };
+        if result.is_err() {
+            stats::lb(LbCounter::FlowInsertFailed);
+        }
     }
 }
+
+/// `-EEXIST`: the key is already in the map.
+const EEXIST: i32 = -17;
 
 /// A flow's hash, computed once per packet: `hash` holds it after the first call. Not
 /// `Option::get_or_insert_with`: where the compiler puts that out of line, it returns a
@@ -143,15 +267,20 @@ pub struct Choice {
 /// A flow found is marked seen now (`FlowValue::seen_s`, written only when the clock moved
 /// since its last packet), which keeps it from `xlbd`'s expiry.
 #[inline(always)]
-pub fn established<F: Flow>(flow: &F, opens_connection: bool) -> Option<*mut FlowValue> {
+pub fn established<F: Flow>(
+    flow: &F,
+    opens_connection: bool,
+    hash: &mut Option<u32>,
+) -> Option<*mut FlowValue> {
     if opens_connection {
         return None;
     }
-    let entry = F::table().get_ptr_mut(flow)?;
+    let entry = flow.entry(hash)?;
     let now = now_s();
-    // SAFETY: the pointer comes from a successful lookup of a preallocated map: it stays valid
-    // memory of the map's value size; an entry deleted by `xlbd` under us is at worst marked
-    // seen after its deletion, which nothing reads.
+    // SAFETY: the pointer comes from a successful lookup of an array or a preallocated hash
+    // map: it stays valid memory of the value's size; an entry emptied by `xlbd` or taken by
+    // another flow under us is at worst marked seen by this packet, which only delays its
+    // expiry.
     unsafe {
         if (*entry).seen_s != now {
             (*entry).seen_s = now;
@@ -187,14 +316,14 @@ pub fn choose<F: Flow>(
     }
     let choice = from_table(flow, vip, hash)?;
     if crate::policy::may_remember(policy) {
-        remember(
-            flow,
+        flow.remember(
             FlowValue {
                 backend_id: choice.backend_id,
                 lists_gen: policy.lists_gen,
                 seen_s: now_s(),
                 vip_id: vip.vip_id,
             },
+            hash,
         );
     }
     stats::lb(LbCounter::FlowNew);
@@ -212,7 +341,7 @@ pub fn owner<F: Flow>(
 ) -> Result<Choice, DropReason> {
     // SAFETY: the value is copied at once; an entry deleted and reused under us would at
     // worst give a backend id that is checked like any other.
-    let entry = unsafe { F::table().get(flow) }.copied();
+    let entry = flow.entry(hash).map(|entry| unsafe { *entry });
     match remembered(entry, vip) {
         Remembered::Valid(choice) => Ok(choice),
         Remembered::Gone | Remembered::Absent => from_table(flow, vip, hash),
@@ -272,28 +401,4 @@ fn from_table<F: Flow>(
         backend_id,
         backend,
     })
-}
-
-/// `-EEXIST`: the key is already in the map.
-const EEXIST: i32 = -17;
-
-/// Stores a new flow's entry. It is inserted only if its key is absent, so that a key already
-/// present (a SYN reusing a remembered flow's ports skips the lookup; a flow whose backend is
-/// gone was found) is overwritten and counted as `FlowReplaced`, which tells new keys from
-/// reused ones in the counters. A fresh key costs one update; only a replacement costs two. A
-/// full table refuses a fresh key (`FlowInsertFailed`) but still takes a replacement (the
-/// kernel keeps spare elements for that).
-#[inline(always)]
-fn remember<F: Flow>(flow: &F, value: FlowValue) {
-    let table = F::table();
-    let result = match table.insert(flow, value, u64::from(BPF_NOEXIST)) {
-        Err(EEXIST) => {
-            stats::lb(LbCounter::FlowReplaced);
-            table.insert(flow, value, u64::from(BPF_ANY))
-        }
-        other => other,
-    };
-    if result.is_err() {
-        stats::lb(LbCounter::FlowInsertFailed);
-    }
 }

@@ -201,7 +201,8 @@ fn to_vip_address(
     // A SYN without ACK opens a connection.
     let opens_connection =
         tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN);
-    let entry = balance::established(&flow, opens_connection);
+    let mut hash = None;
+    let entry = balance::established(&flow, opens_connection, &mut hash);
     *lists_checked = true;
     policy::lists_for_flow(policy, flow.src, entry)?;
     // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
@@ -219,7 +220,6 @@ fn to_vip_address(
     };
     policy::options(policy, ip.header_len)?;
     policy::vip(policy, &vip, &flow, tcp)?;
-    let mut hash = None;
     let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
     // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
     let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;

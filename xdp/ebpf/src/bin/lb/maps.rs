@@ -2,12 +2,13 @@
 //! config before loading (`EbpfLoader::set_max_entries`).
 
 use aya_ebpf::{
+    Global,
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use xlb_common::{
-    Backend, Counter, DropReason, FlowKey, FlowKey6, FlowValue, Globals, LbCounter, PolicyConfig,
+    Backend, Counter, DropReason, FlowKey6, FlowSet, FlowValue, Globals, LbCounter, PolicyConfig,
     PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipById, VipKey, VipKey6,
     VipMeta, VipSourceKey, VipSourceKey6, XDP_ACTION_COUNT,
     hash::VIP_FILTER_WORDS,
@@ -46,12 +47,20 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(65536, 0);
 #[map(name = "XLB_MAGLEV")]
 pub static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(2_097_152, BPF_F_MMAPABLE);
 
-/// Established flows -> backend. A preallocated hash map, not an LRU: an insert pops a per-CPU
-/// free list, with no list rotation or eviction on the packet path. `xlbd` removes idle
-/// entries, and the least recently seen ones when the table fills up (`dataplane::flows`);
-/// while it is full a new flow is balanced but not remembered (`flow_insert_failed`).
-#[map(name = "XLB_FLOWS")]
-pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(262_144, 0);
+/// Established IPv4 flows -> backend: sets of [`xlb_common::FLOW_WAYS`] slots, the set chosen
+/// by the flow hash (`balance::FlowKey`'s lookup). A lookup or an insert reads one set, two
+/// cache lines, with no lock and no allocation: the hash map it replaced cost a bucket, a chain
+/// of elements and a free-list pop per new flow. A full set gives a new flow the slot seen
+/// least recently (`flow_displaced`). Memory-mapped: page-aligned, so every set is exactly two
+/// cache lines, and `xlbd` reads it for counts and empties idle slots without a syscall each.
+#[map(name = "XLB_FLOW_SETS")]
+pub static FLOW_SETS: Array<FlowSet> = Array::with_max_entries(131_072, BPF_F_MMAPABLE);
+
+/// Sets in [`FLOW_SETS`]: a read-only global the loader sets with the map's size
+/// (`xlb_common::flow_sets` of `limits.flow_table_size`), a constant to the verifier and the
+/// JIT.
+#[unsafe(no_mangle)]
+pub static XLB_FLOW_SET_COUNT: Global<u32> = Global::new(131_072);
 
 /// IPv4 VIP id -> its entry and key: the VIP of an established flow by an array read (sized
 /// by `limits.max_vips`, like the per-VIP counters).
@@ -66,7 +75,11 @@ pub static CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "XLB_VIPS6")]
 pub static VIPS6: HashMap<VipKey6, VipMeta> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
-/// Established IPv6 flows -> backend, a hash map like [`FLOWS`] and sized like it.
+/// Established IPv6 flows -> backend, sized by `limits.flow_table_size`. A preallocated hash
+/// map: an insert pops a per-CPU free list, with no eviction on the packet path. `xlbd`
+/// removes idle entries, and the least recently seen ones when the table fills up
+/// (`dataplane::flows`); while it is full a new flow is balanced but not remembered
+/// (`flow_insert_failed`).
 #[map(name = "XLB_FLOWS6")]
 pub static FLOWS6: HashMap<FlowKey6, FlowValue> = HashMap::with_max_entries(262_144, 0);
 

@@ -87,8 +87,9 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
     // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
     // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
     // backend id that `choose` checks like any other.
-    let entry = balance::established(&flow, opens_connection).map(|entry| unsafe { *entry });
     let mut hash = None;
+    let entry =
+        balance::established(&flow, opens_connection, &mut hash).map(|entry| unsafe { *entry });
     let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
     // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
     let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
