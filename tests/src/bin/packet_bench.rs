@@ -1054,12 +1054,12 @@ fn run(plan: &Plan) -> Results {
     let semantics = check_semantics(&mut scenes[0]);
     let programs = Programs::inspect(&mut scenes[0].dataplane, &helpers);
 
-    // Fill the flow table with flows no class uses, up to where `xlbd` keeps a table under
-    // pressure (the classes' own flows count): the steady state of a balancer that has run
-    // for a while. Half the fill goes in before the classes' established flows and half after:
-    // a hash map links a new entry at the head of its bucket's chain, so on average half of
-    // the other flows sharing a bucket with an established flow are ahead of it, as on a
-    // balancer where flows come and go (all ahead, or none, would flatter or penalise it).
+    // Fill the flow table with flows no class uses, to 85% of the flows it is sized for (the
+    // classes' own flows count): the steady state of a balancer that has run for a while.
+    // Half the fill goes in before the classes' established flows and half after: in a set,
+    // a flow takes the first free slot, so on average half of the other flows sharing a set
+    // with an established flow are compared before it, as on a balancer where flows come and
+    // go (all before it, or none, would flatter or penalise it).
     let mut out = [0u8; OUT_LEN];
     let mut next_new = NEW_FLOWS_FROM;
     for scene in &mut scenes {
@@ -1420,11 +1420,13 @@ fn markdown(plan: &Plan, results: &Results, date: &str, time: &str) -> String {
         "- Datapaths (each VIP has the same backends and table size; the three IPv4 VIPs the \
          classes address, TCP/80 L2, UDP/53 L2 and TCP/80 IPIP, plus TCP/80 L2 fillers, and two \
          IPv6 VIPs besides the count, TCP/80 L2 and TCP/80 IPv6-in-IPv6, with IPv6 backends); flow \
-         table {} entries (the default; a preallocated hash map), filled to {FILL_PERCENT}% with \
-         other flows before the measurement, where `xlbd`'s sweeper keeps a table under pressure \
-         (half of them before the classes' established flows and half after, so that on average \
-         half of the flows sharing a bucket are ahead in its chain; the flows of each new-flow \
-         batch are swept out after it, as `xlbd` would), except where it says \"never full\":",
+         table sized for {} flows (the default; IPv4: 4-way sets with twice as many slots), \
+         filled to {FILL_PERCENT}% of that with other flows before the measurement (half of them \
+         before the classes' established flows and half after, so that on average half of the \
+         flows sharing a set are compared first; the fill is stamped as seen before the \
+         classes' flows; the flows of each new-flow batch are swept out after it, as `xlbd` \
+         would, and the fill flows they displaced topped up), except where it says \"never \
+         full\":",
         thousands(u64::from(DEFAULT_FLOWS))
     )
     .unwrap();
@@ -1727,10 +1729,10 @@ const LOOKUPS: &str = "\
 | --- | --- | --- | --- | --- |
 | not a VIP, passed | – (VIP address filter says no) | `XLB_VIP_FILTER` | actions | – |
 | malformed, dropped | – | – | drops, actions | – |
-| established, L2 | `XLB_FLOWS` (16); `XLB_VIPS` (8) only when the VIP of the flow's entry no longer matches | `XLB_VIP_FILTER`, `XLB_CLOCK`, `XLB_VIP_BY_ID`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | MAC rewrite |
-| established, IPIP | as L2 | as L2 | as L2 | flow hash, `bpf_xdp_adjust_head`, outer header + checksum |
-| new connection (SYN), L2 | `XLB_VIPS`, then `XLB_FLOWS` insert (`htab_map_update_elem`: hash, bucket lock, pop from a per-CPU free list) | `XLB_VIP_FILTER`, `XLB_MAGLEV`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | flow hash |
-| ACK of a flow not in the table, L2 | as SYN, plus the `XLB_FLOWS` lookup that misses | as SYN | as SYN | as SYN |
+| established, L2 | `XLB_VIPS` (8) only when the VIP of the flow's entry no longer matches | `XLB_VIP_FILTER`, `XLB_FLOW_SETS` (the flow's set: up to four keys compared), `XLB_CLOCK`, `XLB_VIP_BY_ID`, `XLB_BACKENDS`, `XLB_GLOBALS` | lb, vips, backends, actions | flow hash, MAC rewrite |
+| established, IPIP | as L2 | as L2 | as L2 | as L2, `bpf_xdp_adjust_head`, outer header + checksum |
+| new connection (SYN), L2 | `XLB_VIPS` | `XLB_VIP_FILTER`, `XLB_MAGLEV`, `XLB_BACKENDS`, `XLB_FLOW_SETS` (insert: the set's four slots read, one written), `XLB_GLOBALS` | lb, vips, backends, actions | flow hash |
+| ACK of a flow not in the table, L2 | as SYN | as SYN, plus the set's keys compared (the lookup that misses) | as SYN | as SYN |
 | new connection, IPIP | as new L2 | as new L2 | as new L2 | as established IPIP (hash computed once) |
 | VIP on port 0 (any port) | one more `XLB_VIPS` lookup (exact port first) | | | |
 | fragment or truncated L4 to a filter hit | `XLB_VIP_ADDRS` (20) decides drop or pass | | | |
@@ -1750,16 +1752,16 @@ the flow-table lookup (it is a new connection by definition).
 
 What is left, by effect:
 
-1. **New connections: the flow insert into a loaded table.** The LRU maps are gone (an \
-   insert rotated the per-CPU LRU lists and, in a full table, evicted a victim on the packet \
-   path: 8.1x the floor). The flow tables are preallocated hash maps kept by `xlbd`'s sweeper \
-   (`daemon/src/dataplane/flows.rs`): an insert pops a per-CPU free list. What is left is \
-   memory: the popped element and the bucket are cold, and in a table kept 85% full the bucket \
-   chain holds other flows whose keys are compared first (the \"kept at the sweeper's fill − \
-   nearly empty table\" row above). Levers: a per-VIP flag to bypass the flow table for \
-   services that do not need affinity across backend changes (Katran's `F_LRU_BYPASS`: a new \
-   flow then costs what an established one does), or a larger `limits.flow_table_size` for \
-   the same flows (shorter chains, more memory).
+1. **New connections: the flow insert.** The LRU maps are gone (an insert rotated the \
+   per-CPU LRU lists and, in a full table, evicted a victim on the packet path: 8.1x the \
+   floor), and so is the IPv4 hash map that replaced them (5.5x: the bucket lock held while the \
+   chain was walked, a free-list pop, the key and value copied, several cache misses; \
+   `perf/results/2026-11-26-hashmap`). The IPv4 flow table is now an array of 4-way sets \
+   (`daemon/src/dataplane/flows.rs`): an insert reads one set, two cache lines, and writes one \
+   slot. What is left is that set's cache miss, the Maglev slot's and the backend's. Lever: a \
+   per-VIP flag to bypass the flow table for services that do not need affinity across \
+   backend changes (Katran's `F_LRU_BYPASS`: a new flow then costs what an established one \
+   does). The IPv6 table is still a hash map (its new flows cost what IPv4's did).
 2. **Fewer per-CPU counter updates** (a few ns). A forwarded packet updates four per-CPU \
    counters (`stats::action`, `stats::lb`, and `stats::forwarded` for the VIP and the backend, \
    `xdp/ebpf/src/bin/lb/stats.rs`): the flow-hit/new event could live in the per-VIP counter \
@@ -1772,9 +1774,9 @@ What is left, by effect:
    machine every TLB miss walks two levels of page tables. Next: measure a preallocated \
    `XLB_VIPS` (entries in one contiguous area), which needs the switch's reasoning in \
    `docs/architecture.md` redone, since a preallocated map reuses a replaced element at once.
-4. **10,000 flows:** the cost is memory latency in the kernel's hash table. Sizing \
-   `limits.flow_table_size` no larger than the expected flow count keeps the bucket array \
-   smaller, at the risk of refusing new flows between sweeps.
+4. **10,000 flows:** the cost is memory latency: each flow's set is a cache line of its own, \
+   spread over the table (16 MiB at the default size). A smaller `limits.flow_table_size` keeps \
+   it denser, at the price of more displaced flows.
 ";
 
 /// Costs by difference on the smallest datapath: the median over rounds of the difference of
@@ -1829,8 +1831,8 @@ fn differences(plan: &Plan, results: &Results) -> String {
             diff("pass-not-vip-1", "drop-ihl4-1"),
         ),
         (
-            "established L2 − not a VIP: `XLB_VIPS` + `XLB_FLOWS` lookups, backend and globals, \
-             MAC rewrite, three more counters",
+            "established L2 − not a VIP: flow hash, the flow's set, its VIP by id, backend and \
+             globals, MAC rewrite, three more counters",
             diff("tcp-l2-est-1", "pass-not-vip-1"),
         ),
         (
@@ -1843,7 +1845,7 @@ fn differences(plan: &Plan, results: &Results) -> String {
             diff("tcp-l2-new-ack", "tcp-l2-new"),
         ),
         (
-            "new flow in a table kept at the sweeper's fill − in a nearly empty table (L2)",
+            "new flow in a table kept 85% full − in a nearly empty table (L2)",
             eviction(),
         ),
         (
