@@ -956,6 +956,7 @@ impl Controller {
             .to_owned(),
             rate_limit: policy.rate_limit.map(|r| (r.per_second, r.burst)),
             flow_insert_rate: policy.flow_insert_rate,
+            icmp_rate_limit: policy.icmp_rate_limit,
             vip_source_ranges: self
                 .config
                 .vips

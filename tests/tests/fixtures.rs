@@ -2899,6 +2899,67 @@ fn icmp_config() -> String {
     CONFIG.replacen(next_hop, &format!("{next_hop}mtu = 1000\n"), 1)
 }
 
+/// `policy.icmp_rate_limit`: a CPU sends at most that many ICMP messages a second (echo
+/// replies and "fragmentation needed" alike); past it the packet it would answer is dropped,
+/// counted as `icmp_rate_limited`, and the next second it answers again.
+#[test]
+fn icmp_the_balancer_sends_stops_at_the_rate_limit() {
+    if !have_root() {
+        return;
+    }
+    pin_to_one_cpu();
+    let config = format!("{}\n[policy]\nicmp_rate_limit = 3\n", icmp_config());
+    let mut lab = lab(&config);
+    let client = ip("192.0.2.61");
+    let echo = packet::icmp4(
+        &to_lb(None),
+        client,
+        ip("10.0.0.10"),
+        &packet::icmp_message(8, 0, [0, 1, 0, 1], b"ping"),
+    );
+    let too_big = tcp4_sized(
+        &to_lb(None),
+        &flow("192.0.2.61", "10.0.0.20", 40111, 80),
+        981,
+        true,
+    );
+    let counts = |lab: &Lab| {
+        let stats = lab.dataplane.stats().unwrap();
+        (
+            stats.lb_count(LbCounter::IcmpEchoReplied),
+            stats.lb_count(LbCounter::IcmpTooBigSent),
+            stats.drop_packets(DropReason::IcmpRateLimited),
+        )
+    };
+    // Within one second: two replies and one error pass, the rest is dropped.
+    let started = std::time::Instant::now();
+    assert_eq!(lab.run(&echo).0, XDP_TX);
+    assert_eq!(lab.run(&echo).0, XDP_TX);
+    assert_eq!(lab.run(&too_big).0, XDP_TX);
+    assert_eq!(lab.run(&echo).0, XDP_DROP, "a fourth message in the second");
+    assert_eq!(lab.run(&too_big).0, XDP_DROP, "an error too");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(900),
+        "the five packets ran within one window"
+    );
+    assert_eq!(counts(&lab), (2, 1, 2));
+    // Other traffic is not limited: a TCP packet to the L2 VIP is forwarded.
+    let f = flow("192.0.2.61", "10.0.0.10", 40112, 80);
+    assert_eq!(
+        lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b"")).0,
+        XDP_TX
+    );
+    // The next second the CPU may send again (a window closes at the first refusal after a
+    // second, or within 64 more).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut refused = 0;
+    while lab.run(&echo).0 == XDP_DROP {
+        refused += 1;
+        assert!(refused <= 64, "replies resume within 64 refusals");
+    }
+    assert_eq!(counts(&lab).0, 3, "answered again");
+}
+
 /// A router on the path between the backends and the clients.
 const ROUTER: &str = "198.51.100.1";
 

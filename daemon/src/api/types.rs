@@ -563,6 +563,10 @@ pub struct PolicyView {
     pub rate_limit: Option<(u32, u32)>,
     /// New flows per second and CPU the flow table takes, if capped.
     pub flow_insert_rate: Option<u32>,
+    /// ICMP messages per second and CPU the datapath sends (`policy.icmp_rate_limit`); 0 =
+    /// no limit.
+    #[serde(default)]
+    pub icmp_rate_limit: u32,
     /// VIPs with source ranges: (VIP name, ranges).
     pub vip_source_ranges: Vec<(String, Vec<String>)>,
     /// Policy and event counters (`flow_not_remembered`, `event_lost`, ...).

@@ -993,6 +993,14 @@ fn render_policy(policy: &PolicyView) -> String {
             .flow_insert_rate
             .map_or("-".to_owned(), |rate| format!("{rate} new flows/s per CPU"))
     );
+    let _ = writeln!(
+        out,
+        "icmp sent:     {}",
+        match policy.icmp_rate_limit {
+            0 => "no limit".to_owned(),
+            rate => format!("at most {rate} messages/s per CPU"),
+        }
+    );
     for (vip, ranges) in &policy.vip_source_ranges {
         let _ = writeln!(out, "source ranges: {vip}: {}", list(ranges));
     }

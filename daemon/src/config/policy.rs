@@ -198,7 +198,14 @@ pub struct PolicyConfig {
     pub icmp_echo: IcmpEcho,
     /// ICMP to a VIP address that is neither an echo request nor an error about a VIP flow.
     pub icmp_other: Action,
+    /// ICMP messages per second and CPU the datapath sends (echo replies, "fragmentation
+    /// needed", "packet too big"); 0 = no limit.
+    pub icmp_rate_limit: u32,
 }
+
+/// `policy.icmp_rate_limit` when not set: the kernel's own default for what it sends
+/// (`net.ipv4.icmp_msgs_per_sec`), here per CPU.
+pub const DEFAULT_ICMP_RATE_LIMIT: u32 = 1000;
 
 impl Default for PolicyConfig {
     /// No lists, unserved traffic dropped, options forwarded, fragments dropped, no limits,
@@ -214,6 +221,7 @@ impl Default for PolicyConfig {
             flow_insert_rate: None,
             icmp_echo: IcmpEcho::Reply,
             icmp_other: Action::Pass,
+            icmp_rate_limit: DEFAULT_ICMP_RATE_LIMIT,
         }
     }
 }
@@ -253,6 +261,7 @@ pub(super) struct RawPolicy {
     pub fragments: Option<Spanned<String>>,
     pub icmp_echo: Option<Spanned<String>>,
     pub icmp_other: Option<Spanned<String>>,
+    pub icmp_rate_limit: Option<Spanned<i64>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub flow_guard: Option<Spanned<RawFlowGuard>>,
 }
@@ -287,6 +296,8 @@ pub(super) struct RawEvents {
 const RATE_RANGE: RangeInclusive<i64> = 1..=1_000_000;
 /// Accepted flow-insert ceilings per CPU.
 const FLOW_RATE_RANGE: RangeInclusive<i64> = 1..=100_000_000;
+/// Accepted ICMP rate limits per CPU (0 = no limit).
+const ICMP_RATE_RANGE: RangeInclusive<i64> = 0..=1_000_000;
 /// Accepted drop-event rates per CPU.
 const EVENT_RATE_RANGE: RangeInclusive<i64> = 0..=1_000_000;
 /// Accepted forward sample (1 in N).
@@ -367,6 +378,12 @@ impl Checker<'_> {
                 .keyword(value, "policy.icmp_echo", "action", ECHO_ACTIONS)
                 .unwrap_or(defaults.icmp_echo),
         };
+        let icmp_rate_limit = match &raw.icmp_rate_limit {
+            None => defaults.icmp_rate_limit,
+            Some(value) => self
+                .integer::<u32>(value, "policy.icmp_rate_limit", ICMP_RATE_RANGE)
+                .unwrap_or(defaults.icmp_rate_limit),
+        };
         let rate_limit = raw.rate_limit.as_ref().and_then(|limit| {
             let span = limit.span();
             let limit = limit.get_ref();
@@ -418,6 +435,7 @@ impl Checker<'_> {
             flow_insert_rate,
             icmp_echo,
             icmp_other,
+            icmp_rate_limit,
         }
     }
 

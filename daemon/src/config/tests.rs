@@ -1147,6 +1147,21 @@ fn policy_reads_with_defaults_and_both_families() {
 }
 
 #[test]
+fn the_icmp_rate_limit_defaults_to_1000_and_0_lifts_it() {
+    assert_eq!(parse(BASE).policy.icmp_rate_limit, 1000);
+    let with = |value: &str| format!("{BASE}\n[policy]\nicmp_rate_limit = {value}\n");
+    assert_eq!(parse(&with("50")).policy.icmp_rate_limit, 50);
+    assert_eq!(parse(&with("0")).policy.icmp_rate_limit, 0, "no limit");
+    let errors = errors(&with("-1"));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].ends_with("policy.icmp_rate_limit: -1 is out of range 0..=1000000"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
 fn policy_errors_are_all_reported_with_their_place() {
     let vip = BASE.replace("mode = \"l2\"", "mode = \"l2\"\nsource_ranges = []");
     let text = format!(

@@ -115,7 +115,7 @@ pub fn datapath_settings(
         forward_sample: events.forward_sample,
         // Set by `PolicyMaps::finish`, which knows whether the lists changed.
         lists_gen: 0,
-        _pad: 0,
+        icmp_rate: policy.icmp_rate_limit,
     }
 }
 

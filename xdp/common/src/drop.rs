@@ -64,11 +64,15 @@ pub enum DropReason {
     /// answered with "fragmentation needed" (DF clear, an ICMP error itself, or
     /// `encap.on_too_big = "drop"`).
     EncapTooBig = 24,
+    /// An echo request, or a packet that would have been answered with "fragmentation
+    /// needed" / "packet too big", past `policy.icmp_rate_limit`: this CPU already sent that
+    /// many ICMP messages in the current second.
+    IcmpRateLimited = 25,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::EthTruncated,
         DropReason::Ipv4Truncated,
         DropReason::Ipv4BadHeader,
@@ -94,6 +98,7 @@ impl DropReason {
         DropReason::IcmpUnhandled,
         DropReason::IcmpBadQuote,
         DropReason::EncapTooBig,
+        DropReason::IcmpRateLimited,
     ];
     /// Number of reasons: the size of the per-CPU drop counter array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -126,6 +131,7 @@ impl DropReason {
             DropReason::IcmpUnhandled => "icmp_unhandled",
             DropReason::IcmpBadQuote => "icmp_bad_quote",
             DropReason::EncapTooBig => "encap_too_big",
+            DropReason::IcmpRateLimited => "icmp_rate_limited",
         }
     }
 
@@ -170,6 +176,9 @@ impl DropReason {
             }
             DropReason::EncapTooBig => {
                 "encapsulated packet would exceed encap.mtu and cannot be answered with an ICMP error"
+            }
+            DropReason::IcmpRateLimited => {
+                "ICMP reply or error not sent: this CPU reached policy.icmp_rate_limit this second"
             }
         }
     }

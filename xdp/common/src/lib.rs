@@ -40,7 +40,9 @@ pub use policy::{
 /// `FlowValue` gained `seen_s` and `vip_id` (16 bytes); `XLB_CLOCK` and `XLB_VIP_BY_ID` were
 /// added.
 /// 7: the IPv4 flow table became an array of 4-way sets (`XLB_FLOW_SETS`, was the hash map
-/// `XLB_FLOWS`); `XLB_ST_LB` gained `flow_displaced` (10 entries).
+/// `XLB_FLOWS`); `XLB_ST_LB` gained `flow_displaced` (10 entries); the ICMP rate limit:
+/// `PolicyConfig::icmp_rate` (was padding), a third `XLB_WINDOWS` window and the drop reason
+/// `icmp_rate_limited` (26 entries).
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).

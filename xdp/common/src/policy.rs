@@ -58,8 +58,10 @@ pub struct PolicyConfig {
     /// ([`crate::FlowValue::lists_gen`]); while the two agree, the flow's packets skip the
     /// lists (the verdict cannot have changed), so an established flow costs no list lookup.
     pub lists_gen: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// ICMP messages per second each CPU may send (echo replies, "fragmentation needed",
+    /// "packet too big"); past it the packet that would be answered is dropped
+    /// (`icmp_rate_limited`). 0 = no limit.
+    pub icmp_rate: u32,
 }
 const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 32);
 
@@ -202,8 +204,10 @@ pub mod window {
     pub const FLOW_INSERT: u32 = 0;
     /// Drop events sent.
     pub const DROP_EVENTS: u32 = 1;
+    /// ICMP messages sent (echo replies and errors).
+    pub const ICMP_SENT: u32 = 2;
     /// Number of windows.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// What the policy stage and the event sender did besides dropping, counted per CPU in

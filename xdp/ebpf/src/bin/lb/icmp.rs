@@ -20,7 +20,9 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use xlb_common::{DropReason, FlowKey, LbCounter, PolicyConfig, forward_mode, policy_flags, proto};
+use xlb_common::{
+    DropReason, FlowKey, LbCounter, PolicyConfig, forward_mode, policy::window, policy_flags, proto,
+};
 use xlb_ebpf::{
     csum,
     headers::{
@@ -106,6 +108,7 @@ fn echo(
     if let Some(action) = echo_policy(policy, false)? {
         return Ok(action);
     }
+    may_send(policy)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
     let hdr = ip.hdr;
     // SAFETY: the Ethernet header (ptr_at), the IPv4 header (parse::ipv4) and the ICMP header
@@ -138,6 +141,20 @@ pub fn echo_policy(policy: &PolicyConfig, to_kernel: bool) -> Result<Option<u32>
         return Ok(Some(xdp_action::XDP_PASS));
     }
     Ok(None)
+}
+
+/// Whether this CPU may send one more ICMP message (echo reply or error) this second:
+/// `policy.icmp_rate_limit`, as the kernel's own `icmp_msgs_per_sec` limits what it sends, so
+/// that the balancer cannot be made to send a flood of its own (to a spoofed source) at the
+/// rate it receives. Past the limit the packet that would be answered is dropped, counted as
+/// `icmp_rate_limited`.
+#[inline(always)]
+pub fn may_send(policy: &PolicyConfig) -> Result<(), DropReason> {
+    if policy.icmp_rate == 0 || policy::within_rate(window::ICMP_SENT, policy.icmp_rate) {
+        Ok(())
+    } else {
+        Err(DropReason::IcmpRateLimited)
+    }
 }
 
 /// Turns the echo request header at `icmp` into the reply: type `request` -> `reply`, the

@@ -90,6 +90,7 @@ fn echo(
     if let Some(action) = icmp::echo_policy(policy, headers_len != IPV6_HLEN)? {
         return Ok(action);
     }
+    icmp::may_send(policy)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(DropReason::EthTruncated)?;
     // SAFETY: the Ethernet header (ptr_at), the IPv6 header (parse::ipv6) and the ICMPv6
     // header (the caller's ptr_at) were bounds-checked and stay put: nothing moved the frame.

@@ -227,6 +227,9 @@ fn to_vip_address(
     let inner = forward::Inner::of(l3_off, &hdr, ip.total_len);
     let outer_len = mtu::outer_len(&choice.backend);
     if vip.mode == forward_mode::IPIP && mtu::exceeds(globals, ip.total_len, outer_len) {
+        if mtu::answers(&inner, globals) {
+            icmp::may_send(policy)?;
+        }
         return mtu::too_big(ctx, &inner, globals, outer_len);
     }
     let action = forward::to_backend(

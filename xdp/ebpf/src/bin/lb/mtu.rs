@@ -15,7 +15,7 @@
 use xlb_common::{Backend, DropReason, Globals, LbCounter, encap_flags, family};
 use xlb_ebpf::headers::{IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU};
 
-use crate::{forward::Inner, icmp, icmp6, maps::GLOBALS, stats};
+use crate::{forward::Inner, icmp, icmp6, maps::GLOBALS, policy, stats};
 
 /// The outer header encapsulation towards `backend` adds: IPv4 (20 bytes), or IPv6 (40) for
 /// an IPv6 backend.
@@ -35,6 +35,15 @@ pub fn exceeds(globals: &Globals, total_len: usize, outer_len: usize) -> bool {
     globals.encap_mtu != 0 && total_len + outer_len > usize::from(globals.encap_mtu)
 }
 
+/// Whether [`too_big`] answers a packet with "fragmentation needed" (rather than dropping it):
+/// it forbids fragmentation and the config does not say drop. The caller asks the ICMP rate
+/// limit (`icmp::may_send`) before the call: inside it, that check would take stack the
+/// verifier does not have for this chain of calls.
+#[inline(always)]
+pub fn answers(inner: &Inner, globals: &Globals) -> bool {
+    inner.dont_fragment && globals.encap_flags & encap_flags::TOO_BIG_DROP == 0
+}
+
 /// A packet that [`exceeds`] the MTU: answered with "fragmentation needed" when it forbids
 /// fragmentation and the config allows it, dropped otherwise. Not inlined (a BPF-to-BPF
 /// call): the ICMP builder stays out of the code of the forwarding path.
@@ -45,7 +54,7 @@ pub fn too_big(
     globals: &Globals,
     outer_len: usize,
 ) -> Result<u32, DropReason> {
-    if !inner.dont_fragment || globals.encap_flags & encap_flags::TOO_BIG_DROP != 0 {
+    if !answers(inner, globals) {
         return Err(DropReason::EncapTooBig);
     }
     let next_hop_mtu = globals.encap_mtu.saturating_sub(outer_len as u16);
@@ -64,6 +73,7 @@ pub fn too_big6(ctx: &aya_ebpf::programs::XdpContext, l3_off: usize) -> Result<u
     if globals.encap_flags & encap_flags::TOO_BIG_DROP != 0 || mtu < IPV6_MIN_MTU {
         return Err(DropReason::EncapTooBig);
     }
+    icmp::may_send(policy::settings()?)?;
     let action = icmp6::packet_too_big(ctx, l3_off, mtu as u32)?;
     stats::lb(LbCounter::IcmpTooBigSent);
     Ok(action)
