@@ -3,7 +3,7 @@
 //! flow table (established flows) survives.
 //!
 //! Layout of one interface's directory (`<root>/<interface>/`):
-//! - every map of the load balancer under its own name (`XLB_VIPS`, `XLB_FLOWS`, ...);
+//! - every map of the load balancer under its own name (`XLB_VIPS`, `XLB_FLOW_SETS`, ...);
 //! - the XDP bpf_link as `link-native` or `link-generic` (the attach mode is in the name,
 //!   because the kernel does not report it for a link).
 //!

@@ -178,7 +178,8 @@ pub struct FlowValue {
     pub lists_gen: u32,
     /// The datapath clock (`XLB_CLOCK`, seconds) at the flow's last packet: `xlbd` removes
     /// entries idle for longer than `limits.flow_idle_timeout`, and the oldest first when the
-    /// table fills up. Written by the datapath only when it differs, so at most once a second.
+    /// IPv6 table fills up; a new IPv4 flow meeting a full set takes the slot with the oldest.
+    /// Written by the datapath only when it differs, so at most once a second.
     pub seen_s: u32,
     /// The id of the VIP the flow was balanced for ([`VipById`]).
     pub vip_id: u32,
