@@ -1195,47 +1195,60 @@ fn apply_text(lab: &mut Lab, text: &str) {
     lab.config = config;
 }
 
-/// An established flow finds its VIP by the id in its flow entry (`XLB_VIP_BY_ID`, an array
-/// read instead of a hash lookup), checked against the packet: when its VIP is removed and the
-/// id (and the backend ids) go to a VIP on another address, the flow's packets are not sent to
-/// that VIP's backends; they find no VIP and are dropped as unserved, as before the change.
-#[test]
-fn an_established_flow_never_follows_its_vip_id_to_another_vip() {
-    if !have_root() {
-        return;
-    }
-    let mut lab = lab(CONFIG);
-    let web = vip_key("10.0.0.10", 80, 6);
-    let web_id = lab.dataplane.vip_id(&web).expect("web-l2 applied");
-    let f = flow("198.51.100.21", "10.0.0.10", 45000, 80);
-    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_SYN, b""));
+/// An established flow finds its VIP by the id in its flow entry (`XLB_VIP_BY_ID`, or
+/// `XLB_VIP_BY_ID6`: an array read instead of a hash lookup), checked against the packet: when
+/// its VIP is removed and the id (and the backend ids) go to a VIP on another address, the
+/// flow's packets are not sent to that VIP's backends; they find no VIP and are dropped as
+/// unserved (another VIP keeps the address a VIP address), as before the change.
+struct VipIdReuse<'a> {
+    /// The config, and the name of the VIP (TCP port 80, at `old`) that is removed.
+    config: &'a str,
+    removed: &'a str,
+    /// The removed VIP's address, the address of the VIP added after it, and that VIP's
+    /// backend's address (of the same family).
+    old: &'a str,
+    new: &'a str,
+    new_backend: &'a str,
+    /// A TCP frame with these flags from the client port to port 80 of an address.
+    frame: &'a dyn Fn(&str, u16, u8) -> Vec<u8>,
+    /// The ordered key of TCP port 80 at an address.
+    key: &'a dyn Fn(&str) -> VipKeyOrd,
+}
+
+fn an_established_flow_never_follows_its_vip_id(case: &VipIdReuse) {
+    let mut lab = lab(case.config);
+    let old_id = lab
+        .dataplane
+        .vip_id(&(case.key)(case.old))
+        .expect("VIP applied");
+    let (action, _) = lab.run(&(case.frame)(case.old, 45000, TCP_SYN));
     assert_eq!(action, XDP_TX);
     let hits = |lab: &Lab| lab.dataplane.stats().unwrap().lb_count(LbCounter::FlowHit);
-    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    let (action, _) = lab.run(&(case.frame)(case.old, 45000, TCP_ACK));
     assert_eq!((action, hits(&lab)), (XDP_TX, 1), "established");
 
-    // Remove web-l2 (dns-l2 keeps 10.0.0.10 a VIP address), then add a VIP on another
-    // address: it gets web-l2's freed id.
-    let removed = without_vip(CONFIG, "web-l2");
+    // Remove the VIP, then add one on another address: it gets the freed id.
+    let removed = without_vip(case.config, case.removed);
     apply_text(&mut lab, &removed);
-    let (action, _) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    let (action, _) = lab.run(&(case.frame)(case.old, 45000, TCP_ACK));
     assert_eq!(
         action, XDP_DROP,
-        "port 80 of 10.0.0.10 is unserved (dropped, the default)"
+        "port 80 is unserved (dropped, the default)"
     );
     let moved = format!(
-        "{removed}\n[[vip]]\nname = \"moved\"\naddress = \"10.0.0.50\"\nport = 80\n\
+        "{removed}\n[[vip]]\nname = \"moved\"\naddress = \"{}\"\nport = 80\n\
          protocol = \"tcp\"\nmode = \"l2\"\ntable_size = 251\n  [[vip.backend]]\n  \
-         address = \"10.0.5.1\"\n  mac = \"02:00:00:00:05:01\"\n"
+         address = \"{}\"\n  mac = \"02:00:00:00:05:01\"\n",
+        case.new, case.new_backend
     );
     apply_text(&mut lab, &moved);
     assert_eq!(
-        lab.dataplane.vip_id(&vip_key("10.0.0.50", 80, 6)),
-        Some(web_id),
+        lab.dataplane.vip_id(&(case.key)(case.new)),
+        Some(old_id),
         "the new VIP reuses the id (the premise of this test)"
     );
     let before = hits(&lab);
-    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &f, TCP_ACK, b"data"));
+    let (action, out) = lab.run(&(case.frame)(case.old, 45000, TCP_ACK));
     assert_ne!(
         (action, sent_to(&out)),
         (XDP_TX, [0x02, 0, 0, 0, 0x05, 0x01]),
@@ -1243,13 +1256,65 @@ fn an_established_flow_never_follows_its_vip_id_to_another_vip() {
     );
     assert_eq!(action, XDP_DROP, "still unserved");
     assert_eq!(hits(&lab), before);
-    // The new VIP serves its own flows.
-    let g = flow("198.51.100.21", "10.0.0.50", 45001, 80);
-    let (action, out) = lab.run(&packet::tcp4(&to_lb(None), &g, TCP_SYN, b""));
+    // The new VIP serves its own flows, and finds them by id.
+    let (action, out) = lab.run(&(case.frame)(case.new, 45001, TCP_SYN));
     assert_eq!(
         (action, sent_to(&out)),
         (XDP_TX, [0x02, 0, 0, 0, 0x05, 0x01])
     );
+    let (action, out) = lab.run(&(case.frame)(case.new, 45001, TCP_ACK));
+    assert_eq!(
+        (action, sent_to(&out), hits(&lab)),
+        (XDP_TX, [0x02, 0, 0, 0, 0x05, 0x01], before + 1)
+    );
+}
+
+#[test]
+fn an_established_flow_never_follows_its_vip_id_to_another_vip() {
+    if !have_root() {
+        return;
+    }
+    // dns-l2 keeps 10.0.0.10 a VIP address.
+    an_established_flow_never_follows_its_vip_id(&VipIdReuse {
+        config: CONFIG,
+        removed: "web-l2",
+        old: "10.0.0.10",
+        new: "10.0.0.50",
+        new_backend: "10.0.5.1",
+        frame: &|dst, port, flags| {
+            packet::tcp4(
+                &to_lb(None),
+                &flow("198.51.100.21", dst, port, 80),
+                flags,
+                b"",
+            )
+        },
+        key: &|addr| vip_key(addr, 80, 6),
+    });
+}
+
+#[test]
+fn an_established_ipv6_flow_never_follows_its_vip_id_to_another_vip() {
+    if !have_root() {
+        return;
+    }
+    // dns6-ipip keeps 2001:db8::20 a VIP address.
+    an_established_flow_never_follows_its_vip_id(&VipIdReuse {
+        config: V6_CONFIG,
+        removed: "web6-ipip",
+        old: "2001:db8::20",
+        new: "2001:db8::30",
+        new_backend: "2001:db8:5::1",
+        frame: &|dst, port, flags| {
+            packet::tcp6(
+                &to_lb(None),
+                &flow6("2001:db8:ff::21", dst, port, 80),
+                flags,
+                b"",
+            )
+        },
+        key: &|addr| vip_key6(addr, 80, 6),
+    });
 }
 
 /// A flow keeps the VIP it was balanced for: one established on a VIP that serves every port

@@ -30,8 +30,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xlb_common::{
-    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipById, VipKey, VipKey6, VipMeta,
-    backend_flags,
+    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipById, VipById6, VipKey, VipKey6,
+    VipMeta, backend_flags,
     hash::{VIP_FILTER_WORDS, vip_filter_slot},
     map_names,
     policy::POLICY_V4_24_WORDS,
@@ -267,6 +267,8 @@ pub struct Dataplane {
     /// IPv4 VIPs by id, beside `vips`: written and cleared with it ([`Self::write_vip_entry`],
     /// [`Self::clear_vip_by_id`]).
     vip_by_id: Array<MapData, VipById>,
+    /// `XLB_VIP_BY_ID6`: as `vip_by_id`, for the IPv6 VIPs.
+    vip_by_id6: Array<MapData, VipById6>,
     vip_addrs: HashMap<MapData, VipAddrKey, VipAddrValue>,
     vip_filter: Array<MapData, u64>,
     /// VIP addresses per filter bit (the datapath sees only whether the count is zero).
@@ -423,6 +425,7 @@ impl Dataplane {
             ),
             (map_names::VIPS6, limits.max_vips),
             (map_names::VIP_BY_ID, limits.max_vips),
+            (map_names::VIP_BY_ID6, limits.max_vips),
             (map_names::FLOWS6, limits.flow_table_size),
             (map_names::STATS_VIPS, limits.max_vips),
             (map_names::STATS_BACKENDS, limits.max_backends),
@@ -478,6 +481,7 @@ impl Dataplane {
             vips: typed(&mut ebpf, map_names::VIPS)?,
             vips6: typed(&mut ebpf, map_names::VIPS6)?,
             vip_by_id: typed(&mut ebpf, map_names::VIP_BY_ID)?,
+            vip_by_id6: typed(&mut ebpf, map_names::VIP_BY_ID6)?,
             vip_addrs: typed(&mut ebpf, map_names::VIP_ADDRS)?,
             vip_filter: typed(&mut ebpf, map_names::VIP_FILTER)?,
             filter_counts: BTreeMap::new(),
@@ -1173,7 +1177,14 @@ impl Dataplane {
         if key.is_v6() {
             self.vips6
                 .insert(key.to_key6(), meta, 0)
-                .map_err(map_err("update", map_names::VIPS6))
+                .map_err(map_err("update", map_names::VIPS6))?;
+            let by_id = VipById6 {
+                meta,
+                key: key.to_key6(),
+            };
+            self.vip_by_id6
+                .set(meta.vip_id, by_id, 0)
+                .map_err(map_err("update", map_names::VIP_BY_ID6))
         } else {
             self.vips
                 .insert(key.to_key(), meta, 0)
@@ -1188,35 +1199,38 @@ impl Dataplane {
         }
     }
 
-    /// Clears an IPv4 VIP id's entry in `XLB_VIP_BY_ID` (once the VIP left `XLB_VIPS`, or moved
-    /// to another id): established flows that name the id find their VIP by the hash lookup
-    /// again, or no VIP.
+    /// Clears a VIP id's entry in `XLB_VIP_BY_ID` or `XLB_VIP_BY_ID6`, by the VIP's family
+    /// (once the VIP left its VIP map, or moved to another id): established flows that name the
+    /// id find their VIP by the hash lookup again, or no VIP.
     pub(super) fn clear_vip_by_id(
         &mut self,
         key: VipKeyOrd,
         vip_id: u32,
     ) -> Result<(), DataplaneError> {
         if key.is_v6() {
-            return Ok(());
+            return self
+                .vip_by_id6
+                .set(vip_id, VipById6::default(), 0)
+                .map_err(map_err("update", map_names::VIP_BY_ID6));
         }
         self.vip_by_id
             .set(vip_id, VipById::default(), 0)
             .map_err(map_err("update", map_names::VIP_BY_ID))
     }
 
-    /// Deletes a VIP's entry from the VIP map of its family, and for an IPv4 VIP its id's
-    /// entry in `XLB_VIP_BY_ID`: the reverse of [`Self::write_vip_entry`].
+    /// Deletes a VIP's entry from the VIP map of its family, and its id's entry in the
+    /// by-id array of its family: the reverse of [`Self::write_vip_entry`].
     fn remove_vip_entry(&mut self, key: VipKeyOrd, vip_id: u32) -> Result<(), DataplaneError> {
         if key.is_v6() {
             self.vips6
                 .remove(&key.to_key6())
-                .map_err(map_err("delete", map_names::VIPS6))
+                .map_err(map_err("delete", map_names::VIPS6))?;
         } else {
             self.vips
                 .remove(&key.to_key())
                 .map_err(map_err("delete", map_names::VIPS))?;
-            self.clear_vip_by_id(key, vip_id)
         }
+        self.clear_vip_by_id(key, vip_id)
     }
 
     /// Every VIP entry of both families, as ordered keys.

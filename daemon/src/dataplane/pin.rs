@@ -22,10 +22,11 @@ use xlb_common::{Globals, LAYOUT_VERSION, map_names};
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/xlb";
 
 /// Maps of the load balancer that are pinned (all of them: state, flows and counters).
-pub const PINNED_MAPS: [&str; 29] = [
+pub const PINNED_MAPS: [&str; 30] = [
     map_names::VIPS,
     map_names::VIPS6,
     map_names::VIP_BY_ID,
+    map_names::VIP_BY_ID6,
     map_names::VIP_ADDRS,
     map_names::VIP_FILTER,
     map_names::POLICY,

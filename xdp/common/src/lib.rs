@@ -42,7 +42,7 @@ pub use policy::{
 /// 7: the IPv4 flow table became an array of 4-way sets (`XLB_FLOW_SETS`, was the hash map
 /// `XLB_FLOWS`); `XLB_ST_LB` gained `flow_displaced` (10 entries); the ICMP rate limit:
 /// `PolicyConfig::icmp_rate` (was padding), a third `XLB_WINDOWS` window and the drop reason
-/// `icmp_rate_limited` (26 entries).
+/// `icmp_rate_limited` (26 entries); `XLB_VIP_BY_ID6` was added.
 pub const LAYOUT_VERSION: u32 = 7;
 
 /// Address families as stored in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -102,6 +102,8 @@ pub mod map_names {
     pub const FLOW_SET_COUNT: &str = "XLB_FLOW_SET_COUNT";
     /// IPv4 VIP id -> [`crate::VipById`]: the VIP of an established flow without a hash lookup.
     pub const VIP_BY_ID: &str = "XLB_VIP_BY_ID";
+    /// IPv6 VIP id -> [`crate::VipById6`], as [`VIP_BY_ID`] for IPv4.
+    pub const VIP_BY_ID6: &str = "XLB_VIP_BY_ID6";
     /// One `u32`: the datapath clock in seconds (`CLOCK_MONOTONIC`), written by `xlbd` every
     /// second; flow entries record it at each packet ([`crate::FlowValue::seen_s`]).
     pub const CLOCK: &str = "XLB_CLOCK";

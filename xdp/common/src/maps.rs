@@ -71,6 +71,17 @@ pub struct VipById {
 }
 const _: () = assert!(core::mem::size_of::<VipById>() == 28);
 
+/// Element of `XLB_VIP_BY_ID6`, indexed by VIP id: [`VipById`] for the IPv6 VIPs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipById6 {
+    /// The VIP's entry, as in `XLB_VIPS6`.
+    pub meta: VipMeta,
+    /// The VIP's key, as in `XLB_VIPS6`; all zero for an id no IPv6 VIP holds.
+    pub key: VipKey6,
+}
+const _: () = assert!(core::mem::size_of::<VipById6>() == 40);
+
 /// Key of the VIP address set: an address that carries at least one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -288,6 +299,8 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     // SAFETY: as above: repr(C), integers only, no padding (size asserted).
     unsafe impl aya::Pod for VipById {}
+    // SAFETY: as above: repr(C), integers only, no padding (size asserted).
+    unsafe impl aya::Pod for VipById6 {}
     // SAFETY: as above: two Pod structs, no padding (size asserted).
     unsafe impl aya::Pod for FlowSlot {}
     // SAFETY: as above: an array of FlowSlot, no padding (size asserted).

@@ -11,7 +11,8 @@ use xlb_common::{
 
 use crate::{
     maps::{
-        BACKENDS, CLOCK, FLOW_SETS, FLOWS6, MAGLEV, VIP_BY_ID, VIPS, VIPS6, XLB_FLOW_SET_COUNT,
+        BACKENDS, CLOCK, FLOW_SETS, FLOWS6, MAGLEV, VIP_BY_ID, VIP_BY_ID6, VIPS, VIPS6,
+        XLB_FLOW_SET_COUNT,
     },
     stats,
 };
@@ -221,6 +222,21 @@ pub fn vip_of_flow(entry: &FlowValue, flow: &FlowKey) -> Option<VipMeta> {
         // Copied whole: the daemon rewrites an id's entry only when it switches the VIP's
         // table or frees the id; a copy racing with that write is checked by `choose` like a
         // stale `XLB_VIPS` entry (backend ids must belong to the VIP).
+        Some(by_id.meta)
+    } else {
+        None
+    }
+}
+
+/// The VIP of an established IPv6 flow, from the id in its entry (`XLB_VIP_BY_ID6`), as
+/// [`vip_of_flow`] does for IPv4.
+#[inline(always)]
+pub fn vip_of_flow6(entry: &FlowValue, flow: &FlowKey6) -> Option<VipMeta> {
+    let by_id = VIP_BY_ID6.get(entry.vip_id)?;
+    let key = by_id.key;
+    if key.addr == flow.dst && key.proto == flow.proto && (key.port == flow.dport || key.port == 0)
+    {
+        // Copied whole, checked by `choose` as in `vip_of_flow`.
         Some(by_id.meta)
     } else {
         None

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use xlb_common::{
     Backend, Counter, DropReason, FlowKey6, FlowSet, FlowValue, Globals, LbCounter, PolicyConfig,
-    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipById, VipKey, VipKey6,
-    VipMeta, VipSourceKey, VipSourceKey6, XDP_ACTION_COUNT,
+    PolicyCounter, RateWindow, TokenBucket, VipAddrKey, VipAddrValue, VipById, VipById6, VipKey,
+    VipKey6, VipMeta, VipSourceKey, VipSourceKey6, XDP_ACTION_COUNT,
     hash::VIP_FILTER_WORDS,
     policy::{MixedSlash24, POLICY_V4_24_WORDS, POLICY_V4_B16_WORDS, Source6, window},
 };
@@ -66,6 +66,10 @@ pub static XLB_FLOW_SET_COUNT: Global<u32> = Global::new(131_072);
 /// by `limits.max_vips`, like the per-VIP counters).
 #[map(name = "XLB_VIP_BY_ID")]
 pub static VIP_BY_ID: Array<VipById> = Array::with_max_entries(1024, 0);
+
+/// IPv6 VIP id -> its entry and key, as [`VIP_BY_ID`].
+#[map(name = "XLB_VIP_BY_ID6")]
+pub static VIP_BY_ID6: Array<VipById6> = Array::with_max_entries(1024, 0);
 
 /// The datapath clock: seconds, written by `xlbd` every second; flow entries record it.
 #[map(name = "XLB_CLOCK")]

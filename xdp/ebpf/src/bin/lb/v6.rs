@@ -9,7 +9,9 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use xlb_common::{DropReason, FlowKey6, PolicyConfig, family, policy_flags, proto};
 use xlb_ebpf::{
-    headers::{IPV6_HLEN, Ipv6ExtHdr, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, ipv6_ext},
+    headers::{
+        IPV6_HLEN, Ipv6ExtHdr, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, ipv6_ext, tcp_flags,
+    },
     packet::ptr_at,
     parse,
 };
@@ -78,18 +80,30 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
         _pad: 0,
         _pad2: 0,
     };
-    let Some(vip) = balance::find_vip6(&flow) else {
-        return unserved(policy, dst, upper);
+    // The flow's entry first: an established flow finds its VIP by the id in it (an array
+    // read), as in the IPv4 path, else by the hash lookup. A SYN without ACK opens a
+    // connection; its flags' sanity is checked once the VIP is known, so that a packet no VIP
+    // serves keeps the unserved verdict.
+    // The IPv6 lists were asked above, for every packet: established flows do not skip them
+    // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
+    let opens =
+        tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN);
+    let mut hash = None;
+    // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
+    // backend id and a VIP id that are checked like any other.
+    let entry = balance::established(&flow, opens, &mut hash).map(|entry| unsafe { *entry });
+    let vip = match entry
+        .as_ref()
+        .and_then(|entry| balance::vip_of_flow6(entry, &flow))
+    {
+        Some(vip) => vip,
+        None => match balance::find_vip6(&flow) {
+            Some(vip) => vip,
+            None => return unserved(policy, dst, upper),
+        },
     };
     let opens_connection = policy::tcp_sane(tcp)?;
     policy::vip6(policy, &vip, &flow, opens_connection)?;
-    // The IPv6 lists were asked above, for every packet: established flows do not skip them
-    // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
-    // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
-    // backend id that `choose` checks like any other.
-    let mut hash = None;
-    let entry =
-        balance::established(&flow, opens_connection, &mut hash).map(|entry| unsafe { *entry });
     let choice = balance::choose(&flow, &vip, policy, entry, &mut hash)?;
     // A reference into the map, not a copy: the settings entry is 56 bytes of stack.
     let globals = GLOBALS.get(0).ok_or(DropReason::TableMiss)?;
