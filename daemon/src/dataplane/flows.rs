@@ -2,7 +2,7 @@
 //! [`FlowSweeper`].
 //!
 //! **IPv4: sets, kept by the datapath.** `XLB_FLOW_SETS` is an array of sets of
-//! [`FLOW_WAYS`] slots, with [`xlb_common::FLOW_SLOTS_PER_FLOW`] slots per flow of
+//! [`xlb_common::FLOW_WAYS`] slots, with [`xlb_common::FLOW_SLOTS_PER_FLOW`] slots per flow of
 //! `limits.flow_table_size`. A flow's hash picks its set; a lookup compares the set's keys and
 //! an insert takes the set's first free slot, or the one seen least recently
 //! (`flow_displaced`), all within the set's two cache lines. Against the preallocated hash map
@@ -65,7 +65,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData},
 };
 use tracing::{info, warn};
-use xlb_common::{FLOW_WAYS, FlowKey, FlowKey6, FlowSet, FlowSlot, FlowValue, map_names};
+use xlb_common::{FlowKey, FlowKey6, FlowSet, FlowSlot, FlowValue, map_names};
 
 use super::{DataplaneError, map_err, slots::Mapped};
 
@@ -143,33 +143,29 @@ impl FlowSets {
         (self.mapped.as_words().len() / SLOT_WORDS) as u32
     }
 
-    /// A copy of every slot's words, in order, to `each` (with the slot's words, for
-    /// [`FlowSets::empty_if_unchanged`]).
-    fn for_each(&self, mut each: impl FnMut(&[AtomicU64], FlowSlot)) {
+    /// Every slot, in order, to `each`: a copy of it, and its key word (the one holding the
+    /// protocol) with the value read, for [`FlowSets::empty_if_unchanged`].
+    fn for_each(&self, mut each: impl FnMut(&AtomicU64, u64, FlowSlot)) {
         for words in self.mapped.as_words().chunks_exact(SLOT_WORDS) {
+            let read: [u64; SLOT_WORDS] = std::array::from_fn(|i| words[i].load(Ordering::Relaxed));
             let mut bytes = [0u8; size_of::<FlowSlot>()];
-            for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
-                chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            for (chunk, word) in bytes.chunks_exact_mut(8).zip(read) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
             }
             // SAFETY: FlowSlot is Pod (repr(C), integers only, no padding) and `bytes` holds
             // exactly its size; read_unaligned has no alignment requirement.
             let slot = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowSlot>()) };
-            each(words, slot);
+            each(&words[PROTO_WORD], read[PROTO_WORD], slot);
         }
     }
 
-    /// Frees a slot read as `slot` by clearing its protocol byte, unless the datapath wrote
-    /// the slot's key word since (a new flow took the slot): then the slot is left alone.
-    fn empty_if_unchanged(words: &[AtomicU64], slot: &FlowSlot) -> bool {
-        let word = &words[PROTO_WORD];
-        let mut bytes = [0u8; 8];
-        // SAFETY: as in `for_each`: a Pod value's bytes, read as bytes.
-        let key_bytes: [u8; size_of::<FlowKey>()] = unsafe { std::mem::transmute(slot.key) };
-        bytes.copy_from_slice(&key_bytes[PROTO_WORD * 8..PROTO_WORD * 8 + 8]);
-        let seen = u64::from_ne_bytes(bytes);
+    /// Frees a slot by clearing its protocol byte in its key word, read as `read`, unless the
+    /// datapath wrote that word since (a new flow took the slot): then the slot is left alone.
+    fn empty_if_unchanged(word: &AtomicU64, read: u64) -> bool {
+        let mut bytes = read.to_ne_bytes();
         bytes[PROTO_BYTE] = 0;
         word.compare_exchange(
-            seen,
+            read,
             u64::from_ne_bytes(bytes),
             Ordering::Relaxed,
             Ordering::Relaxed,
@@ -180,7 +176,7 @@ impl FlowSets {
     /// Slots in use now.
     pub fn count(&self) -> u32 {
         let mut count = 0;
-        self.for_each(|_, slot| count += u32::from(slot.key.proto != 0));
+        self.for_each(|_, _, slot| count += u32::from(slot.key.proto != 0));
         count
     }
 
@@ -188,12 +184,12 @@ impl FlowSets {
     /// slots freed).
     fn expire(&self, now_s: u32, idle_timeout_s: u32) -> (u32, u32) {
         let (mut kept, mut expired) = (0, 0);
-        self.for_each(|words, slot| {
+        self.for_each(|key_word, read, slot| {
             if slot.key.proto == 0 {
                 return;
             }
             if is_idle(slot.value.seen_s, now_s, idle_timeout_s)
-                && Self::empty_if_unchanged(words, &slot)
+                && Self::empty_if_unchanged(key_word, read)
             {
                 expired += 1;
             } else {
@@ -208,8 +204,6 @@ impl FlowSets {
 pub struct FlowTable {
     /// `XLB_FLOW_SETS`, mapped.
     sets: FlowSets,
-    /// A descriptor of `XLB_FLOW_SETS`, for the sweeper's own mapping.
-    sets_fd: OwnedFd,
     /// `XLB_FLOWS6` (a hash map).
     map6: Map,
     /// `XLB_CLOCK` (an array of one `u32`).
@@ -232,9 +226,6 @@ impl FlowTable {
         let Map::Array(sets) = sets else {
             return Err(DataplaneError::Missing(map_names::FLOWS));
         };
-        let sets_fd = sets.fd().as_fd().try_clone_to_owned().map_err(|source| {
-            syscall_error("duplicate the descriptor of", map_names::FLOWS, source)
-        })?;
         let sets = FlowSets::new(sets, xlb_common::flow_sets(capacity))?;
         HashMap::<&MapData, FlowKey6, FlowValue>::try_from(&map6)
             .map_err(map_err("open", map_names::FLOWS6))?;
@@ -243,7 +234,6 @@ impl FlowTable {
         }
         Ok(FlowTable {
             sets,
-            sets_fd,
             map6,
             clock,
             capacity,
@@ -297,22 +287,20 @@ impl FlowTable {
     /// A sweeper of these tables (its own descriptors of the maps) that removes entries idle
     /// for more than `idle_timeout_s` seconds; its removals add to this table's figures.
     pub fn sweeper(&self, idle_timeout_s: u32) -> Result<FlowSweeper, DataplaneError> {
-        let dup = |map: &Map, name: &'static str| {
-            let data = match map {
-                Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) => data,
-                _ => return Err(DataplaneError::Missing(name)),
-            };
+        let dup_data = |data: &MapData, name: &'static str| {
             data.fd()
                 .as_fd()
                 .try_clone_to_owned()
                 .map_err(|source| syscall_error("duplicate the descriptor of", name, source))
         };
-        let sets_fd = self.sets_fd.try_clone().map_err(|source| {
-            syscall_error("duplicate the descriptor of", map_names::FLOWS, source)
-        })?;
-        let sets_map = MapData::from_fd(sets_fd).map_err(map_err("open", map_names::FLOWS))?;
+        let dup = |map: &Map, name: &'static str| match map {
+            Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) => dup_data(data, name),
+            _ => Err(DataplaneError::Missing(name)),
+        };
+        let sets = MapData::from_fd(dup_data(self.sets.mapped.map(), map_names::FLOWS)?)
+            .map_err(map_err("open", map_names::FLOWS))?;
         Ok(FlowSweeper {
-            v4: FlowSets::new(sets_map, self.sets.slots() / FLOW_WAYS as u32)?,
+            v4: FlowSets::new(sets, xlb_common::flow_sets(self.capacity))?,
             v6: dup(&self.map6, map_names::FLOWS6)?,
             clock: Array::try_from(Map::Array(
                 MapData::from_fd(dup(&self.clock, map_names::CLOCK)?)

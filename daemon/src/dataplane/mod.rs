@@ -20,7 +20,7 @@ mod verdicts;
 use std::{collections::BTreeMap, sync::Arc};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, HashMap, MapData, MapError},
     programs::{
         ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
@@ -30,8 +30,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use xlb_common::{
-    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipById, VipById6, VipKey, VipKey6,
-    VipMeta, backend_flags,
+    Backend, Globals, LAYOUT_VERSION, VipAddrKey, VipAddrValue, VipById, VipById6, VipByIdOf,
+    VipKey, VipKey6, VipMeta, backend_flags,
     hash::{VIP_FILTER_WORDS, vip_filter_slot},
     map_names,
     policy::POLICY_V4_24_WORDS,
@@ -1172,63 +1172,54 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Writes a VIP's entry in the VIP map of its family: the switch of [`Self::apply_vip`].
+    /// Writes a VIP's entry in the VIP map of its family, and its id's entry in the by-id
+    /// array of its family: the switch of [`Self::apply_vip`].
     fn write_vip_entry(&mut self, key: VipKeyOrd, meta: VipMeta) -> Result<(), DataplaneError> {
         if key.is_v6() {
-            self.vips6
-                .insert(key.to_key6(), meta, 0)
-                .map_err(map_err("update", map_names::VIPS6))?;
-            let by_id = VipById6 {
+            write_family(
+                &mut self.vips6,
+                &mut self.vip_by_id6,
+                V6_MAPS,
+                key.to_key6(),
                 meta,
-                key: key.to_key6(),
-            };
-            self.vip_by_id6
-                .set(meta.vip_id, by_id, 0)
-                .map_err(map_err("update", map_names::VIP_BY_ID6))
+            )
         } else {
-            self.vips
-                .insert(key.to_key(), meta, 0)
-                .map_err(map_err("update", map_names::VIPS))?;
-            let by_id = VipById {
+            write_family(
+                &mut self.vips,
+                &mut self.vip_by_id,
+                V4_MAPS,
+                key.to_key(),
                 meta,
-                key: key.to_key(),
-            };
-            self.vip_by_id
-                .set(meta.vip_id, by_id, 0)
-                .map_err(map_err("update", map_names::VIP_BY_ID))
+            )
         }
     }
 
-    /// Clears a VIP id's entry in `XLB_VIP_BY_ID` or `XLB_VIP_BY_ID6`, by the VIP's family
-    /// (once the VIP left its VIP map, or moved to another id): established flows that name the
-    /// id find their VIP by the hash lookup again, or no VIP.
+    /// Clears a VIP id's entry in the by-id array of the VIP's family (once the VIP left its
+    /// VIP map, or moved to another id): established flows that name the id find their VIP by
+    /// the hash lookup again, or no VIP.
     pub(super) fn clear_vip_by_id(
         &mut self,
         key: VipKeyOrd,
         vip_id: u32,
     ) -> Result<(), DataplaneError> {
         if key.is_v6() {
-            return self
-                .vip_by_id6
-                .set(vip_id, VipById6::default(), 0)
-                .map_err(map_err("update", map_names::VIP_BY_ID6));
+            clear_by_id(&mut self.vip_by_id6, V6_MAPS, vip_id)
+        } else {
+            clear_by_id(&mut self.vip_by_id, V4_MAPS, vip_id)
         }
-        self.vip_by_id
-            .set(vip_id, VipById::default(), 0)
-            .map_err(map_err("update", map_names::VIP_BY_ID))
     }
 
-    /// Deletes a VIP's entry from the VIP map of its family, and its id's entry in the
-    /// by-id array of its family: the reverse of [`Self::write_vip_entry`].
+    /// Deletes a VIP's entry from the VIP map of its family, and its id's entry in the by-id
+    /// array of its family: the reverse of [`Self::write_vip_entry`].
     fn remove_vip_entry(&mut self, key: VipKeyOrd, vip_id: u32) -> Result<(), DataplaneError> {
         if key.is_v6() {
             self.vips6
                 .remove(&key.to_key6())
-                .map_err(map_err("delete", map_names::VIPS6))?;
+                .map_err(map_err("delete", V6_MAPS.vips))?;
         } else {
             self.vips
                 .remove(&key.to_key())
-                .map_err(map_err("delete", map_names::VIPS))?;
+                .map_err(map_err("delete", V4_MAPS.vips))?;
         }
         self.clear_vip_by_id(key, vip_id)
     }
@@ -1395,4 +1386,53 @@ fn lb_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     ebpf.program_mut(program_names::LB)
         .and_then(|p| <&mut Xdp>::try_from(p).ok())
         .ok_or(DataplaneError::Missing("XDP program xlb_lb"))
+}
+
+/// The names of one family's VIP map and by-id array, for errors.
+#[derive(Clone, Copy)]
+struct FamilyMaps {
+    vips: &'static str,
+    by_id: &'static str,
+}
+
+const V4_MAPS: FamilyMaps = FamilyMaps {
+    vips: map_names::VIPS,
+    by_id: map_names::VIP_BY_ID,
+};
+const V6_MAPS: FamilyMaps = FamilyMaps {
+    vips: map_names::VIPS6,
+    by_id: map_names::VIP_BY_ID6,
+};
+
+/// Writes a VIP's entry (`key` -> `meta`) in one family's VIP map, then its id's entry in the
+/// family's by-id array.
+fn write_family<K: Pod>(
+    vips: &mut HashMap<MapData, K, VipMeta>,
+    by_id: &mut Array<MapData, VipByIdOf<K>>,
+    names: FamilyMaps,
+    key: K,
+    meta: VipMeta,
+) -> Result<(), DataplaneError>
+where
+    VipByIdOf<K>: Pod,
+{
+    vips.insert(key, meta, 0)
+        .map_err(map_err("update", names.vips))?;
+    by_id
+        .set(meta.vip_id, VipByIdOf { meta, key }, 0)
+        .map_err(map_err("update", names.by_id))
+}
+
+/// Zeroes an id's entry in one family's by-id array.
+fn clear_by_id<K: Pod + Default>(
+    by_id: &mut Array<MapData, VipByIdOf<K>>,
+    names: FamilyMaps,
+    vip_id: u32,
+) -> Result<(), DataplaneError>
+where
+    VipByIdOf<K>: Pod,
+{
+    by_id
+        .set(vip_id, VipByIdOf::default(), 0)
+        .map_err(map_err("update", names.by_id))
 }

@@ -18,7 +18,7 @@ use super::DataplaneError;
 /// Shared, writable mapping of a BPF array of `len` elements of `T`.
 pub struct Mapped<T> {
     /// Keeps the map (and so the mapping's backing memory) alive.
-    _map: MapData,
+    map: MapData,
     base: NonNull<T>,
     len: usize,
     mapped_bytes: usize,
@@ -52,11 +52,16 @@ impl<T: Copy> Mapped<T> {
         let base = NonNull::new(addr.cast::<T>())
             .ok_or_else(|| mmap_err(std::io::Error::other("mmap returned a null pointer")))?;
         Ok(Mapped {
-            _map: map,
+            map,
             base,
             len: len as usize,
             mapped_bytes: bytes,
         })
+    }
+
+    /// The map behind the mapping.
+    pub fn map(&self) -> &MapData {
+        &self.map
     }
 
     /// The elements (the datapath only reads these maps).

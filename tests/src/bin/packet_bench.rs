@@ -701,22 +701,25 @@ impl Scene {
         }
     }
 
-    /// Before a new-flow batch: its entries are stamped [`CLOCK_NEW`].
-    fn before_new_flows(&mut self) {
+    /// Sets the datapath clock, where a sweeper keeps this datapath's flow table.
+    fn set_clock(&mut self, now_s: u32) {
         if let Some(sweeper) = &mut self.sweeper {
             sweeper
-                .set_clock(CLOCK_NEW)
+                .set_clock(now_s)
                 .unwrap_or_else(|e| panic!("setting the clock: {e}"));
         }
+    }
+
+    /// Before a new-flow batch: its entries are stamped [`CLOCK_NEW`].
+    fn before_new_flows(&mut self) {
+        self.set_clock(CLOCK_NEW);
     }
 
     /// After a new-flow batch of `count` flows: the sweep removes them, and only them, and the
     /// clock goes back to [`CLOCK_STEADY`].
     fn after_new_flows(&mut self, count: usize) {
-        if let Some(sweeper) = &mut self.sweeper {
-            sweeper
-                .set_clock(CLOCK_STEADY)
-                .unwrap_or_else(|e| panic!("setting the clock: {e}"));
+        self.set_clock(CLOCK_STEADY);
+        if let Some(sweeper) = &self.sweeper {
             let report = sweeper
                 .sweep(CLOCK_STEADY)
                 .unwrap_or_else(|e| panic!("sweeping the flow table: {e}"));
@@ -1957,15 +1960,8 @@ fn fill_flow_table(scene: &mut Scene, next_new: &mut u64, out: &mut [u8], percen
                 .unwrap_or_else(|e| panic!("counting the flow table: {e}")),
         )
     };
-    let set_clock = |scene: &mut Scene, now_s| {
-        if let Some(sweeper) = &mut scene.sweeper {
-            sweeper
-                .set_clock(now_s)
-                .unwrap_or_else(|e| panic!("setting the clock: {e}"));
-        }
-    };
     let target = u64::from(scene.scale.flow_table) * percent / 100;
-    set_clock(scene, CLOCK_FILL);
+    scene.set_clock(CLOCK_FILL);
     // A fill flow that meets a full set displaces another fill flow: top up until the count
     // is reached (each pass adds about nine in ten of the flows it sends).
     let mut present = count(scene);
@@ -1984,7 +1980,7 @@ fn fill_flow_table(scene: &mut Scene, next_new: &mut u64, out: &mut [u8], percen
         *next_new += fill;
         present = count(scene);
     }
-    set_clock(scene, CLOCK_STEADY);
+    scene.set_clock(CLOCK_STEADY);
     assert!(
         present >= target,
         "the fill fits: {present} of {target} flows"

@@ -57,29 +57,26 @@ pub struct VipMeta {
 }
 const _: () = assert!(core::mem::size_of::<VipMeta>() == 20);
 
-/// An IPv4 VIP by its id (`XLB_VIP_BY_ID`): its entry and its key, so that a packet of an
-/// established flow finds its VIP with an array read (the id is in the flow's entry) instead
-/// of a hash lookup, after checking that the key still matches the packet.
+/// A VIP by its id (`XLB_VIP_BY_ID` for IPv4, `XLB_VIP_BY_ID6` for IPv6): its entry and its
+/// key, so that a packet of an established flow finds its VIP with an array read (the id is in
+/// the flow's entry) instead of a hash lookup, after checking that the key still matches the
+/// packet. `K` is the family's VIP key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipById {
-    /// The VIP's entry, as in `XLB_VIPS`.
+pub struct VipByIdOf<K> {
+    /// The VIP's entry, as in the family's VIP map.
     pub meta: VipMeta,
-    /// The VIP's key, as in `XLB_VIPS`; all zero for an id no IPv4 VIP holds (protocol 0
-    /// matches no packet).
-    pub key: VipKey,
+    /// The VIP's key, as in the family's VIP map; all zero for an id no VIP of the family
+    /// holds (protocol 0 matches no packet).
+    pub key: K,
 }
+
+/// An IPv4 VIP by its id (`XLB_VIP_BY_ID`).
+pub type VipById = VipByIdOf<VipKey>;
 const _: () = assert!(core::mem::size_of::<VipById>() == 28);
 
-/// Element of `XLB_VIP_BY_ID6`, indexed by VIP id: [`VipById`] for the IPv6 VIPs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipById6 {
-    /// The VIP's entry, as in `XLB_VIPS6`.
-    pub meta: VipMeta,
-    /// The VIP's key, as in `XLB_VIPS6`; all zero for an id no IPv6 VIP holds.
-    pub key: VipKey6,
-}
+/// An IPv6 VIP by its id (`XLB_VIP_BY_ID6`).
+pub type VipById6 = VipByIdOf<VipKey6>;
 const _: () = assert!(core::mem::size_of::<VipById6>() == 40);
 
 /// Key of the VIP address set: an address that carries at least one VIP.

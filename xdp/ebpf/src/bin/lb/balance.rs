@@ -2,10 +2,14 @@
 
 use core::ptr::{addr_of_mut, write_volatile};
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    maps::{Array, HashMap},
+};
 use xlb_common::{
     Backend, DropReason, FLOW_WAYS, FlowKey, FlowKey6, FlowSet, FlowSlot, FlowValue, LbCounter,
-    PolicyConfig, VipKey, VipKey6, VipMeta, backend_flags, flow_set_index,
+    PolicyConfig, VipById, VipById6, VipByIdOf, VipKey, VipKey6, VipMeta, backend_flags,
+    flow_set_index,
     hash::{flow_hash, flow_hash6},
 };
 
@@ -27,12 +31,41 @@ pub trait Flow: Sized + 'static {
     fn entry(&self, hash: &mut Option<u32>) -> Option<*mut FlowValue>;
     /// Stores a new flow's entry in its family's flow table, counting what it cost.
     fn remember(&self, value: FlowValue, hash: &mut Option<u32>);
+
+    /// The family's VIP key ([`VipKey`] or [`VipKey6`]).
+    type VipKey: Copy + PartialEq + 'static;
+    /// The family's VIP map (`XLB_VIPS`, `XLB_VIPS6`).
+    fn vips() -> &'static HashMap<Self::VipKey, VipMeta>;
+    /// The family's VIPs by id (`XLB_VIP_BY_ID`, `XLB_VIP_BY_ID6`).
+    fn vips_by_id() -> &'static Array<VipByIdOf<Self::VipKey>>;
+    /// The key of the VIP for this flow's destination and protocol, with its destination port
+    /// or, `any_port`, port 0 (a VIP serving every port).
+    fn vip_key(&self, any_port: bool) -> Self::VipKey;
 }
 
 impl Flow for FlowKey {
     #[inline(always)]
     fn hash(&self) -> u32 {
         flow_hash(self)
+    }
+
+    type VipKey = VipKey;
+    #[inline(always)]
+    fn vips() -> &'static HashMap<VipKey, VipMeta> {
+        &VIPS
+    }
+    #[inline(always)]
+    fn vips_by_id() -> &'static Array<VipById> {
+        &VIP_BY_ID
+    }
+    #[inline(always)]
+    fn vip_key(&self, any_port: bool) -> VipKey {
+        VipKey {
+            addr: self.dst,
+            port: if any_port { 0 } else { self.dport },
+            proto: self.proto,
+            _pad: 0,
+        }
     }
 
     /// The slot of the flow's set whose key is the flow's: the ways are compared in order,
@@ -143,6 +176,25 @@ impl Flow for FlowKey6 {
         flow_hash6(self)
     }
 
+    type VipKey = VipKey6;
+    #[inline(always)]
+    fn vips() -> &'static HashMap<VipKey6, VipMeta> {
+        &VIPS6
+    }
+    #[inline(always)]
+    fn vips_by_id() -> &'static Array<VipById6> {
+        &VIP_BY_ID6
+    }
+    #[inline(always)]
+    fn vip_key(&self, any_port: bool) -> VipKey6 {
+        VipKey6 {
+            addr: self.dst,
+            port: if any_port { 0 } else { self.dport },
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
     #[inline(always)]
     fn entry(&self, _hash: &mut Option<u32>) -> Option<*mut FlowValue> {
         FLOWS6.get_ptr_mut(self)
@@ -189,76 +241,36 @@ pub fn cached_hash<F: Flow>(flow: &F, hash: &mut Option<u32>) -> u32 {
 /// The VIP a flow is addressed to: an exact (address, port, protocol) match first, then the
 /// VIP that serves every port of that protocol on the address.
 #[inline(always)]
-pub fn find_vip(flow: &FlowKey) -> Option<VipMeta> {
-    let mut key = VipKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        _pad: 0,
-    };
+pub fn find_vip<F: Flow>(flow: &F) -> Option<VipMeta> {
     // SAFETY: the value is copied out at once. The kernel may reuse a replaced element's memory
     // for a later update (BPF memory allocator); a copy racing with two updates in a row could
     // read another VIP's entry, whose table holds backends of that other VIP: the vip_id check
     // in `choose` turns that into a counted drop, never a packet sent to the wrong service.
-    if let Some(meta) = unsafe { VIPS.get(key) } {
+    if let Some(meta) = unsafe { F::vips().get(flow.vip_key(false)) } {
         return Some(*meta);
     }
-    key.port = 0;
     // SAFETY: as above.
-    unsafe { VIPS.get(key) }.copied()
+    unsafe { F::vips().get(flow.vip_key(true)) }.copied()
 }
 
-/// The VIP of an established IPv4 flow, from the id in its entry (`XLB_VIP_BY_ID`, an array
-/// read) instead of the hash lookup of [`find_vip`]: while that id's VIP still has the key the
-/// packet addresses. `None` (the id was freed, or now names another VIP) sends the packet to
+/// The VIP of a packet, given its flow's entry (a copy, if the flow is remembered): for an
+/// established flow, the VIP of the id in its entry (the family's by-id array: an array read
+/// instead of the hash lookups of [`find_vip`]) while that id's VIP still has the key the
+/// packet addresses; otherwise (no entry, the id freed or now naming another VIP)
 /// [`find_vip`]. A flow keeps the VIP it was balanced for: one to a VIP serving every port
 /// stays with it when a VIP for its own port is added later (new flows go to the new VIP).
 #[inline(always)]
-pub fn vip_of_flow(entry: &FlowValue, flow: &FlowKey) -> Option<VipMeta> {
-    let by_id = VIP_BY_ID.get(entry.vip_id)?;
-    let key = by_id.key;
-    if key.addr == flow.dst && key.proto == flow.proto && (key.port == flow.dport || key.port == 0)
-    {
-        // Copied whole: the daemon rewrites an id's entry only when it switches the VIP's
-        // table or frees the id; a copy racing with that write is checked by `choose` like a
-        // stale `XLB_VIPS` entry (backend ids must belong to the VIP).
-        Some(by_id.meta)
-    } else {
-        None
+pub fn vip_of<F: Flow>(flow: &F, entry: Option<&FlowValue>) -> Option<VipMeta> {
+    if let Some(by_id) = entry.and_then(|entry| F::vips_by_id().get(entry.vip_id)) {
+        let key = by_id.key;
+        if key == flow.vip_key(false) || key == flow.vip_key(true) {
+            // Copied whole: the daemon rewrites an id's entry only when it switches the VIP's
+            // table or frees the id; a copy racing with that write is checked by `choose` like
+            // a stale VIP map entry (backend ids must belong to the VIP).
+            return Some(by_id.meta);
+        }
     }
-}
-
-/// The VIP of an established IPv6 flow, from the id in its entry (`XLB_VIP_BY_ID6`), as
-/// [`vip_of_flow`] does for IPv4.
-#[inline(always)]
-pub fn vip_of_flow6(entry: &FlowValue, flow: &FlowKey6) -> Option<VipMeta> {
-    let by_id = VIP_BY_ID6.get(entry.vip_id)?;
-    let key = by_id.key;
-    if key.addr == flow.dst && key.proto == flow.proto && (key.port == flow.dport || key.port == 0)
-    {
-        // Copied whole, checked by `choose` as in `vip_of_flow`.
-        Some(by_id.meta)
-    } else {
-        None
-    }
-}
-
-/// The IPv6 VIP a flow is addressed to, looked up as [`find_vip`] does in `XLB_VIPS6`.
-#[inline(always)]
-pub fn find_vip6(flow: &FlowKey6) -> Option<VipMeta> {
-    let mut key = VipKey6 {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        _pad: 0,
-    };
-    // SAFETY: copied at once; see find_vip for why a racing reuse is harmless.
-    if let Some(meta) = unsafe { VIPS6.get(key) } {
-        return Some(*meta);
-    }
-    key.port = 0;
-    // SAFETY: as above.
-    unsafe { VIPS6.get(key) }.copied()
+    find_vip(flow)
 }
 
 /// The backend chosen for a flow.

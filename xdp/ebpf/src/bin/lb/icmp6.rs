@@ -159,7 +159,7 @@ fn route_error(
     policy: &PolicyConfig,
     bytes: usize,
 ) -> Result<u32, DropReason> {
-    let Some(vip) = balance::find_vip6(flow) else {
+    let Some(vip) = balance::find_vip(flow) else {
         return icmp::other(policy);
     };
     let mut hash = None;

@@ -28,7 +28,6 @@ use xlb_common::{
 use xlb_ebpf::{
     headers::{
         ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_FRAG_MASK, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN,
-        tcp_flags,
     },
     packet::{frame_len, ptr_at},
     parse,
@@ -198,25 +197,15 @@ fn to_vip_address(
         _pad: 0,
         _pad2: 0,
     };
-    // A SYN without ACK opens a connection.
-    let opens_connection =
-        tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN);
     let mut hash = None;
-    let entry = balance::established(&flow, opens_connection, &mut hash);
+    let entry = balance::established(&flow, policy::opens_connection(tcp), &mut hash);
     *lists_checked = true;
     policy::lists_for_flow(policy, flow.src, entry)?;
     // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
     // backend id and a VIP id that are checked like any other.
     let entry = entry.map(|entry| unsafe { *entry });
-    let vip = match entry
-        .as_ref()
-        .and_then(|entry| balance::vip_of_flow(entry, &flow))
-    {
-        Some(vip) => vip,
-        None => match balance::find_vip(&flow) {
-            Some(vip) => vip,
-            None => return unserved(policy, dst, hdr.protocol),
-        },
+    let Some(vip) = balance::vip_of(&flow, entry.as_ref()) else {
+        return unserved(policy, dst, hdr.protocol);
     };
     policy::options(policy, ip.header_len)?;
     policy::vip(policy, &vip, &flow, tcp)?;

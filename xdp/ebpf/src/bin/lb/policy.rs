@@ -234,7 +234,14 @@ pub fn tcp_sane(tcp: Option<(u8, u8)>) -> Result<bool, DropReason> {
     if doff >> 4 < 5 || bad_tcp_flags(flags) {
         return Err(DropReason::TcpBadFlags);
     }
-    Ok(flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
+    Ok(opens_connection(tcp))
+}
+
+/// Whether a packet opens a TCP connection: a SYN without ACK (`tcp`: the data offset byte and
+/// the flags, for TCP). Its flow skips the flow table's lookup (`balance::established`).
+#[inline(always)]
+pub fn opens_connection(tcp: Option<(u8, u8)>) -> bool {
+    tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN)
 }
 
 /// Flag combinations no TCP stack sends: none at all (null scan), SYN with FIN or RST, FIN

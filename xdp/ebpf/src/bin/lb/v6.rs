@@ -9,9 +9,7 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use xlb_common::{DropReason, FlowKey6, PolicyConfig, family, policy_flags, proto};
 use xlb_ebpf::{
-    headers::{
-        IPV6_HLEN, Ipv6ExtHdr, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, ipv6_ext, tcp_flags,
-    },
+    headers::{IPV6_HLEN, Ipv6ExtHdr, PortsHdr, TCP_MIN_HLEN, TcpStartHdr, UDP_HLEN, ipv6_ext},
     packet::ptr_at,
     parse,
 };
@@ -86,21 +84,13 @@ pub fn process(ctx: &XdpContext, l3_off: usize, bytes: usize) -> Result<u32, Dro
     // serves keeps the unserved verdict.
     // The IPv6 lists were asked above, for every packet: established flows do not skip them
     // as IPv4 flows do (the IPv6 lists are an LPM trie, with no per-flow generation check).
-    let opens =
-        tcp.is_some_and(|(_, flags)| flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN);
     let mut hash = None;
     // SAFETY: the entry is copied at once; one deleted and reused under us gives at worst a
     // backend id and a VIP id that are checked like any other.
-    let entry = balance::established(&flow, opens, &mut hash).map(|entry| unsafe { *entry });
-    let vip = match entry
-        .as_ref()
-        .and_then(|entry| balance::vip_of_flow6(entry, &flow))
-    {
-        Some(vip) => vip,
-        None => match balance::find_vip6(&flow) {
-            Some(vip) => vip,
-            None => return unserved(policy, dst, upper),
-        },
+    let entry = balance::established(&flow, policy::opens_connection(tcp), &mut hash)
+        .map(|entry| unsafe { *entry });
+    let Some(vip) = balance::vip_of(&flow, entry.as_ref()) else {
+        return unserved(policy, dst, upper);
     };
     let opens_connection = policy::tcp_sane(tcp)?;
     policy::vip6(policy, &vip, &flow, opens_connection)?;
